@@ -1,0 +1,193 @@
+"""The loopback-only testbed: N simulator replicas behind Nginx, scraped by Prometheus.
+
+Tests, benchmarks and the demo all stand on this one stack, so what the watcher is measured
+against is what it is tested against. Everything binds 127.0.0.1 on ports picked free at start;
+containers use host networking (no Docker networks are created). ``down()`` removes exactly
+what ``up()`` made: the containers carrying this run's label and the host processes by PID.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from watcher.testbed.images import REPO_ROOT, ensure_images
+from watcher.testbed.ports import free_ports
+from watcher.testbed.replicas import (
+    TESTBED_LABEL,
+    Replica,
+    ReplicaSpec,
+    remove_testbed_containers,
+    start_replica,
+)
+from watcher.testbed.services import Alertmanager, HAProxy, Nginx, Prometheus, ScrapeTarget, Upstream
+
+MODELS_DIR = REPO_ROOT / "models"
+
+
+@dataclass
+class TestbedConfig:
+    replicas: int = 3
+    weights: tuple[int, ...] = (3, 2, 1)
+    model: str = "half_plus_two"
+    memory_limit: str = "256m"
+    restart_policy: str = "always"
+    proxy_timeout_s: float = 3.0
+    scrape_interval_s: float = 1.0
+    health_interval_s: float = 2.0
+    faults: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    with_alertmanager: bool = True
+    with_haproxy: bool = False
+    seed: int = 0
+    workdir: Path | None = None  # default: a fresh temp dir, removed by down()
+
+
+class Testbed:
+    """Start with ``up()`` (or as a context manager), tear down with ``down()``."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, config: TestbedConfig | None = None) -> None:
+        self.config = config or TestbedConfig()
+        self.run_id = uuid.uuid4().hex[:10]
+        self.client = docker.from_env()
+        self._own_workdir = self.config.workdir is None
+        self.workdir = self.config.workdir or Path(tempfile.mkdtemp(prefix="watcher-testbed-"))
+        self.model_repo = self.workdir / "models"
+        self.replicas: list[Replica] = []
+        self.nginx: Nginx | None = None
+        self.haproxy: HAProxy | None = None
+        self.prometheus: Prometheus | None = None
+        self.alertmanager: Alertmanager | None = None
+        self.startup_s: float = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def __enter__(self) -> Testbed:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> Testbed:
+        started = time.monotonic()
+        try:
+            self._up()
+        except BaseException:
+            self.down()
+            raise
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def _up(self) -> None:
+        cfg = self.config
+        if len(cfg.weights) < cfg.replicas:
+            raise ValueError(f"{cfg.replicas} replicas need {cfg.replicas} weights, got {cfg.weights}")
+        image = ensure_images(self.client)["simulator"].tag
+        shutil.copytree(MODELS_DIR / cfg.model, self.model_repo / cfg.model)
+        ports = free_ports(2 * cfg.replicas + 5)
+        for i in range(cfg.replicas):
+            spec = ReplicaSpec(
+                name=f"tfsim-{self.run_id}-{i}",
+                rest_port=ports[2 * i],
+                admin_port=ports[2 * i + 1],
+                model=cfg.model,
+                model_repo=self.model_repo,
+                state_dir=self.workdir / f"state-{i}",
+                image=image,
+                memory_limit=cfg.memory_limit,
+                restart_policy=cfg.restart_policy,
+                faults=cfg.faults.get(i, {}),
+                labels={
+                    TESTBED_LABEL: self.run_id,
+                    "watcher.enable": "true",
+                    "watcher.service": cfg.model,
+                    "watcher.model": cfg.model,
+                    "watcher.replica": str(i),
+                },
+                health_interval_s=cfg.health_interval_s,
+                seed=cfg.seed + i,
+            )
+            self.replicas.append(start_replica(self.client, spec))
+        lb_port, prom_port, am_port, haproxy_port, _spare = ports[2 * cfg.replicas :]
+        upstreams = [
+            Upstream(name=r.name, address=r.address, weight=w)
+            for r, w in zip(self.replicas, cfg.weights, strict=False)
+        ]
+        self.nginx = Nginx(self.workdir / "nginx", lb_port, upstreams, proxy_timeout_s=cfg.proxy_timeout_s)
+        self.nginx.start()
+        if cfg.with_haproxy:
+            self.haproxy = HAProxy(self.workdir / "haproxy", haproxy_port, cfg.model, upstreams)
+            self.haproxy.start()
+        if cfg.with_alertmanager:
+            self.alertmanager = Alertmanager(self.workdir / "alertmanager", am_port)
+            self.alertmanager.start()
+        targets = [
+            ScrapeTarget(
+                job="tfserving",
+                address=r.address,
+                metrics_path=r.metrics_path,
+                labels={"replica": r.name, "model": cfg.model},
+            )
+            for r in self.replicas
+        ]
+        self.prometheus = Prometheus(
+            self.workdir / "prometheus", prom_port, scrape_interval_s=cfg.scrape_interval_s, targets=targets
+        )
+        self.prometheus.start()
+        for replica in self.replicas:
+            if "fail_load" in replica.spec.faults or "hang" in replica.spec.faults:
+                continue
+            replica.wait_available(timeout_s=60)
+
+    def down(self) -> None:
+        for service in (self.prometheus, self.alertmanager, self.haproxy, self.nginx):
+            if service is not None:
+                service.stop()
+        remove_testbed_containers(self.client, self.run_id)
+        self.replicas = []
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- conveniences -----------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self.nginx is not None, "testbed is not up"
+        return f"http://127.0.0.1:{self.nginx.listen_port}"
+
+    def publish_version(self, version: int, model_json: dict[str, Any] | None = None) -> Path:
+        """Copy the newest version as ``version`` (optionally with another description) into the
+        model repository every replica polls, as a deploy pipeline would."""
+        import json
+
+        model_dir = self.model_repo / self.config.model
+        newest = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        staging = model_dir / f".staging-{version}"
+        shutil.copytree(newest, staging)
+        if model_json is not None:
+            (staging / "model.json").write_text(json.dumps(model_json))
+        target = model_dir / str(version)
+        staging.rename(target)  # atomic: a poller never sees a half-written version
+        return target
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "workdir": str(self.workdir),
+            "nginx": self.url if self.nginx else None,
+            "prometheus": f"http://127.0.0.1:{self.prometheus.port}" if self.prometheus else None,
+            "alertmanager": f"http://127.0.0.1:{self.alertmanager.port}" if self.alertmanager else None,
+            "haproxy": f"http://127.0.0.1:{self.haproxy.listen_port}" if self.haproxy else None,
+            "replicas": [
+                {"name": r.name, "rest": r.rest_url, "admin": r.admin_url, "weight": w}
+                for r, w in zip(self.replicas, self.config.weights, strict=False)
+            ],
+            "startup_s": round(self.startup_s, 2),
+        }
