@@ -21,6 +21,13 @@ from docker.models.containers import Container
 TESTBED_LABEL = "serving-watcher.testbed"
 
 
+def _session() -> requests.Session:
+    """Ignore proxy variables: testbed traffic goes to 127.0.0.1 only."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 @dataclass
 class ReplicaSpec:
     name: str
@@ -46,6 +53,7 @@ class Replica:
     def __init__(self, spec: ReplicaSpec, container: Container) -> None:
         self.spec = spec
         self.container = container
+        self.http = _session()
 
     @property
     def name(self) -> str:
@@ -69,7 +77,7 @@ class Replica:
 
     # -- what a client sees -------------------------------------------------------------
     def model_status(self, timeout_s: float = 2.0) -> dict[str, Any]:
-        r = requests.get(f"{self.rest_url}/v1/models/{self.spec.model}", timeout=timeout_s)
+        r = self.http.get(f"{self.rest_url}/v1/models/{self.spec.model}", timeout=timeout_s)
         result: dict[str, Any] = r.json()
         return result
 
@@ -98,7 +106,7 @@ class Replica:
         )
 
     def predict(self, instances: list[Any], timeout_s: float = 3.0) -> requests.Response:
-        return requests.post(
+        return self.http.post(
             f"{self.rest_url}/v1/models/{self.spec.model}:predict",
             data=json.dumps({"instances": instances}),
             timeout=timeout_s,
@@ -106,11 +114,11 @@ class Replica:
 
     # -- faults through the simulator's admin port ----------------------------------------
     def set_faults(self, faults: dict[str, dict[str, Any]]) -> None:
-        r = requests.post(f"{self.admin_url}/faults", data=json.dumps(faults), timeout=2.0)
+        r = self.http.post(f"{self.admin_url}/faults", data=json.dumps(faults), timeout=2.0)
         r.raise_for_status()
 
     def clear_faults(self) -> None:
-        requests.delete(f"{self.admin_url}/faults", timeout=2.0).raise_for_status()
+        self.http.delete(f"{self.admin_url}/faults", timeout=2.0).raise_for_status()
 
     # -- what Docker sees -----------------------------------------------------------------
     def state(self) -> dict[str, Any]:

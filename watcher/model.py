@@ -1,0 +1,120 @@
+"""The small vocabulary every part of the watcher speaks: targets, signals, findings.
+
+Sources turn what they read into signals; detectors turn signals into findings; the policy turns
+findings into plans. Keeping these types plain, frozen and free of I/O is what lets one engine run
+live, in replay and in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class Predicts(StrEnum):
+    """What a finding says is about to go wrong. A fixed vocabulary: policies key on it."""
+
+    OOM = "oom"
+    CRASH = "crash"
+    LOAD_FAILURE = "load_failure"
+    HTTP_5XX = "http_5xx"
+    UPSTREAM_FAILURE = "upstream_failure"
+    LATENCY = "latency"
+    UNHEALTHY = "unhealthy"
+    VERSION_MISMATCH = "version_mismatch"
+
+
+class LifecycleTag(StrEnum):
+    """Informational classification of a line that announces no failure."""
+
+    STARTUP = "startup"
+    MODEL_LOADED = "model_loaded"
+    MODEL_UNLOADED = "model_unloaded"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One replica: a container on one Docker engine, member of a service (an LB upstream)."""
+
+    container: str
+    engine: str = "local"
+    service: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}/{self.container}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One log line. ``message`` is untrusted and already capped in length by the source."""
+
+    target: Target
+    ts: float
+    message: str
+    level: str = ""  # normalised: "debug", "info", "warning", "error", "fatal" or ""
+    source: str = ""  # the parser that understood it: "tfserving", "nginx", "json", ...
+    fields: Mapping[str, str] = field(default=EMPTY)
+
+
+class LifecycleKind(StrEnum):
+    OOM = "oom"
+    DIE = "die"
+    HEALTH_STATUS = "health_status"
+    START = "start"
+    RESTART = "restart"
+    STOP = "stop"
+    DESTROY = "destroy"
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """A container lifecycle event as the engine reported it."""
+
+    target: Target
+    ts: float
+    kind: LifecycleKind
+    exit_code: int | None = None
+    health: str | None = None  # "healthy" / "unhealthy" for HEALTH_STATUS
+    attributes: Mapping[str, str] = field(default=EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One point of a series. ``stale`` marks a value that could not be refreshed."""
+
+    series: str
+    ts: float
+    value: float
+    target: Target | None = None
+    labels: Mapping[str, str] = field(default=EMPTY)
+    stale: bool = False
+
+
+Signal = LogRecord | Lifecycle | Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A detector's claim: this target will fail (or is failing) in this way, this soon, because."""
+
+    target: Target
+    rule_id: str
+    predicts: Predicts
+    ts: float
+    severity: Severity = Severity.WARNING
+    score: float = 1.0
+    eta_s: float | None = None  # predicted seconds to failure, None when not estimable
+    evidence: tuple[str, ...] = ()
+    pack: str = ""
+    resolved: bool = False
