@@ -46,9 +46,7 @@ def bed3(docker_client: docker.DockerClient) -> Any:
         yield bed
 
 
-def test_nginx_spreads_by_weight_and_prometheus_has_every_replica(
-    bed3: Testbed, http: requests.Session
-) -> None:
+def test_nginx_spreads_by_weight_and_prometheus_has_every_replica(bed3: Testbed, http: requests.Session) -> None:
     counts: Counter[int | None] = Counter()
     for _ in range(120):
         resp = predict(http, bed3)
@@ -110,9 +108,7 @@ def test_leaking_replica_is_oom_killed_and_restarted(docker_client: docker.Docke
 
 
 def test_without_restart_policy_docker_reports_oomkilled(docker_client: docker.DockerClient) -> None:
-    cfg = TestbedConfig(
-        replicas=1, weights=(1,), memory_limit="96m", restart_policy="no", with_alertmanager=False
-    )
+    cfg = TestbedConfig(replicas=1, weights=(1,), memory_limit="96m", restart_policy="no", with_alertmanager=False)
     with Testbed(cfg) as bed:
         replica = bed.replicas[0]
         replica.set_faults({"leak": {"mb_per_s": 40}})
@@ -139,17 +135,21 @@ def test_faults_as_a_client_sees_them_through_nginx(bed3: Testbed, http: request
     assert by_replica[1] == {200: 20} and by_replica[2] == {200: 10}
     r0.clear_faults()
 
-    # latency creep beyond the 3 s proxy timeout: Nginx gives up on replica 2 and retries elsewhere.
+    # latency creep beyond the 3 s proxy timeout: Nginx does not retry a POST on timeout (it is not
+    # idempotent), so the client gets a 504 after 3 s; max_fails=1 then takes replica 2 out for
+    # fail_timeout and the following requests go to the others.
     r2.set_faults({"latency_creep": {"start_ms": 5000, "end_ms": 5000, "over_s": 1}})
-    slow = []
+    outcomes = []
     for _ in range(12):
         t = time.monotonic()
         resp = predict(http, bed3)
-        if "," in served_by(resp):
-            slow.append((time.monotonic() - t, resp.status_code, served_by(resp)))
-    assert slow, "no request was routed to the slow replica"
-    for elapsed, status, upstreams in slow:
-        assert elapsed >= 2.9 and status == 200 and upstreams.startswith(r2.address)
+        outcomes.append((time.monotonic() - t, resp.status_code, replica_of(bed3, served_by(resp))))
+    timed_out = [o for o in outcomes if o[1] == 504]
+    assert len(timed_out) == 1, outcomes
+    assert 2.9 <= timed_out[0][0] < 4.0 and timed_out[0][2] == 2
+    assert all(status == 200 and idx in (0, 1) for _, status, idx in outcomes if status != 504)
+    with open(bed3.nginx.error_log_path) as f:
+        assert "upstream timed out (110: Connection timed out) while reading response header from upstream" in f.read()
     r2.clear_faults()
 
     # hang: replica 1 keeps its process but answers nothing; its health check turns unhealthy.
@@ -173,7 +173,10 @@ def test_crash_aborts_with_fatal_line_and_restarts(docker_client: docker.DockerC
             t0 = time.time()
             replica.set_faults({"crash": {"after_s": 0.5}})
             die = events.wait_for(replica.name, "die", timeout_s=20, after=t0)
-            assert die.attributes["exitCode"] == "134"  # SIGABRT, as a failed CHECK does
+            # A failed CHECK aborts (SIGABRT, 134). As PID 1 of its container - as tensorflow_model_server
+            # is in the official image - the self-sent SIGABRT is ignored and glibc's abort() falls back
+            # to a faulting instruction, so Docker reports 139.
+            assert die.attributes["exitCode"] in {"134", "139"}
         finally:
             events.stop()
         assert replica.wait_available(timeout_s=30) == "2"

@@ -45,6 +45,9 @@ class ReplicaSpec:
     health_timeout_s: float = 2.0
     health_retries: int = 3
     seed: int = 0
+    # TF Serving retries a failed load 5 times a minute apart; the testbed shortens that so a
+    # load failure reaches END within seconds (same log lines, same states).
+    extra_args: tuple[str, ...] = ("--max_num_load_retries=1", "--load_retry_interval_micros=1000000")
 
 
 class Replica:
@@ -175,7 +178,7 @@ def start_replica(client: docker.DockerClient, spec: ReplicaSpec) -> Replica:
             "retries": spec.health_retries,
             "start_period": 5 * ns,
         },
-        command=[f"--seed={spec.seed}"],
+        command=[f"--seed={spec.seed}", *spec.extra_args],
     )
     return Replica(spec, container)
 

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "ServiceError",
     "ServiceStartError",
     "Upstream",
+    "running",
 ]
 
 
@@ -295,8 +297,11 @@ class HostService:
                 try:
                     proc.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGKILL)
+                    # Children first (e.g. nginx workers): once the master is gone they would
+                    # be re-parented and no longer identifiable as ours.
+                    for pid in [*_children(proc.pid), proc.pid]:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                     proc.wait(timeout=5.0)
             if self._log_fh is not None:
                 self._log_fh.close()
@@ -687,15 +692,16 @@ class Prometheus(HostService):
                 "evaluation_interval": _duration(self.evaluation_interval_s),
             },
             "rule_files": rule_files,
-            "scrape_configs": [
-                {
-                    "job_name": t.job,
-                    "metrics_path": t.metrics_path,
-                    "static_configs": [{"targets": [t.address], "labels": dict(t.labels)}],
-                }
-                for t in self.targets
-            ],
+            "scrape_configs": [],
         }
+        # Prometheus refuses two scrape configs with one job name: group targets by (job, path).
+        jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for t in self.targets:
+            jobs.setdefault((t.job, t.metrics_path), []).append({"targets": [t.address], "labels": dict(t.labels)})
+        names = Counter(job for job, _ in jobs)
+        for (job, path), static in jobs.items():
+            name = job if names[job] == 1 else f"{job}{path.replace('/', '_')}"
+            cfg["scrape_configs"].append({"job_name": name, "metrics_path": path, "static_configs": static})
         if self.alertmanager_url:
             hostport = self.alertmanager_url.split("://", 1)[-1].rstrip("/")
             cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [hostport]}]}]}
@@ -716,6 +722,9 @@ class Prometheus(HostService):
             f"--web.listen-address={LOOPBACK}:{self.port}",
             "--web.enable-lifecycle",
             "--storage.tsdb.retention.time=1d",
+            # Default 1m: alerts evaluated before the notifier discovered Alertmanager
+            # (~5 s after start) would otherwise not reach it for a minute.
+            f"--rules.alert.resend-delay={_duration(self.evaluation_interval_s)}",
             "--log.level=info",
         ]
 
@@ -747,6 +756,21 @@ class Prometheus(HostService):
                 return last
             time.sleep(min(0.25, self.scrape_interval_s / 2))
         raise TimeoutError(f"{promql!r}: {len(last)} series after {timeout_s}s, wanted >= {min_count}")
+
+    def wait_for_alertmanager(self, timeout_s: float = 15.0) -> None:
+        """Block until the notifier lists the configured Alertmanager as active.
+
+        Prometheus applies notifier discovery in 5 s batches, so for the first seconds
+        after start firing alerts have nowhere to go.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with _session() as s:
+                data = s.get(self.url + "/api/v1/alertmanagers", timeout=5.0).json()["data"]
+            if data.get("activeAlertmanagers"):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"prometheus has no active alertmanager after {timeout_s}s")
 
     def targets_health(self) -> list[dict[str, Any]]:
         """Active targets from ``/api/v1/targets`` (health, lastError) for debugging scrapes."""

@@ -34,6 +34,7 @@ MODELS_DIR = REPO_ROOT / "models"
 
 @dataclass
 class TestbedConfig:
+    __test__ = False  # not a pytest test class
     replicas: int = 3
     weights: tuple[int, ...] = (3, 2, 1)
     model: str = "half_plus_two"
@@ -118,8 +119,7 @@ class Testbed:
             self.replicas.append(start_replica(self.client, spec))
         lb_port, prom_port, am_port, haproxy_port, _spare = ports[2 * cfg.replicas :]
         upstreams = [
-            Upstream(name=r.name, address=r.address, weight=w)
-            for r, w in zip(self.replicas, cfg.weights, strict=False)
+            Upstream(name=r.name, address=r.address, weight=w) for r, w in zip(self.replicas, cfg.weights, strict=False)
         ]
         self.nginx = Nginx(self.workdir / "nginx", lb_port, upstreams, proxy_timeout_s=cfg.proxy_timeout_s)
         self.nginx.start()

@@ -1,0 +1,437 @@
+"""All log patterns of all rule packs, matched in one scan per line.
+
+Why one scan: a watcher tails every replica's logs, and the packs will grow. Looping over rules and
+calling ``re.search`` for each makes the cost per line grow with the number of rules, and Python's
+backtracking engine can be driven into exponential time by one careless pattern and one hostile
+line. So every pattern is compiled into a single automaton and scanned once per line:
+
+* ``hyperscan`` (Intel's multi-pattern DFA/NFA engine) when its wheel imports: linear time and
+  independent of the rule count;
+* else ``re2`` (google-re2's ``RE2::Set``): linear time, one pass for the whole set;
+* else ``python``: an Aho-Corasick prefilter (``pyahocorasick`` if installed, otherwise C-speed
+  ``bytes.__contains__`` per literal) over literals every match must contain, then confirmation
+  of the few candidate patterns with ``re`` on input capped at :data:`MAX_LINE` bytes. It always
+  works, so the project never breaks when a wheel is missing.
+
+Semantics are the same on every backend, and deliberately byte-oriented: text is matched as UTF-8
+bytes, ``\\d``/``\\w``/``\\s`` and case-insensitivity are ASCII-only, ``.`` is one byte and never a
+newline. That is what hyperscan and RE2 (Latin-1 mode) do natively, and what ``re`` does on bytes.
+
+Patterns are vetted before any backend sees them (:func:`check_pattern`), so a rule pack valid on
+one machine is valid on all: no backreferences, lookaround or conditionals (the linear engines
+cannot run them), no pattern that matches the empty line, and no nested quantifier where one level
+is unbounded (``(a+)+``, ``(a|aa)*b``): such patterns are harmless to hyperscan but catastrophic to
+the fallback, and a pack must not depend on which wheel is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+_sre_parse: Any = importlib.import_module("re._parser")
+_sre_c: Any = importlib.import_module("re._constants")
+
+MAX_LINE: Final = 16 * 1024
+"""Bytes of a line that are matched; the rest is ignored (sources already cap lines there)."""
+
+MAX_PATTERN_LEN: Final = 2048
+BACKENDS: Final = ("hyperscan", "re2", "python")
+
+
+class PatternError(ValueError):
+    """A pattern the set refuses, with the rule's id so a pack linter can point at it."""
+
+    def __init__(self, pattern_id: str, reason: str) -> None:
+        super().__init__(f"pattern {pattern_id!r}: {reason}")
+        self.pattern_id = pattern_id
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class PatternSpec:
+    """One entry: a literal substring or a regular expression, optionally case-insensitive."""
+
+    pattern_id: str
+    pattern: str
+    is_regex: bool = False
+    ignore_case: bool = False
+
+    @property
+    def source(self) -> str:
+        """The pattern as a regular expression (literals escaped)."""
+        return self.pattern if self.is_regex else re.escape(self.pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class PatternInfo:
+    """What :func:`check_pattern` learned: the compiled fallback regex and a required literal."""
+
+    spec: PatternSpec
+    regex: re.Pattern[bytes]
+    required: bytes | None  # a substring every match contains (lower-cased if ignore_case)
+    string_anchors: bool  # uses \\A or \\Z, which differ between per-line and per-block scans
+
+
+SpecLike = PatternSpec | tuple[str, str, bool, bool]
+
+
+def _as_spec(entry: SpecLike) -> PatternSpec:
+    if isinstance(entry, PatternSpec):
+        return entry
+    pattern_id, pattern, is_regex, ignore_case = entry
+    return PatternSpec(pattern_id, pattern, is_regex, ignore_case)
+
+
+# --------------------------------------------------------------------------- vetting
+
+
+def _has_branch(seq: Any) -> bool:
+    for op, av in seq:
+        if op is _sre_c.BRANCH:
+            return True
+        if op is _sre_c.SUBPATTERN and _has_branch(av[-1]):
+            return True
+        if op is _sre_c.ATOMIC_GROUP and _has_branch(av):
+            return True
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, _sre_c.POSSESSIVE_REPEAT) and _has_branch(av[2]):
+            return True
+    return False
+
+
+def _walk(pattern_id: str, seq: Any, outer: str | None, anchors: list[bool]) -> None:
+    """Reject constructs that are unsupported by the linear engines or that backtrack badly."""
+    for op, av in seq:
+        if op in (_sre_c.GROUPREF, _sre_c.GROUPREF_EXISTS):
+            raise PatternError(pattern_id, "backreferences and conditional groups are not supported")
+        if op in (_sre_c.ASSERT, _sre_c.ASSERT_NOT):
+            raise PatternError(pattern_id, "lookahead/lookbehind is not supported")
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, _sre_c.POSSESSIVE_REPEAT):
+            _lo, hi, sub = av
+            loops = hi > 1
+            kind = "unbounded" if hi == _sre_c.MAXREPEAT else "bounded"
+            if loops and outer is not None and "unbounded" in (outer, kind):
+                raise PatternError(pattern_id, "nested quantifiers with an unbounded level (e.g. (a+)+)")
+            if loops and kind == "unbounded" and _has_branch(sub):
+                raise PatternError(pattern_id, "alternation under an unbounded quantifier (e.g. (a|aa)*)")
+            _walk(pattern_id, sub, kind if loops else outer, anchors)
+        elif op is _sre_c.BRANCH:
+            for alt in av[1]:
+                _walk(pattern_id, alt, outer, anchors)
+        elif op is _sre_c.SUBPATTERN:
+            _walk(pattern_id, av[-1], outer, anchors)
+        elif op is _sre_c.ATOMIC_GROUP:
+            _walk(pattern_id, av, outer, anchors)
+        elif op is _sre_c.AT and av in (_sre_c.AT_BEGINNING_STRING, _sre_c.AT_END_STRING):
+            anchors[0] = True
+
+
+def _required_literal(seq: Any, ignore_case: bool) -> bytes | None:
+    """Longest run of plain literal bytes at the top level: every match must contain it."""
+    best = b""
+    run = bytearray()
+    for op, av in seq:
+        if op is _sre_c.LITERAL and av < 256:
+            run.append(av)
+            continue
+        if len(run) > len(best):
+            best = bytes(run)
+        run.clear()
+    if len(run) > len(best):
+        best = bytes(run)
+    if len(best) < 2:
+        return None
+    return best.lower() if ignore_case else best
+
+
+def check_pattern(entry: SpecLike) -> PatternInfo:
+    """Vet one pattern; raise :class:`PatternError` with the reason if the set must refuse it."""
+    spec = _as_spec(entry)
+    if not spec.pattern:
+        raise PatternError(spec.pattern_id, "empty pattern")
+    source = spec.source
+    if len(source) > MAX_PATTERN_LEN:
+        raise PatternError(spec.pattern_id, f"longer than {MAX_PATTERN_LEN} characters")
+    raw = source.encode("utf-8")
+    flags = re.IGNORECASE if spec.ignore_case else 0
+    try:
+        regex = re.compile(raw, flags)
+        parsed = _sre_parse.parse(raw, flags)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise PatternError(spec.pattern_id, f"invalid regular expression: {exc}") from None
+    anchors = [False]
+    _walk(spec.pattern_id, parsed, None, anchors)
+    if regex.search(b"") is not None:
+        raise PatternError(spec.pattern_id, "matches the empty line (it would match every line)")
+    return PatternInfo(spec, regex, _required_literal(parsed, spec.ignore_case), anchors[0])
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+def _collect(pattern_index: int, _from: int, _to: int, _flags: int, hits: list[int]) -> None:
+    hits.append(pattern_index)
+
+
+def _collect_end(_index: int, _from: int, to: int, _flags: int, ends: list[int]) -> None:
+    ends.append(to)
+
+
+class _Engine:
+    name = ""
+
+    def __init__(self, infos: Sequence[PatternInfo]) -> None:
+        """Compile ``infos``; raise if this engine cannot (the set then tries the next one)."""
+
+    def match(self, data: bytes) -> list[int]:
+        raise NotImplementedError
+
+    def candidate_ends(self, block: bytes) -> list[int] | None:
+        """End offsets of possible matches in a multi-line block, or None if not supported."""
+        return None
+
+
+class _HyperscanEngine(_Engine):
+    name = "hyperscan"
+
+    def __init__(self, infos: Sequence[PatternInfo]) -> None:
+        hs = importlib.import_module("hyperscan")
+        exprs = [i.spec.source.encode("utf-8") for i in infos]
+        ids = list(range(len(infos)))
+        caseless = [hs.HS_FLAG_CASELESS if i.spec.ignore_case else 0 for i in infos]
+        self._line_db: Any = hs.Database(mode=hs.HS_MODE_BLOCK)
+        self._line_db.compile(
+            expressions=exprs,
+            ids=ids,
+            elements=len(exprs),
+            flags=[c | hs.HS_FLAG_SINGLEMATCH for c in caseless],
+        )
+        self._block_db: Any = None
+        if not any(i.string_anchors for i in infos):
+            # ^ and $ at line boundaries; . still stops at \n. Used only as a prefilter.
+            self._block_db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self._block_db.compile(
+                expressions=exprs,
+                ids=ids,
+                elements=len(exprs),
+                flags=[c | hs.HS_FLAG_MULTILINE for c in caseless],
+            )
+        self._lock = threading.Lock()  # the wrapper's scratch space is per database
+
+    def match(self, data: bytes) -> list[int]:
+        hits: list[int] = []
+        with self._lock:
+            self._line_db.scan(data, match_event_handler=_collect, context=hits)
+        if len(hits) > 1:
+            hits.sort()
+        return hits
+
+    def candidate_ends(self, block: bytes) -> list[int] | None:
+        if self._block_db is None:
+            return None
+        ends: list[int] = []
+        with self._lock:
+            self._block_db.scan(block, match_event_handler=_collect_end, context=ends)
+        return ends
+
+
+class _Re2Engine(_Engine):
+    name = "re2"
+
+    def __init__(self, infos: Sequence[PatternInfo]) -> None:
+        re2 = importlib.import_module("re2")
+        options = re2.Options()
+        options.encoding = re2.Options.Encoding.LATIN1  # byte semantics, like the other engines
+        options.never_nl = False
+        self._set: Any = re2.Set.SearchSet(options)
+        for info in infos:
+            prefix = b"(?i)" if info.spec.ignore_case else b""
+            index = self._set.Add(prefix + info.spec.source.encode("utf-8"))
+            if index < 0:
+                raise PatternError(info.spec.pattern_id, "rejected by RE2")
+        self._set.Compile()
+
+    def match(self, data: bytes) -> list[int]:
+        hits: list[int] = self._set.Match(data) or []
+        if len(hits) > 1:
+            hits.sort()
+        return hits
+
+
+class _PythonEngine(_Engine):
+    """Literal prefilter, then ``re`` on the candidates only (patterns are vetted, input capped)."""
+
+    name = "python"
+
+    def __init__(self, infos: Sequence[PatternInfo]) -> None:
+        self._infos = list(infos)
+        self._always = [n for n, i in enumerate(infos) if i.required is None]
+        self._literals = [(n, i.required) for n, i in enumerate(infos) if i.required is not None]
+        self._need_lower = any(i.spec.ignore_case for i in infos)
+        ahocorasick = _optional("ahocorasick")
+        self._automaton: Any = None
+        if ahocorasick is not None and self._literals:
+            automaton = ahocorasick.Automaton()
+            by_literal: dict[bytes, list[int]] = {}
+            for n, lit in self._literals:
+                by_literal.setdefault(lit.lower(), []).append(n)
+            for lit, indexes in by_literal.items():
+                automaton.add_word(lit.decode("latin-1"), indexes)
+            automaton.make_automaton()
+            self._automaton = automaton
+        # confirmation: plain literals need no regex
+        self._plain: dict[int, tuple[bytes, bool]] = {
+            n: (i.spec.pattern.encode("utf-8"), i.spec.ignore_case) for n, i in enumerate(infos) if not i.spec.is_regex
+        }
+
+    def match(self, data: bytes) -> list[int]:
+        lower = data.lower() if (self._need_lower or self._automaton is not None) else data
+        candidates: set[int] = set(self._always)
+        if self._automaton is not None:
+            for _end, indexes in self._automaton.iter(lower.decode("latin-1")):
+                candidates.update(indexes)
+        else:
+            for n, lit in self._literals:
+                if lit in (lower if self._infos[n].spec.ignore_case else data):
+                    candidates.add(n)
+        hits: list[int] = []
+        for n in sorted(candidates):
+            plain = self._plain.get(n)
+            if plain is not None:
+                text, ignore_case = plain
+                if (text.lower() in lower) if ignore_case else (text in data):
+                    hits.append(n)
+            elif self._infos[n].regex.search(data) is not None:
+                hits.append(n)
+        return hits
+
+
+_ENGINES: dict[str, type[_Engine]] = {
+    "hyperscan": _HyperscanEngine,
+    "re2": _Re2Engine,
+    "python": _PythonEngine,
+}
+
+
+def available_backends() -> list[str]:
+    """Backends whose libraries import on this machine, best first."""
+    found = [name for name, module in (("hyperscan", "hyperscan"), ("re2", "re2")) if _optional(module)]
+    return [*found, "python"]
+
+
+# --------------------------------------------------------------------------- the set
+
+
+class PatternSet:
+    """Many patterns compiled into one scanner; ``match`` returns every matching id, sorted.
+
+    ``backend="auto"`` takes the best engine that imports *and* compiles the set, so a wheel
+    that is missing or refuses a pattern degrades speed, never correctness. Not thread-safe for
+    concurrent ``match`` calls on hyperscan beyond an internal lock: give each thread its own set
+    if contention matters.
+    """
+
+    def __init__(self, entries: Iterable[SpecLike], backend: str = "auto", max_line: int = MAX_LINE) -> None:
+        infos: list[PatternInfo] = []
+        seen: set[str] = set()
+        for entry in entries:
+            info = check_pattern(entry)
+            if info.spec.pattern_id in seen:
+                raise PatternError(info.spec.pattern_id, "duplicate id")
+            seen.add(info.spec.pattern_id)
+            infos.append(info)
+        infos.sort(key=lambda i: i.spec.pattern_id)
+        self._infos = infos
+        self._ids = [i.spec.pattern_id for i in infos]
+        self.max_line = max_line
+        if backend != "auto" and backend not in _ENGINES:
+            raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS} or 'auto'")
+        order = available_backends() if backend == "auto" else [backend]
+        engine: _Engine | None = None
+        errors: list[str] = []
+        for name in order:
+            if not infos:
+                engine = _PythonEngine(infos)
+                break
+            try:
+                engine = _ENGINES[name](infos)
+                break
+            except Exception as exc:  # a missing wheel or an engine-specific refusal
+                if backend != "auto":
+                    raise
+                errors.append(f"{name}: {exc}")
+        assert engine is not None, errors  # the python engine accepts every vetted pattern
+        self._engine = engine
+        self.backend: str = engine.name
+        self.fallback_reasons: tuple[str, ...] = tuple(errors)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _prepare(self, text: str | bytes) -> bytes:
+        data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+        if len(data) > self.max_line:
+            data = data[: self.max_line]
+        if data.endswith(b"\n"):
+            data = data[:-1]
+        return data
+
+    def match(self, text: str | bytes) -> list[str]:
+        """Ids of all patterns found in one line, in id order."""
+        if not self._ids:
+            return []
+        ids = self._ids
+        return [ids[n] for n in self._engine.match(self._prepare(text))]
+
+    def match_block(self, block: bytes) -> list[tuple[int, list[str]]]:
+        """Scan many newline-separated lines at once; ``(line start offset, ids)`` per matching line.
+
+        Same answer as calling :meth:`match` on each line, but with hyperscan one scan covers the
+        whole block and only lines holding a possible match are re-checked one by one: this is
+        what makes replaying recorded logs run at grep-like speed.
+        """
+        if not self._ids:
+            return []
+        ends = self._engine.candidate_ends(block)
+        found: list[tuple[int, list[str]]] = []
+        if ends is None:
+            start = 0
+            size = len(block)
+            while start < size:
+                stop = block.find(b"\n", start)
+                if stop < 0:
+                    stop = size
+                ids = self.match(block[start:stop])
+                if ids:
+                    found.append((start, ids))
+                start = stop + 1
+            return found
+        last_start = -1
+        for end in sorted(ends):
+            last = end - 1  # offset of the match's last byte; no vetted pattern matches empty
+            if block[last] == 0x0A:
+                continue  # ends on a newline: spans lines, so no single line matched here
+            start = block.rfind(b"\n", 0, last) + 1
+            if start == last_start:
+                continue
+            last_start = start
+            stop = block.find(b"\n", start)
+            ids = self.match(block[start : stop if stop >= 0 else len(block)])
+            if ids:
+                found.append((start, ids))
+        return found

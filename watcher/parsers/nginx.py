@@ -1,0 +1,236 @@
+"""Nginx error and access logs, with the replica each line is about.
+
+The load balancer's logs name the replica that failed, which the replica's own logs often cannot
+(a replica that hangs writes nothing). So both parsers extract ``upstream_addr`` = ``host:port``:
+
+* error log: ``2024/05/01 10:00:00 [error] 31#31: *5 upstream timed out (110: ...) while reading
+  response header from upstream, client: ..., request: "...", upstream: "http://10.0.0.7:8501/...",
+  host: "..."``;
+* access log: any ``log_format``, compiled by :class:`AccessLogFormat` into a linear tokenizer
+  (each variable ends at the next literal, found with ``str.find``: no regex, no backtracking).
+  In ``$upstream_addr`` the *last* address of a comma list is the one that answered; the whole
+  list is kept as ``upstream_addrs`` (likewise ``upstream_status``/``upstream_statuses``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from watcher.parsers.base import MONTHS, Parsed, epoch
+
+KIND = "nginx"
+
+_ERROR = re.compile(
+    r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) \[([a-z]{1,8})\] (\d{1,10})#(\d{1,10}): (?:\*(\d{1,20}) )?"
+)
+_NGINX_LEVELS = {
+    "debug": "debug",
+    "info": "info",
+    "notice": "info",
+    "warn": "warning",
+    "error": "error",
+    "crit": "fatal",
+    "alert": "fatal",
+    "emerg": "fatal",
+}
+_CONTEXT_KEYS = ("client", "server", "request", "upstream", "host", "referrer")
+
+
+def upstream_host_port(url: str) -> str:
+    """``http://10.0.0.7:8501/v1/models/m:predict`` → ``10.0.0.7:8501`` (unix sockets kept whole)."""
+    rest = url.partition("://")[2] or url
+    if rest.startswith("unix:"):
+        return rest
+    return rest.split("/", 1)[0]
+
+
+def parse_error(line: str) -> Parsed | None:
+    """Parse an error-log line; ``None`` if it does not start like one."""
+    m = _ERROR.match(line)
+    if m is None:
+        return None
+    y, mo, d, hh, mi, ss, level, pid, tid, conn = m.groups()
+    body = line[m.end() :]
+    fields: dict[str, str] = {"pid": pid, "tid": tid}
+    if conn:
+        fields["connection"] = conn
+    # context trailer: ", client: 1.2.3.4, server: x, request: "...", upstream: "...", host: "...""
+    cut = body.find(", client: ")
+    message = body if cut < 0 else body[:cut]
+    if cut >= 0:
+        _context(body[cut + 2 :], fields)
+    if "upstream" in fields:
+        fields["upstream_addr"] = upstream_host_port(fields["upstream"])
+    errno = message.find(" (")
+    if errno >= 0:
+        code = message[errno + 2 : message.find(":", errno, errno + 8)]
+        if code.isdigit():
+            fields["errno"] = code
+    ts = epoch(int(y), int(mo), int(d), int(hh), int(mi), int(ss))
+    return Parsed(KIND, message, _NGINX_LEVELS.get(level, ""), ts, fields)
+
+
+def _context(trailer: str, fields: dict[str, str]) -> None:
+    pos = 0
+    size = len(trailer)
+    while pos < size:
+        colon = trailer.find(": ", pos)
+        if colon < 0:
+            return
+        key = trailer[pos:colon]
+        if key not in _CONTEXT_KEYS:
+            return
+        start = colon + 2
+        if trailer.startswith('"', start):
+            end = trailer.find('"', start + 1)
+            if end < 0:
+                end = size
+            fields[key] = trailer[start + 1 : end]
+            pos = end + 1
+        else:
+            end = trailer.find(",", start)
+            if end < 0:
+                end = size
+            fields[key] = trailer[start:end]
+            pos = end
+        if trailer.startswith(", ", pos):
+            pos += 2
+        else:
+            return
+
+
+# ----------------------------------------------------------------------------- access log
+
+COMBINED = (
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"'
+)
+"""Nginx's predefined ``combined`` format."""
+
+UPSTREAM = COMBINED + " $upstream_addr $upstream_status $request_time"
+"""The default: ``combined`` plus who answered, with what, and how long the request took."""
+
+_LIST_VARS = frozenset(
+    {
+        "upstream_addr",
+        "upstream_status",
+        "upstream_response_time",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "upstream_bytes_received",
+        "upstream_bytes_sent",
+        "upstream_response_length",
+    }
+)
+_VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]{1,64})\}|([A-Za-z0-9_]{1,64}))")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogFormat:
+    """A ``log_format`` string compiled to ``(literal, variable)`` steps for a linear tokenizer."""
+
+    source: str
+    prefix: str
+    steps: tuple[tuple[str, str], ...]  # (variable, literal that follows it; "" = end of line)
+
+    @classmethod
+    def compile(cls, log_format: str) -> AccessLogFormat:
+        """Compile nginx ``log_format`` text; adjacent variables are refused (nothing separates them)."""
+        tokens: list[str] = []
+        literals: list[str] = []
+        pos = 0
+        for m in _VAR.finditer(log_format):
+            literals.append(log_format[pos : m.start()])
+            tokens.append(m.group(1) or m.group(2))
+            pos = m.end()
+        trailing = log_format[pos:]
+        if not tokens:
+            raise ValueError("log_format has no variables")
+        for n, lit in enumerate(literals[1:], 1):
+            if not lit:
+                raise ValueError(f"variables ${tokens[n - 1]} and ${tokens[n]} are adjacent: cannot split them")
+        followers = [*literals[1:], trailing]
+        return cls(log_format, literals[0], tuple(zip(tokens, followers, strict=True)))
+
+    def parse(self, line: str) -> dict[str, str] | None:
+        """Variables of one line, or ``None`` if the line does not fit the format."""
+        if not line.startswith(self.prefix):
+            return None
+        pos = len(self.prefix)
+        values: dict[str, str] = {}
+        last = len(self.steps) - 1
+        for n, (name, literal) in enumerate(self.steps):
+            if not literal:
+                if n != last:
+                    return None
+                end = len(line)
+            else:
+                end = line.find(literal, pos)
+                if name in _LIST_VARS:
+                    # "10.0.0.1:8501, 10.0.0.2:8501" and "a : b" (internal redirect) contain spaces
+                    while end >= 0 and (line[end - 1 : end] == "," or line.startswith(" : ", end)):
+                        end = line.find(literal, end + 1)
+                if end < 0:
+                    return None
+            values[name] = line[pos:end]
+            pos = end + len(literal)
+        if pos != len(line) and self.steps[-1][1]:
+            return None
+        return values
+
+
+DEFAULT_FORMAT = AccessLogFormat.compile(UPSTREAM)
+_COMBINED_FORMAT = AccessLogFormat.compile(COMBINED)
+
+
+def _time_local(text: str) -> float | None:
+    # 01/May/2024:10:00:00 +0000
+    if len(text) != 26 or text[2] != "/" or text[6] != "/" or text[11] != ":":
+        return None
+    month = MONTHS.get(text[3:6].lower())
+    parts = (text[0:2], text[7:11], text[12:14], text[15:17], text[18:20], text[22:26])
+    if month is None or not all(p.isdigit() for p in parts):
+        return None
+    base = epoch(int(parts[1]), month, int(parts[0]), int(parts[2]), int(parts[3]), int(parts[4]))
+    if base is None:
+        return None
+    sign = -1 if text[21] == "-" else 1
+    return base - sign * (int(parts[5][:2]) * 3600 + int(parts[5][2:]) * 60)
+
+
+def parse_access(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None:
+    """Parse an access-log line with ``fmt`` (default: :data:`UPSTREAM`, then ``combined``)."""
+    formats = (fmt,) if fmt is not None else (DEFAULT_FORMAT, _COMBINED_FORMAT)
+    values = None
+    for candidate in formats:
+        values = candidate.parse(line)
+        if values is not None:
+            break
+    if values is None:
+        return None
+    fields = {k: v for k, v in values.items() if v != "-" or k in ("remote_user",)}
+    for var, plural in (("upstream_addr", "upstream_addrs"), ("upstream_status", "upstream_statuses")):
+        full = values.get(var)
+        if full and full != "-":
+            fields[plural] = full
+            fields[var] = full.replace(" : ", ", ").rsplit(", ", 1)[-1].strip()
+    request = values.get("request", "")
+    method, _, rest = request.partition(" ")
+    if rest:
+        fields["method"] = method
+        fields["path"] = rest.rsplit(" ", 1)[0]
+    status = values.get("status", "")
+    level = "info"
+    if status.isdigit():
+        level = "error" if status >= "500" else "warning" if status >= "400" else "info"
+    ts = _time_local(values["time_local"]) if "time_local" in values else None
+    return Parsed(KIND, line, level, ts, fields)
+
+
+def parse(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None:
+    """Error-log line or access-log line, whichever fits."""
+    if line[:1].isdigit() and line[4:5] == "/":
+        parsed = parse_error(line)
+        if parsed is not None:
+            return parsed
+    return parse_access(line, fmt)

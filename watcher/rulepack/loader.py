@@ -1,0 +1,410 @@
+"""Read rule packs from YAML, reporting every problem of every file with ``file:line:col``.
+
+The YAML is composed into nodes first (safe loader only: tags never run code) so each pydantic
+error can be mapped back to the node it is about: the key for an unknown key, the value for a bad
+value, the enclosing mapping for a missing key. PyYAML silently keeps the last of two equal keys;
+the node walk catches that too. Loading is all-or-nothing: :func:`load_packs` returns every pack or
+raises :class:`RulePackError` with all the errors, never a half-loaded set of rules.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from watcher.rulepack.schema import CHECK_DUPLICATE_IDS, STRICT_DURATIONS, Origin, RulePack
+
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # after alias expansion: what validation would have to walk
+MAX_DEPTH = 64
+_CONTEXT = {CHECK_DUPLICATE_IDS: False, STRICT_DURATIONS: True}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class LintError:
+    """One problem at one place; prints the way compilers and promtool do."""
+
+    file: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.message}"
+
+
+class RulePackError(Exception):
+    """Loading refused: carries every error found, in file order then line order."""
+
+    def __init__(self, errors: Sequence[LintError]) -> None:
+        self.errors: tuple[LintError, ...] = tuple(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def load_packs(paths: Sequence[Path]) -> list[RulePack]:
+    """Load all packs (files, or directories of ``*.yaml``/``*.yml``) or raise with every error."""
+    packs, errors = _load(paths)
+    if errors:
+        raise RulePackError(errors)
+    return packs
+
+
+def lint(paths: Sequence[Path]) -> list[LintError]:
+    """Every problem in these packs, considered together (rule ids must be unique across them)."""
+    return _load(paths)[1]
+
+
+def lint_text(text: str, file: str = "<string>") -> list[LintError]:
+    """Lint one pack given as text (editors, tests, ``rules test`` fixtures)."""
+    result = _parse_text(text, file)
+    return result.errors + _duplicate_errors([result])
+
+
+# --------------------------------------------------------------------------------------- internals
+
+
+@dataclass
+class _Parsed:
+    file: str
+    root: yaml.Node | None
+    pack: RulePack | None
+    errors: list[LintError]
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()))
+        else:
+            files.append(path)
+    return files
+
+
+def _load(paths: Sequence[Path]) -> tuple[list[RulePack], list[LintError]]:
+    parsed = [_parse_file(path) for path in _expand(paths)]
+    extra = _duplicate_errors(parsed)
+    errors: list[LintError] = []
+    order = {p.file: i for i, p in enumerate(parsed)}
+    for p in parsed:
+        errors.extend(p.errors)
+    errors.extend(extra)
+    errors.sort(key=lambda e: (order.get(e.file, len(order)), e.line, e.col, e.message))
+    packs = [p.pack for p in parsed if p.pack is not None]
+    return (packs if not errors else []), errors
+
+
+def _parse_file(path: Path) -> _Parsed:
+    file = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return _fail(file, f"file is {size} bytes; a rule pack may be at most {MAX_FILE_BYTES} bytes (1 MiB)")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return _fail(file, f"cannot read file: {exc.strerror or exc}")
+    if len(raw) > MAX_FILE_BYTES:
+        return _fail(file, f"file is larger than {MAX_FILE_BYTES} bytes; a rule pack may be at most 1 MiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return _fail(file, f"file is not UTF-8 (byte {exc.start})")
+    return _parse_text(text, file)
+
+
+def _fail(file: str, message: str, line: int = 1, col: int = 1) -> _Parsed:
+    return _Parsed(file, None, None, [LintError(file, line, col, message)])
+
+
+def _parse_text(text: str, file: str) -> _Parsed:
+    if len(text.encode()) > MAX_FILE_BYTES:
+        return _fail(file, f"text is larger than {MAX_FILE_BYTES} bytes; a rule pack may be at most 1 MiB")
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return _fail(file, "empty file: a rule pack needs at least pack and rules")
+        errors = _check_nodes(file, root)
+        if any(e.message.startswith("YAML:") for e in errors):
+            return _Parsed(file, root, None, errors)  # aliases too deep, cyclic or too many: stop here
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        return _Parsed(file, None, None, [_yaml_error(file, exc)])
+    except yaml.reader.ReaderError as exc:
+        line, col = _position(text, exc.position)
+        return _fail(file, f"YAML: unacceptable character #x{exc.character!r} in the file", line, col)
+    except yaml.YAMLError as exc:
+        return _fail(file, f"YAML: {exc}")
+    except RecursionError:
+        return _fail(file, "YAML: nesting is too deep")
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        return _Parsed(file, root, None, [*errors, _at(file, root, "a rule pack is a mapping with pack and rules")])
+    try:
+        pack = RulePack.model_validate(data, context=_CONTEXT)
+    except ValidationError as exc:
+        errors.extend(_validation_errors(file, root, exc))
+        return _Parsed(file, root, None, errors)
+    _attach_origins(file, root, pack)
+    return _Parsed(file, root, None if errors else pack, errors)
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+
+
+def _yaml_error(file: str, exc: yaml.MarkedYAMLError) -> LintError:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "invalid YAML"
+    message = f"YAML: {problem}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        cm = exc.context_mark
+        message += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    return LintError(file, line, col, message)
+
+
+def _at(file: str, node: yaml.Node, message: str) -> LintError:
+    return LintError(file, node.start_mark.line + 1, node.start_mark.column + 1, message)
+
+
+def _check_nodes(file: str, root: yaml.Node) -> list[LintError]:
+    """Duplicate keys, plus limits that keep alias tricks (billion laughs, cycles) out of validation."""
+    errors: list[LintError] = []
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def walk(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise _NodeLimit(node, "YAML: an alias refers to a node that contains it (cyclic)")
+        if depth > MAX_DEPTH:
+            raise _NodeLimit(node, f"YAML: nesting deeper than {MAX_DEPTH} levels")
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, yaml.Node] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in seen:
+                        first = seen[k.value].start_mark
+                        errors.append(
+                            _at(file, k, f"duplicate key {k.value!r} (first at {first.line + 1}:{first.column + 1})")
+                        )
+                    seen[k.value] = k
+                total += walk(k, depth + 1) + walk(v, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                total += walk(item, depth + 1)
+        in_progress.discard(key)
+        sizes[key] = total
+        if total > MAX_NODES:
+            raise _NodeLimit(node, f"YAML: document expands to more than {MAX_NODES} nodes (aliases?)")
+        return total
+
+    try:
+        walk(root, 0)
+    except _NodeLimit as limit:
+        errors.append(_at(file, limit.node, limit.message))
+    return errors
+
+
+class _NodeLimit(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
+# ------------------------------------------------------------------------- pydantic error -> node
+
+_UNION_LISTS = {"rules", "then"}  # list fields whose items are tagged unions (pydantic puts the tag in loc)
+
+
+def _strip_tags(loc: Sequence[int | str]) -> list[int | str]:
+    """Drop the union tag pydantic inserts after ``rules[i]`` and ``then[j]``: it is no YAML key."""
+    out: list[int | str] = []
+    i = 0
+    while i < len(loc):
+        seg = loc[i]
+        out.append(seg)
+        if isinstance(seg, int) and len(out) >= 2 and out[-2] in _UNION_LISTS and i + 1 < len(loc):
+            i += 1  # skip the tag
+        i += 1
+    return out
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    text = ""
+    for seg in loc:
+        text += f"[{seg}]" if isinstance(seg, int) else (f".{seg}" if text else str(seg))
+    return text
+
+
+def _child(node: yaml.Node, seg: int | str) -> tuple[yaml.Node | None, yaml.Node | None]:
+    """(key node, value node) of ``seg`` under ``node``; the last of duplicate keys, as PyYAML keeps."""
+    if isinstance(node, yaml.MappingNode):
+        found: tuple[yaml.Node | None, yaml.Node | None] = (None, None)
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == str(seg):
+                found = (k, v)
+        return found
+    if isinstance(node, yaml.SequenceNode) and isinstance(seg, int) and 0 <= seg < len(node.value):
+        return None, node.value[seg]
+    return None, None
+
+
+def _walk(root: yaml.Node, loc: Sequence[int | str]) -> tuple[yaml.Node, yaml.Node | None]:
+    """The deepest node reached along ``loc``, and the key node of the last step if it was found."""
+    node, key = root, None
+    for seg in loc:
+        k, v = _child(node, seg)
+        if v is None:
+            return node, None
+        node, key = v, k
+    return node, key
+
+
+def _validation_errors(file: str, root: yaml.Node, exc: ValidationError) -> Iterable[LintError]:
+    for err in exc.errors(include_url=False, include_input=False):
+        raw_loc = list(err["loc"])
+        loc = _strip_tags(raw_loc)
+        kind = err["type"]
+        if kind == "extra_forbidden" and loc:
+            parent, _ = _walk(root, loc[:-1])
+            key_node, _v = _child(parent, loc[-1])
+            where = _path(loc[:-1])
+            message = f"unknown key {loc[-1]!r}{_key_hint(raw_loc, str(loc[-1]))}"
+            yield _at(file, key_node or parent, f"{where}: {message}" if where else message)
+        elif kind == "missing" and loc:
+            parent, _ = _walk(root, loc[:-1])
+            where = _path(loc[:-1])
+            message = f"missing required key {loc[-1]!r}"
+            yield _at(file, parent, f"{where}: {message}" if where else message)
+        elif kind == "detector_params":
+            for sub in (err.get("ctx") or {}).get("errors", []):
+                full = [*loc, *sub["loc"]]
+                if sub["type"] == "missing":
+                    node, _ = _walk(root, loc)
+                    text = f"missing required key {sub['loc'][-1]!r}" if sub["loc"] else sub["msg"]
+                    yield _at(file, node, f"{_path(loc)}: {text}")
+                else:
+                    node, _ = _walk(root, full)
+                    yield _at(file, node, f"{_path(full)}: {sub['msg']}")
+        else:
+            node, _ = _walk(root, loc)
+            where = _path(loc)
+            yield _at(file, node, f"{where}: {err['msg']}" if where else err["msg"])
+
+
+def _key_hint(raw_loc: Sequence[int | str], key: str) -> str:
+    """'did you mean' when a known key is close, else the list of keys allowed there."""
+    model = _model_at(raw_loc[:-1])
+    if model is None:
+        return ""
+    allowed = [f.alias or name for name, f in model.model_fields.items()]
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; allowed: {', '.join(allowed)}"
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg))
+    return found
+
+
+def _model_at(raw_loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model a pydantic location (tags included) points into, to list its keys."""
+    models: list[type[BaseModel]] = [RulePack]
+    for seg in raw_loc:
+        if isinstance(seg, int):
+            continue
+        if len(models) > 1:
+            tagged = [m for m in models if seg in (getattr(m, "kind", None), getattr(m, "name", None))]
+            if len(tagged) == 1:
+                models = tagged
+                continue
+            return None
+        fields = {f.alias or name: f for name, f in models[0].model_fields.items()}
+        if seg not in fields:
+            return None
+        models = _models_in(fields[seg].annotation)
+        if not models:
+            return None
+    return models[0] if len(models) == 1 else None
+
+
+# ----------------------------------------------------------------------------- across files
+
+
+def _rule_id_nodes(root: yaml.Node | None) -> list[tuple[str, yaml.Node]]:
+    if root is None:
+        return []
+    _, rules_node = _child(root, "rules")
+    if not isinstance(rules_node, yaml.SequenceNode):
+        return []
+    found: list[tuple[str, yaml.Node]] = []
+    for item in rules_node.value:
+        _, id_node = _child(item, "id")
+        if isinstance(id_node, yaml.ScalarNode) and id_node.value:
+            found.append((id_node.value, id_node))
+    return found
+
+
+def _duplicate_errors(parsed: Sequence[_Parsed]) -> list[LintError]:
+    """Rule ids (and pack names) must be unique across all packs loaded together."""
+    errors: list[LintError] = []
+    first_id: dict[str, tuple[str, yaml.Node]] = {}
+    first_pack: dict[str, tuple[str, yaml.Node]] = {}
+    for p in parsed:
+        if p.root is not None:
+            _, name_node = _child(p.root, "pack")
+            if isinstance(name_node, yaml.ScalarNode) and name_node.value:
+                if name_node.value in first_pack:
+                    other_file, other = first_pack[name_node.value]
+                    errors.append(
+                        _at(
+                            p.file,
+                            name_node,
+                            f"duplicate pack name {name_node.value!r}: also at {_where(other_file, other)}",
+                        )
+                    )
+                else:
+                    first_pack[name_node.value] = (p.file, name_node)
+        for rule_id, node in _rule_id_nodes(p.root):
+            if rule_id in first_id:
+                other_file, other = first_id[rule_id]
+                errors.append(
+                    _at(p.file, node, f"duplicate rule id {rule_id!r}: also defined at {_where(other_file, other)}")
+                )
+            else:
+                first_id[rule_id] = (p.file, node)
+    return errors
+
+
+def _where(file: str, node: yaml.Node) -> str:
+    return f"{file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def _attach_origins(file: str, root: yaml.Node, pack: RulePack) -> None:
+    pack._source = file
+    for index, rule in enumerate(pack.rules):
+        node, _ = _walk(root, ["rules", index])
+        rule.with_origin(Origin(file, node.start_mark.line + 1, node.start_mark.column + 1))
