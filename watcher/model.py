@@ -64,7 +64,7 @@ class LogRecord:
     message: str
     level: str = ""  # normalised: "debug", "info", "warning", "error", "fatal" or ""
     source: str = ""  # the parser that understood it: "tfserving", "nginx", "json", ...
-    fields: Mapping[str, str] = field(default=EMPTY)
+    fields: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 class LifecycleKind(StrEnum):
@@ -86,7 +86,7 @@ class Lifecycle:
     kind: LifecycleKind
     exit_code: int | None = None
     health: str | None = None  # "healthy" / "unhealthy" for HEALTH_STATUS
-    attributes: Mapping[str, str] = field(default=EMPTY)
+    attributes: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ class Sample:
     ts: float
     value: float
     target: Target | None = None
-    labels: Mapping[str, str] = field(default=EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     stale: bool = False
 
 

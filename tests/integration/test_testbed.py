@@ -158,6 +158,9 @@ def test_faults_as_a_client_sees_them_through_nginx(bed3: Testbed, http: request
         r1.set_faults({"hang": {"after_s": 0}})
         with pytest.raises(requests.exceptions.Timeout):
             http.get(f"{r1.rest_url}/v1/models/{MODEL}", timeout=2)
+        # Through Nginx the hung replica costs one client a 3 s wait and a 504, then it is skipped.
+        statuses = Counter(predict(http, bed3).status_code for _ in range(8))
+        assert statuses == {504: 1, 200: 7}
         events.wait_for(r1.name, "health_status: unhealthy", timeout_s=30)
         assert r1.state()["Running"] is True
     finally:
@@ -209,3 +212,17 @@ def test_failed_load_and_stale_version(bed3: Testbed, http: requests.Session) ->
         idx = replica_of(bed3, served_by(resp))
         outputs[f"{idx}:{json.dumps(resp.json()['predictions'])}"] += 1
     assert outputs[f"2:{json.dumps(EXPECTED['1'])}"] == 5  # weight 1 of 6 -> 5 of 30, all stale
+
+
+def test_demo_shows_the_oom_the_watcher_exists_to_prevent(docker_client: docker.DockerClient) -> None:
+    import io
+
+    from watcher.testbed.demo import run_demo
+
+    out = io.StringIO()
+    assert run_demo(seconds=25, leak_mb_per_s=24, out=out) == 0
+    text = out.getvalue()
+    assert "docker: oom" in text and "die (exit code 137)" in text
+    assert "first allocator warning" in text
+    clients = next(line for line in text.splitlines() if line.startswith("clients:"))
+    assert "'429'" in clients  # RESOURCE_EXHAUSTED predictions reached clients before the kill

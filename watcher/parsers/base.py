@@ -11,8 +11,10 @@ from __future__ import annotations
 import calendar
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from watcher.model import EMPTY, LogRecord, Target
+if TYPE_CHECKING:  # imported lazily: parsing must not depend on the engine's types loading
+    from watcher.model import LogRecord, Target
 
 LEVELS = ("debug", "info", "warning", "error", "fatal")
 
@@ -68,10 +70,12 @@ class Parsed:
     message: str
     level: str = ""  # one of LEVELS or ""
     ts: float | None = None  # seconds since the epoch (UTC) when the line carries a timestamp
-    fields: Mapping[str, str] = field(default=EMPTY)
+    fields: Mapping[str, str] = field(default_factory=dict)
 
     def to_record(self, target: Target, fallback_ts: float) -> LogRecord:
         """The record the engine consumes; the source's receive time stands in for a missing ts."""
+        from watcher.model import LogRecord
+
         return LogRecord(
             target=target,
             ts=self.ts if self.ts is not None else fallback_ts,

@@ -55,11 +55,16 @@ def detect(line: str) -> str:
             return tfserving.KIND
         if head[1:5].isdigit() and head[5:6] == "-":
             return python_servers.GUNICORN
-    elif first in ("I", "W", "E", "F") and head[1:5].isdigit() and head[5:6] == " ":
+        close = head.find("] ")
+        if 2 < close < 10 and head[1:close] in nginx.LEVEL_WORDS:
+            return nginx.KIND
+    elif first in ("I", "W", "E", "F") and (
+        (head[1:5].isdigit() and head[5:6] == " ") or (head[1:2] == " " and line.find(".cc:", 0, 600) > 0)
+    ):
         return tfserving.KIND
     elif head.startswith(_UVICORN_PREFIXES):
         return python_servers.UVICORN
-    if "StatusCode." in line:
+    if "StatusCode." in line or "RpcError" in head or head.lstrip().startswith('details = "'):
         return grpc.KIND
     if any(marker in line for marker in _KERNEL_MARKERS):
         return kernel.KIND

@@ -8,22 +8,18 @@ in Kubernetes annotations), so a piece without ``=`` is glued back to the previo
 
 from __future__ import annotations
 
-from watcher.model import LifecycleKind
+from typing import TYPE_CHECKING
+
 from watcher.parsers.base import Parsed, parse_iso
+
+if TYPE_CHECKING:
+    from watcher.model import LifecycleKind
 
 KIND = "docker_events"
 _TYPES = frozenset(
     {"container", "image", "volume", "network", "daemon", "plugin", "service", "node", "secret", "config"}
 )
-_LIFECYCLE = {
-    "oom": LifecycleKind.OOM,
-    "die": LifecycleKind.DIE,
-    "start": LifecycleKind.START,
-    "restart": LifecycleKind.RESTART,
-    "stop": LifecycleKind.STOP,
-    "destroy": LifecycleKind.DESTROY,
-    "health_status": LifecycleKind.HEALTH_STATUS,
-}
+_LIFECYCLE_EVENTS = frozenset({"oom", "die", "start", "restart", "stop", "destroy", "health_status"})
 
 
 def parse(line: str) -> Parsed | None:
@@ -70,6 +66,9 @@ def parse(line: str) -> Parsed | None:
 
 def lifecycle_kind(parsed: Parsed) -> LifecycleKind | None:
     """The lifecycle kind a container event stands for, or ``None`` for events the engine ignores."""
-    if parsed.fields.get("type") != "container":
+    from watcher.model import LifecycleKind
+
+    event = parsed.fields.get("event", "")
+    if parsed.fields.get("type") != "container" or event not in _LIFECYCLE_EVENTS:
         return None
-    return _LIFECYCLE.get(parsed.fields.get("event", ""))
+    return LifecycleKind(event)

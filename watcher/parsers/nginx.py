@@ -24,6 +24,7 @@ KIND = "nginx"
 _ERROR = re.compile(
     r"(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) \[([a-z]{1,8})\] (\d{1,10})#(\d{1,10}): (?:\*(\d{1,20}) )?"
 )
+_ERROR_UNDATED = re.compile(r"\[([a-z]{1,8})\] (\d{1,10})#(\d{1,10}): (?:\*(\d{1,20}) )?")
 _NGINX_LEVELS = {
     "debug": "debug",
     "info": "info",
@@ -34,6 +35,7 @@ _NGINX_LEVELS = {
     "alert": "fatal",
     "emerg": "fatal",
 }
+LEVEL_WORDS = frozenset(_NGINX_LEVELS)
 _CONTEXT_KEYS = ("client", "server", "request", "upstream", "host", "referrer")
 
 
@@ -48,9 +50,15 @@ def upstream_host_port(url: str) -> str:
 def parse_error(line: str) -> Parsed | None:
     """Parse an error-log line; ``None`` if it does not start like one."""
     m = _ERROR.match(line)
-    if m is None:
-        return None
-    y, mo, d, hh, mi, ss, level, pid, tid, conn = m.groups()
+    if m is not None:
+        y, mo, d, hh, mi, ss, level, pid, tid, conn = m.groups()
+        ts = epoch(int(y), int(mo), int(d), int(hh), int(mi), int(ss))
+    else:  # shippers that strip the date keep "[level] pid#tid: "
+        m = _ERROR_UNDATED.match(line)
+        if m is None or m.group(1) not in _NGINX_LEVELS:
+            return None
+        level, pid, tid, conn = m.groups()
+        ts = None
     body = line[m.end() :]
     fields: dict[str, str] = {"pid": pid, "tid": tid}
     if conn:
@@ -67,7 +75,6 @@ def parse_error(line: str) -> Parsed | None:
         code = message[errno + 2 : message.find(":", errno, errno + 8)]
         if code.isdigit():
             fields["errno"] = code
-    ts = epoch(int(y), int(mo), int(d), int(hh), int(mi), int(ss))
     return Parsed(KIND, message, _NGINX_LEVELS.get(level, ""), ts, fields)
 
 
@@ -122,6 +129,7 @@ _LIST_VARS = frozenset(
         "upstream_response_length",
     }
 )
+_NUMERIC_VARS = frozenset({"status", "body_bytes_sent", "bytes_sent", "request_length", "request_time"})
 _VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]{1,64})\}|([A-Za-z0-9_]{1,64}))")
 
 
@@ -169,18 +177,33 @@ class AccessLogFormat:
                 if name in _LIST_VARS:
                     # "10.0.0.1:8501, 10.0.0.2:8501" and "a : b" (internal redirect) contain spaces
                     while end >= 0 and (line[end - 1 : end] == "," or line.startswith(" : ", end)):
-                        end = line.find(literal, end + 1)
+                        end = line.find(literal, end + (3 if line.startswith(" : ", end) else 1))
                 if end < 0:
                     return None
-            values[name] = line[pos:end]
+            value = line[pos:end]
+            if not _plausible(name, value):
+                return None
+            values[name] = value
             pos = end + len(literal)
         if pos != len(line) and self.steps[-1][1]:
             return None
         return values
 
 
+MAIN = COMBINED + ' "$http_x_forwarded_for"'
+"""The ``main`` format of the official nginx Docker image's ``nginx.conf``."""
+
+def _plausible(name: str, value: str) -> bool:
+    """Typed variables must look like their type: this is what rejects a line of another format."""
+    if name in _NUMERIC_VARS:
+        return value == "-" or value.replace(".", "", 1).isdigit()
+    if name in _LIST_VARS:
+        return '"' not in value and "[" not in value
+    return True
+
+
 DEFAULT_FORMAT = AccessLogFormat.compile(UPSTREAM)
-_COMBINED_FORMAT = AccessLogFormat.compile(COMBINED)
+_FALLBACK_FORMATS = (DEFAULT_FORMAT, AccessLogFormat.compile(MAIN), AccessLogFormat.compile(COMBINED))
 
 
 def _time_local(text: str) -> float | None:
@@ -199,8 +222,8 @@ def _time_local(text: str) -> float | None:
 
 
 def parse_access(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None:
-    """Parse an access-log line with ``fmt`` (default: :data:`UPSTREAM`, then ``combined``)."""
-    formats = (fmt,) if fmt is not None else (DEFAULT_FORMAT, _COMBINED_FORMAT)
+    """Parse an access-log line with ``fmt`` (default: :data:`UPSTREAM`, then ``main``, ``combined``)."""
+    formats = (fmt,) if fmt is not None else _FALLBACK_FORMATS
     values = None
     for candidate in formats:
         values = candidate.parse(line)
@@ -229,7 +252,7 @@ def parse_access(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None
 
 def parse(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None:
     """Error-log line or access-log line, whichever fits."""
-    if line[:1].isdigit() and line[4:5] == "/":
+    if (line[:1].isdigit() and line[4:5] == "/") or line[:1] == "[":
         parsed = parse_error(line)
         if parsed is not None:
             return parsed

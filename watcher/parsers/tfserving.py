@@ -27,6 +27,7 @@ _TF = re.compile(
 _GLOG = re.compile(
     r"([IWEF])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? {1,16}(\d{1,10}) ([^\s:\]]{1,512}):(\d{1,9})\] ?"
 )
+_BARE = re.compile(r"([IWEF]) ([^\s:\]]{1,512}):(\d{1,9})\] ?")  # timestamp trimmed by the user/shipper
 _EVHTTP = re.compile(r"\[([^\s:\]]{1,512}) : (\d{1,9})\] ?")
 _PROTOBUF = re.compile(r"\[libprotobuf (INFO|WARNING|ERROR|FATAL) ([^\s:\]]{1,512}):(\d{1,9})\] ?")
 
@@ -42,6 +43,9 @@ def parse(line: str) -> Parsed | None:
         ts = epoch(int(y), int(mo), int(d), int(hh), int(mi), int(ss), frac or "")
         return _build(line[m.end() :], sev, ts, file, line_no)
     if first in ("I", "W", "E", "F"):
+        if line[1:2] == " ":
+            m = _BARE.match(line)
+            return None if m is None else _build(line[m.end() :], m.group(1), None, m.group(2), m.group(3))
         m = _GLOG.match(line)
         if m is None:
             return None

@@ -24,6 +24,8 @@ from watcher.rulepack.schema import CHECK_DUPLICATE_IDS, STRICT_DURATIONS, Origi
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000  # after alias expansion: what validation would have to walk
 MAX_DEPTH = 64
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
 _CONTEXT = {CHECK_DUPLICATE_IDS: False, STRICT_DURATIONS: True}
 
 
@@ -64,7 +66,7 @@ def lint(paths: Sequence[Path]) -> list[LintError]:
 def lint_text(text: str, file: str = "<string>") -> list[LintError]:
     """Lint one pack given as text (editors, tests, ``rules test`` fixtures)."""
     result = _parse_text(text, file)
-    return result.errors + _duplicate_errors([result])
+    return sorted(result.errors + _duplicate_errors([result]), key=lambda e: (e.line, e.col, e.message))
 
 
 # --------------------------------------------------------------------------------------- internals
@@ -127,8 +129,9 @@ def _fail(file: str, message: str, line: int = 1, col: int = 1) -> _Parsed:
 def _parse_text(text: str, file: str) -> _Parsed:
     if len(text.encode()) > MAX_FILE_BYTES:
         return _fail(file, f"text is larger than {MAX_FILE_BYTES} bytes; a rule pack may be at most 1 MiB")
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         if root is None:
             return _fail(file, "empty file: a rule pack needs at least pack and rules")
@@ -140,13 +143,16 @@ def _parse_text(text: str, file: str) -> _Parsed:
         return _Parsed(file, None, None, [_yaml_error(file, exc)])
     except yaml.reader.ReaderError as exc:
         line, col = _position(text, exc.position)
-        return _fail(file, f"YAML: unacceptable character #x{exc.character!r} in the file", line, col)
+        return _fail(
+            file, f"YAML: unacceptable character #x{exc.character:04x}: special characters are not allowed", line, col
+        )
     except yaml.YAMLError as exc:
         return _fail(file, f"YAML: {exc}")
     except RecursionError:
         return _fail(file, "YAML: nesting is too deep")
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         return _Parsed(file, root, None, [*errors, _at(file, root, "a rule pack is a mapping with pack and rules")])
     try:
@@ -197,7 +203,13 @@ def _check_nodes(file: str, root: yaml.Node) -> list[LintError]:
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, yaml.Node] = {}
             for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                if k.tag == _MERGE:
+                    pass
+                elif not isinstance(k, yaml.ScalarNode) or k.tag != _STR:
+                    kind = k.tag.rsplit(":", 1)[-1]
+                    shown = k.value if isinstance(k, yaml.ScalarNode) else kind
+                    errors.append(_at(file, k, f"key {shown!r} is not a string (YAML reads it as {kind}); quote it"))
+                else:
                     if k.value in seen:
                         first = seen[k.value].start_mark
                         errors.append(
@@ -280,33 +292,33 @@ def _walk(root: yaml.Node, loc: Sequence[int | str]) -> tuple[yaml.Node, yaml.No
 def _validation_errors(file: str, root: yaml.Node, exc: ValidationError) -> Iterable[LintError]:
     for err in exc.errors(include_url=False, include_input=False):
         raw_loc = list(err["loc"])
-        loc = _strip_tags(raw_loc)
-        kind = err["type"]
-        if kind == "extra_forbidden" and loc:
-            parent, _ = _walk(root, loc[:-1])
-            key_node, _v = _child(parent, loc[-1])
-            where = _path(loc[:-1])
-            message = f"unknown key {loc[-1]!r}{_key_hint(raw_loc, str(loc[-1]))}"
-            yield _at(file, key_node or parent, f"{where}: {message}" if where else message)
-        elif kind == "missing" and loc:
-            parent, _ = _walk(root, loc[:-1])
-            where = _path(loc[:-1])
-            message = f"missing required key {loc[-1]!r}"
-            yield _at(file, parent, f"{where}: {message}" if where else message)
-        elif kind == "detector_params":
+        if "[key]" in raw_loc or err["type"] == "invalid_key":
+            continue  # a non-string key, already reported by _check_nodes with a better message
+        if err["type"] == "detector_params":
+            # The detector kind's own model reported these; place each at its own node.
             for sub in (err.get("ctx") or {}).get("errors", []):
-                full = [*loc, *sub["loc"]]
-                if sub["type"] == "missing":
-                    node, _ = _walk(root, loc)
-                    text = f"missing required key {sub['loc'][-1]!r}" if sub["loc"] else sub["msg"]
-                    yield _at(file, node, f"{_path(loc)}: {text}")
-                else:
-                    node, _ = _walk(root, full)
-                    yield _at(file, node, f"{_path(full)}: {sub['msg']}")
+                yield _one_error(file, root, [*raw_loc, *sub["loc"]], sub["type"], sub["msg"], hint=False)
         else:
-            node, _ = _walk(root, loc)
-            where = _path(loc)
-            yield _at(file, node, f"{where}: {err['msg']}" if where else err["msg"])
+            yield _one_error(file, root, raw_loc, err["type"], err["msg"], hint=True)
+
+
+def _one_error(file: str, root: yaml.Node, raw_loc: list[int | str], kind: str, msg: str, *, hint: bool) -> LintError:
+    """Place one error: the key for an unknown key, the mapping for a missing one, else the value."""
+    loc = _strip_tags(raw_loc)
+    if kind == "extra_forbidden" and loc:
+        parent, _ = _walk(root, loc[:-1])
+        key_node, _v = _child(parent, loc[-1])
+        where = _path(loc[:-1])
+        message = f"unknown key {loc[-1]!r}" + (_key_hint(raw_loc, str(loc[-1])) if hint else "")
+        return _at(file, key_node or parent, f"{where}: {message}" if where else message)
+    if kind == "missing" and loc:
+        parent, _ = _walk(root, loc[:-1])
+        where = _path(loc[:-1])
+        message = f"missing required key {loc[-1]!r}"
+        return _at(file, parent, f"{where}: {message}" if where else message)
+    node, _ = _walk(root, loc)
+    where = _path(loc)
+    return _at(file, node, f"{where}: {msg}" if where else msg)
 
 
 def _key_hint(raw_loc: Sequence[int | str], key: str) -> str:

@@ -8,6 +8,7 @@ that timeline with the client-side damage, from real Docker events, logs and loa
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import sys
@@ -27,6 +28,15 @@ WARNING_MARKERS = (
 _GLOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): ")
 
 
+def _glog_epoch(line: str) -> float | None:
+    """Epoch seconds of a TF Serving glog line (the container logs in UTC)."""
+    m = _GLOG_TS.match(line)
+    if m is None:
+        return None
+    whole, _, frac = m.group(1).partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + float(f"0.{frac or 0}")
+
+
 @dataclass(frozen=True)
 class TimelineEntry:
     t: float  # seconds since the scenario started
@@ -34,9 +44,7 @@ class TimelineEntry:
 
 
 def _expected_outputs(model: str) -> tuple[list[float], dict[str, list[float]]]:
-    versions = sorted(
-        (p for p in (MODELS_DIR / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
-    )
+    versions = sorted((p for p in (MODELS_DIR / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     smoke = {p.name: json.loads((p / "smoke.json").read_text()) for p in versions}
     newest = versions[-1].name
     return smoke[newest]["instances"], {newest: smoke[newest]["predictions"]}
@@ -79,17 +87,15 @@ def run_demo(seconds: int = 60, leak_mb_per_s: float = 16.0, out: TextIO = sys.s
         logs = sick.logs()
         warn_lines = [line for line in logs.splitlines() if any(m in line for m in WARNING_MARKERS)]
         if warn_lines:
-            timeline.append(
-                TimelineEntry(-1, f"log: {len(warn_lines)} allocator warnings before the kill, e.g.")
-            )
+            first = _glog_epoch(warn_lines[0])
+            if first is not None:
+                timeline.append(
+                    TimelineEntry(first - t0, "log: first allocator warning (the failure announces itself)")
+                )
         failures = [r for r in result.records if not r.ok]
         if failures:
-            timeline.append(
-                TimelineEntry(failures[0].started_s, f"first failed request: {failures[0].status}")
-            )
-            timeline.append(
-                TimelineEntry(failures[-1].started_s, f"last failed request: {failures[-1].status}")
-            )
+            timeline.append(TimelineEntry(failures[0].started_s, f"first failed request: {failures[0].status}"))
+            timeline.append(TimelineEntry(failures[-1].started_s, f"last failed request: {failures[-1].status}"))
         say("")
         say("timeline (seconds since load started):")
         for entry in sorted((e for e in timeline if e.t >= 0), key=lambda e: e.t):
