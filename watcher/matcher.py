@@ -207,30 +207,44 @@ class _HyperscanEngine(_Engine):
 
     def __init__(self, infos: Sequence[PatternInfo]) -> None:
         hs = importlib.import_module("hyperscan")
-        exprs = [i.spec.source.encode("utf-8") for i in infos]
-        ids = list(range(len(infos)))
-        caseless = [hs.HS_FLAG_CASELESS if i.spec.ignore_case else 0 for i in infos]
+        keep: list[int] = []
+        for n, info in enumerate(infos):
+            probe = hs.Database(mode=hs.HS_MODE_BLOCK)
+            try:
+                probe.compile(expressions=[info.spec.source.encode("utf-8")], ids=[n], elements=1, flags=[0])
+            except hs.error as exc:
+                if "never match" in str(exc):
+                    continue  # e.g. a\bb: it matches nothing on every backend, so leave it out
+                raise PatternError(info.spec.pattern_id, f"rejected by hyperscan: {exc}") from None
+            keep.append(n)
+        self._empty = not keep
+        self._block_db: Any = None
+        self._lock = threading.Lock()  # the wrapper's scratch space is per database
+        if self._empty:
+            return
+        exprs = [infos[n].spec.source.encode("utf-8") for n in keep]
+        caseless = [hs.HS_FLAG_CASELESS if infos[n].spec.ignore_case else 0 for n in keep]
         self._line_db: Any = hs.Database(mode=hs.HS_MODE_BLOCK)
         self._line_db.compile(
             expressions=exprs,
-            ids=ids,
+            ids=keep,
             elements=len(exprs),
             flags=[c | hs.HS_FLAG_SINGLEMATCH for c in caseless],
         )
-        self._block_db: Any = None
         if not any(i.string_anchors for i in infos):
             # ^ and $ at line boundaries; . still stops at \n. Used only as a prefilter.
             self._block_db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self._block_db.compile(
                 expressions=exprs,
-                ids=ids,
+                ids=keep,
                 elements=len(exprs),
                 flags=[c | hs.HS_FLAG_MULTILINE for c in caseless],
             )
-        self._lock = threading.Lock()  # the wrapper's scratch space is per database
 
     def match(self, data: bytes) -> list[int]:
         hits: list[int] = []
+        if self._empty:
+            return hits
         with self._lock:
             self._line_db.scan(data, match_event_handler=_collect, context=hits)
         if len(hits) > 1:
@@ -238,6 +252,8 @@ class _HyperscanEngine(_Engine):
         return hits
 
     def candidate_ends(self, block: bytes) -> list[int] | None:
+        if self._empty:
+            return []
         if self._block_db is None:
             return None
         ends: list[int] = []

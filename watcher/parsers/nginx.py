@@ -193,6 +193,7 @@ class AccessLogFormat:
 MAIN = COMBINED + ' "$http_x_forwarded_for"'
 """The ``main`` format of the official nginx Docker image's ``nginx.conf``."""
 
+
 def _plausible(name: str, value: str) -> bool:
     """Typed variables must look like their type: this is what rejects a line of another format."""
     if name in _NUMERIC_VARS:

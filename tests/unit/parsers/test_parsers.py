@@ -41,9 +41,9 @@ def test_sample_files_cite_their_source() -> None:
     for path in SAMPLES.glob("*.log"):
         lines = path.read_text(encoding="utf-8").splitlines()
         first_sample = next(n for n, line in enumerate(lines) if line and not line.startswith("#"))
-        assert any(
-            ("src:" in line or "synthetic:" in line) for line in lines[:first_sample]
-        ), f"{path.name}: first sample has no source comment"
+        assert any(("src:" in line or "synthetic:" in line) for line in lines[:first_sample]), (
+            f"{path.name}: first sample has no source comment"
+        )
 
 
 # --------------------------------------------------------------------------- tfserving
@@ -75,7 +75,9 @@ def test_tfserving_evhttp_classic_glog_and_failure() -> None:
     ev = tfserving.parse("[evhttp_server.cc : 238] NET_LOG: Entering the event loop ...")
     assert ev is not None and ev.fields["file"] == "evhttp_server.cc" and ev.fields["line_no"] == "238"
     assert ev.message == "NET_LOG: Entering the event loop ..."
-    g = tfserving.parse("E0501 10:00:00.123456    12 tensorflow_serving/util/retrier.cc:37] Loading servable: {name: m version: 3} failed: x")
+    g = tfserving.parse(
+        "E0501 10:00:00.123456    12 tensorflow_serving/util/retrier.cc:37] Loading servable: {name: m version: 3} failed: x"
+    )
     assert g is not None and g.level == "error" and g.ts is None
     assert g.fields["thread"] == "12" and g.fields["model_name"] == "m" and g.fields["version"] == "3"
     f = tfserving.parse("2024-05-01 10:00:00.000001: F tensorflow_serving/model_servers/main.cc:1] boom")
@@ -146,7 +148,9 @@ def test_nginx_access_rejects_lines_of_another_shape() -> None:
 
 
 def test_gunicorn_sigkill_and_timeout() -> None:
-    p = python_servers.parse_gunicorn("[2020-09-12 05:37:52 +0000] [18] [ERROR] Worker (pid:21) was sent SIGKILL! Perhaps out of memory?")
+    p = python_servers.parse_gunicorn(
+        "[2020-09-12 05:37:52 +0000] [18] [ERROR] Worker (pid:21) was sent SIGKILL! Perhaps out of memory?"
+    )
     assert p is not None and p.level == "error"
     assert p.fields == {"pid": "18", "worker_pid": "21", "signal": "SIGKILL"}
     assert p.ts == pytest.approx(parse_iso("2020-09-12T05:37:52Z"))
@@ -156,7 +160,12 @@ def test_gunicorn_sigkill_and_timeout() -> None:
 
 def test_uvicorn_access_and_error() -> None:
     a = python_servers.parse_uvicorn('INFO:     127.0.0.1:5000 - "POST /predict HTTP/1.1" 500 Internal Server Error')
-    assert a is not None and a.fields == {"client": "127.0.0.1:5000", "method": "POST", "path": "/predict", "status": "500"}
+    assert a is not None and a.fields == {
+        "client": "127.0.0.1:5000",
+        "method": "POST",
+        "path": "/predict",
+        "status": "500",
+    }
     e = python_servers.parse_uvicorn("ERROR:    Exception in ASGI application")
     assert e is not None and e.level == "error" and e.message == "Exception in ASGI application"
     assert python_servers.parse_uvicorn("INFO: misaligned") is None
@@ -178,8 +187,14 @@ def test_docker_events_die_health_and_lifecycle() -> None:
     from watcher.parsers import lifecycle_kind
 
     die, unhealthy, restart = (docker_events.parse(line) for line in sample_lines("docker_events")[1:])
-    assert die is not None and die.fields["exit_code"] == "137" and die.fields["name"] == "tfs-1" and die.level == "error"
-    assert unhealthy is not None and unhealthy.fields["health"] == "unhealthy" and unhealthy.fields["event"] == "health_status"
+    assert (
+        die is not None and die.fields["exit_code"] == "137" and die.fields["name"] == "tfs-1" and die.level == "error"
+    )
+    assert (
+        unhealthy is not None
+        and unhealthy.fields["health"] == "unhealthy"
+        and unhealthy.fields["event"] == "health_status"
+    )
     oom = docker_events.parse(sample_lines("docker_events")[0])
     assert oom is not None and oom.fields["event"] == "oom"
     assert oom.fields["annotation.io.kubernetes.container.ports"].startswith('[{"name":"notebook-port",')
@@ -210,7 +225,9 @@ def test_json_lines_and_fallbacks() -> None:
     p = jsonlog.parse('{"level":50,"time":1714557600000,"msg":"upstream tfs-2 failed","pid":7}')
     assert p is not None and p.level == "error" and p.ts == 1714557600.0 and p.message == "upstream tfs-2 failed"
     assert p.fields["pid"] == "7"
-    q = jsonlog.parse('{"asctime": "x", "levelname": "WARNING", "message": "m", "@timestamp": "2024-05-01T10:00:00+02:00"}')
+    q = jsonlog.parse(
+        '{"asctime": "x", "levelname": "WARNING", "message": "m", "@timestamp": "2024-05-01T10:00:00+02:00"}'
+    )
     assert q is not None and q.level == "warning" and q.ts == parse_iso("2024-05-01T08:00:00Z")
     for bad in ("{not json}", "[1,2]", "{" + '"a":' * 5000 + "1" + "}" * 5000, '{"a": [' * 100000 + "}", "{}x"):
         jsonlog.parse(bad)  # must not raise
@@ -219,7 +236,15 @@ def test_json_lines_and_fallbacks() -> None:
 
 def test_levels_normalise() -> None:
     assert [normalize_level(x) for x in ("W", "WARN", "warning", "CRITICAL", "err", 30, 60, "?", None)] == [
-        "warning", "warning", "warning", "fatal", "error", "info", "fatal", "", ""
+        "warning",
+        "warning",
+        "warning",
+        "fatal",
+        "error",
+        "info",
+        "fatal",
+        "",
+        "",
     ]
 
 
@@ -247,7 +272,7 @@ def test_parsers_never_raise_and_stay_fast_on_hostile_lines() -> None:
         "[" * 16384,
         "{" * 16384,
         "2024/05/01 10:00:00 [error] 1#1: " + ", client: " * 1600,
-        '1.2.3.4 - - [' + '"' * 16000,
+        "1.2.3.4 - - [" + '"' * 16000,
         "StatusCode." * 1400,
         "Killed process " * 1000,
         "2024-05-01T10:00:00Z container die x (" + "a=b, " * 3000 + ")",
@@ -257,7 +282,9 @@ def test_parsers_never_raise_and_stay_fast_on_hostile_lines() -> None:
     for _ in range(2000):
         base = rng.choice(real)
         cut = rng.randrange(len(base) + 1)
-        hostile.append(base[:cut] + "".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randrange(40))) + base[cut:])
+        hostile.append(
+            base[:cut] + "".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randrange(40))) + base[cut:]
+        )
     start = time.perf_counter()
     for line in hostile:
         line = line[:16384]

@@ -1,0 +1,1 @@
+"""Benchmarks: throughput, detector cost, chaos scenarios (run as ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,226 @@
+"""How fast the watcher matches log lines, next to ``grep -E`` with the same patterns.
+
+Writes a deterministic file of TF Serving + Nginx lines (mostly healthy, ~1 % failure lines taken
+from real issue threads, see ``tests/unit/parsers/samples``), then measures in one run:
+
+* ``PatternSet.match`` line by line (what the live driver does for each new line);
+* ``PatternSet.match_block`` on 1 MiB blocks (what replay does);
+* ``LC_ALL=C grep -E -c -e p1 -e p2 ... file`` (counting, so grep reads the whole file: with its
+  output on ``/dev/null`` GNU grep stops at the first match, which is also shown for reference).
+
+The goal is a rate of at least half grep's. Rule packs call :func:`run` with their own patterns.
+``python -m benchmarks.log_throughput [--lines N] [--backend auto|hyperscan|re2|python]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from watcher.matcher import PatternSet, PatternSpec
+
+REPRESENTATIVE: list[PatternSpec] = [
+    PatternSpec("tfs.oom", "Resource exhausted: OOM when allocating"),
+    PatternSpec("tfs.alloc-10pct", r"Allocation of [0-9]+ exceeds [0-9]+% of (free )?system memory", True),
+    PatternSpec("tfs.load-failed", r"Loading servable: \{name: [^ ]+ version: [0-9]+\} failed", True),
+    PatternSpec("tfs.no-versions", "No versions of servable"),
+    PatternSpec("tfs.no-savedmodel", "Could not find SavedModel .pb or .pbtxt"),
+    PatternSpec("tfs.metagraph", "Could not find meta graph def matching supplied tags"),
+    PatternSpec("tfs.failed-load", "Failed to load servable"),
+    PatternSpec("tfs.bad-alloc", "std::bad_alloc"),
+    PatternSpec("tfs.status-fail", "Status: fail"),
+    PatternSpec("tfs.unloaded", "Done unloading servable version"),
+    PatternSpec("tfs.loaded", r"Successfully loaded servable version \{name: ", True),
+    PatternSpec("tfs.fatal", r"^[0-9-]+ [0-9:.]+: F ", True),
+    PatternSpec("tfs.killed", "tf_serving_entrypoint.sh: line [0-9]+: +[0-9]+ Killed", True),
+    PatternSpec("tfs.deadline", "deadline exceeded", ignore_case=True),
+    PatternSpec("nginx.timeout", "upstream timed out (110: Connection timed out)"),
+    PatternSpec("nginx.refused", "connect() failed (111: Connection refused) while connecting to upstream"),
+    PatternSpec("nginx.no-live", "no live upstreams while connecting to upstream"),
+    PatternSpec("nginx.premature", "upstream prematurely closed connection"),
+    PatternSpec("nginx.disabled", "upstream server temporarily disabled"),
+    PatternSpec("nginx.5xx", r'" 5[0-9][0-9] [0-9]+ "', True),
+    PatternSpec("nginx.slow", r" [0-9]+ [1-9][0-9]\.[0-9]+$", True),
+    PatternSpec("nginx.worker-exit", "exited on signal"),
+    PatternSpec("gunicorn.sigkill", "was sent SIGKILL! Perhaps out of memory?"),
+    PatternSpec("gunicorn.timeout", "worker timeout", ignore_case=True),
+    PatternSpec("uvicorn.asgi", "Exception in ASGI application"),
+    PatternSpec("kernel.oom", r"(Memory cgroup out of memory|Out of memory): Kill(ed)? process [0-9]+", True),
+    PatternSpec("kernel.oom-kill", "oom-kill:constraint="),
+    PatternSpec("grpc.unavailable", "StatusCode.UNAVAILABLE"),
+    PatternSpec("grpc.exhausted", "StatusCode.RESOURCE_EXHAUSTED"),
+    PatternSpec("docker.oom", r"^[^ ]+ container oom [0-9a-f]+", True),
+]
+
+_INTERESTING = [
+    "2020-07-06 14:51:23.247636: W external/org_tensorflow/tensorflow/core/framework/cpu_allocator_impl.cc:81] Allocation of 4294967296 exceeds 10% of free system memory.",
+    "2018-03-14 14:44:18.084764: W tensorflow_serving/sources/storage_path/file_system_storage_path_source.cc:268] No versions of servable inception found under base path /bitnami/model-data",
+    "2020-06-01 10:44:41.395608: I external/org_tensorflow/tensorflow/cc/saved_model/loader.cc:311] SavedModel load for tags { serve }; Status: fail. Took 82808 microseconds.",
+    "2020-06-01 10:44:41.395642: E tensorflow_serving/util/retrier.cc:37] Loading servable: {name: a version: 1} failed: Not found: Could not find meta graph def matching supplied tags: { serve }.",
+    "terminate called after throwing an instance of 'std::bad_alloc'",
+    "  (0) Resource exhausted: OOM when allocating tensor with shape[16,112,112,147] and type float on /job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc",
+    '2020/10/17 11:50:56 [error] 28#28: *2 connect() failed (111: Connection refused) while connecting to upstream, client: 172.17.0.1, server: , request: "GET / HTTP/1.1", upstream: "http://127.0.0.1:3001/", host: "localhost:8080"',
+    '2021/12/31 13:40:37 [error] 13#13: *142993 upstream timed out (110: Connection timed out) while reading response header from upstream, client: 127.0.0.1, server: , request: "POST /api/awc-tracker/beneficiary/save HTTP/1.1", upstream: "fastcgi://unix:///var/run/php-fpm.sock", host: "wcd_api"',
+    '2024/11/03 06:09:29 [error] 184#184: *94 upstream prematurely closed connection while reading response header from upstream, client: 192.168.58.11, server: opensearch-dashboard.hi.local, request: "GET / HTTP/1.1", upstream: "http://10.244.3.84:5601/", host: "opensearch-dashboard.hi.local"',
+    '192.168.58.11 - - [03/Nov/2024:06:09:29 +0000] "GET / HTTP/1.1" 502 559 "-" "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36" "-"',
+    "[2024-11-05 09:26:00 +0000] [16] [ERROR] Worker (pid:17) was sent SIGKILL! Perhaps out of memory?",
+    "May 15 23:09:27 ubuntu-s-1vcpu-2gb-ams3-01 kernel: [  514.682838] Memory cgroup out of memory: Killed process 15617 (python3) total-vm:11892kB, anon-rss:4292kB, file-rss:3428kB, shmem-rss:0kB",
+]
+
+
+def _healthy(rng: random.Random, n: int) -> str:
+    sec = n // 1000
+    stamp = f"2024-05-01 {10 + sec // 3600 % 12:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}.{rng.randrange(10**6):06d}"
+    pick = rng.random()
+    if pick < 0.45:
+        ms = rng.randrange(3, 90)
+        return (
+            f'172.18.0.1 - - [01/May/2024:10:{sec // 60 % 60:02d}:{sec % 60:02d} +0000] "POST /v1/models/m:predict HTTP/1.1" '
+            f'200 {rng.randrange(80, 400)} "-" "python-requests/2.31.0" 172.18.0.{rng.randrange(3, 6)}:8501 200 0.0{ms:02d}'
+        )
+    if pick < 0.55:
+        return f'172.18.0.1 - - [01/May/2024:10:00:00 +0000] "GET /v1/models/m HTTP/1.1" 200 {rng.randrange(150, 170)} "-" "curl/8.5.0" 172.18.0.3:8501 200 0.001'
+    if pick < 0.8:
+        return f"{stamp}: I tensorflow_serving/servables/tensorflow/predict_util.cc:{rng.randrange(60, 200)}] Prediction request for model m version {rng.randrange(1, 4)} served"
+    if pick < 0.9:
+        return f"{stamp}: I external/org_tensorflow/tensorflow/core/common_runtime/bfc_allocator.cc:{rng.randrange(600, 1100)}] InUse at 7f382e1{rng.randrange(16**5):05x} of size {rng.randrange(256, 10**7)} next {rng.randrange(1000)}"
+    return f"{stamp}: I tensorflow_serving/model_servers/server_core.cc:{rng.randrange(400, 600)}] Polling the file system for new versions of servable m"
+
+
+def generate(path: Path, lines: int, seed: int = 42) -> int:
+    """Write ``lines`` lines (~1 % interesting) to ``path``; returns the number of interesting ones."""
+    rng = random.Random(seed)
+    interesting = 0
+    with path.open("w", encoding="utf-8") as out:
+        for n in range(lines):
+            if rng.random() < 0.01:
+                out.write(rng.choice(_INTERESTING))
+                interesting += 1
+            else:
+                out.write(_healthy(rng, n))
+            out.write("\n")
+    return interesting
+
+
+_ERE_CLASSES = {r"\d": "[0-9]", r"\D": "[^0-9]", r"\s": "[[:space:]]", r"\S": "[^[:space:]]", r"\w": "[[:alnum:]_]"}
+
+
+def to_ere(spec: PatternSpec) -> str:
+    """The same pattern for ``grep -E`` in the C locale (literals escaped, Python-only syntax mapped)."""
+    if spec.is_regex:
+        text = spec.pattern.replace("(?:", "(")
+        for py, ere in _ERE_CLASSES.items():
+            text = text.replace(py, ere)
+    else:
+        text = re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", spec.pattern)
+    if spec.ignore_case:
+        text = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in text)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    lines: int
+    backend: str
+    match_lines_per_s: float
+    block_lines_per_s: float
+    grep_lines_per_s: float
+    grep_devnull_s: float
+    matched_lines: int
+    grep_matched_lines: int
+
+
+def _time_match(ps: PatternSet, path: Path) -> tuple[float, int]:
+    matched = 0
+    start = time.perf_counter()
+    with path.open("rb") as f:
+        for line in f:
+            if ps.match(line):
+                matched += 1
+    return time.perf_counter() - start, matched
+
+
+def _time_block(ps: PatternSet, path: Path, block_size: int = 1 << 20) -> tuple[float, int]:
+    matched = 0
+    start = time.perf_counter()
+    with path.open("rb") as f:
+        tail = b""
+        while True:
+            chunk = f.read(block_size)
+            if not chunk:
+                break
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            matched += len(ps.match_block(data[:cut]))
+        if tail:
+            matched += len(ps.match_block(tail))
+    return time.perf_counter() - start, matched
+
+
+def run(patterns: Sequence[PatternSpec] = REPRESENTATIVE, lines: int = 1_000_000, backend: str = "auto") -> Result:
+    """Generate the file, match it every way, and print the figures."""
+    grep = shutil.which("grep")
+    if grep is None:
+        raise SystemExit("grep not found")
+    ps = PatternSet(patterns, backend=backend)
+    args = [grep, "-E"]
+    for spec in patterns:
+        args += ["-e", to_ere(spec)]
+    env = {**os.environ, "LC_ALL": "C"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "serving.log"
+        interesting = generate(path, lines)
+        size = path.stat().st_size
+        t_match, matched = _time_match(ps, path)
+        t_block, block_matched = _time_block(ps, path)
+        start = time.perf_counter()
+        out = subprocess.run([*args, "-c", str(path)], env=env, capture_output=True, text=True, check=False)
+        t_grep = time.perf_counter() - start
+        grep_matched = int(out.stdout.strip() or 0)
+        start = time.perf_counter()
+        with open(os.devnull, "w") as devnull:
+            subprocess.run([*args, str(path)], env=env, stdout=devnull, check=False)
+        t_devnull = time.perf_counter() - start
+    result = Result(
+        lines, ps.backend, lines / t_match, lines / t_block, lines / t_grep, t_devnull, matched, grep_matched
+    )
+    assert matched == block_matched, (matched, block_matched)
+    print(f"file: {lines:,} lines, {size / 2**20:.1f} MiB, {interesting:,} interesting lines; {len(ps)} patterns")
+    print(f"backend: {ps.backend}")
+    print(
+        f"PatternSet.match (per line): {result.match_lines_per_s:>12,.0f} lines/s  ({t_match:.2f}s, {matched:,} matching lines)"
+    )
+    print(f"PatternSet.match_block     : {result.block_lines_per_s:>12,.0f} lines/s  ({t_block:.2f}s)")
+    print(
+        f"LC_ALL=C grep -E -c        : {result.grep_lines_per_s:>12,.0f} lines/s  ({t_grep:.2f}s, {grep_matched:,} matching lines)"
+    )
+    print(f"LC_ALL=C grep -E >/dev/null: {t_devnull:.3f}s (GNU grep stops at the first match here)")
+    print(
+        f"ratio per-line / grep: {result.match_lines_per_s / result.grep_lines_per_s:.2f}   "
+        f"ratio block / grep: {result.block_lines_per_s / result.grep_lines_per_s:.2f}   (goal >= 0.5)"
+    )
+    if matched != grep_matched:
+        print(f"WARNING: grep counted {grep_matched} matching lines, PatternSet {matched}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--backend", default="auto")
+    ns = parser.parse_args(argv)
+    run(REPRESENTATIVE, ns.lines, ns.backend)
+
+
+if __name__ == "__main__":
+    main()

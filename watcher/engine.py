@@ -1,0 +1,258 @@
+"""The engine: signals in, findings out. One thread, no I/O of its own, time injected.
+
+Every driver (live, replay, tests) calls the same three methods: :meth:`Engine.feed` for each
+signal, :meth:`Engine.tick` as time passes, and :meth:`Engine.checkpoint` to persist state. Log
+lines are parsed (format detected per container), then matched against the patterns of *all*
+rules in one linear-time scan; only the rules whose pattern matched see the line, so the cost per
+line does not grow with the number of rules. Detectors report per-target activity, and the rule
+state table (pending → firing → resolved, as Prometheus alerting) decides when a finding is born
+or resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from watcher.clock import Clock
+from watcher.detectors.base import Detector, Observation, build_detector
+from watcher.matcher import PatternSet, PatternSpec
+from watcher.model import Finding, Lifecycle, LifecycleTag, LogRecord, Predicts, Signal, Target
+from watcher.parsers import StickyDetector
+from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
+from watcher.rulepack.state import RuleState, RuleStateTable, Transition
+from watcher.store import Store
+
+MAX_LINE = 16 * 1024
+
+# rule-pack ``source`` names -> parser kinds that satisfy them
+SOURCE_KINDS: dict[str, frozenset[str]] = {
+    "tfserving": frozenset({"tfserving"}),
+    "nginx": frozenset({"nginx"}),
+    "python": frozenset({"gunicorn", "uvicorn", "python"}),
+    "docker": frozenset({"docker_events"}),
+    "kernel": frozenset({"kernel"}),
+    "grpc": frozenset({"grpc"}),
+    "json": frozenset({"json"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What the rules make of one log line (``watcher rules explain``)."""
+
+    rules: tuple[str, ...]
+    predicts: tuple[Predicts, ...]
+    lifecycle: tuple[LifecycleTag, ...]
+    record: LogRecord
+
+
+@dataclass
+class EngineStats:
+    lines: int = 0
+    lifecycle_events: int = 0
+    samples: int = 0
+    findings: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, packs: Sequence[RulePack], clock: Clock, store: Store | None = None) -> None:
+        self.clock = clock
+        self.store = store
+        self.packs = list(packs)
+        self.rules: dict[str, AnyRule] = {}
+        self.pack_of: dict[str, str] = {}
+        for pack in self.packs:
+            for rule in pack.rules:
+                self.rules[rule.id] = rule
+                self.pack_of[rule.id] = pack.pack
+        self.detectors: dict[str, Detector] = {rid: build_detector(rule) for rid, rule in self.rules.items()}
+        match_rules = [r for r in self.rules.values() if isinstance(r, MatchRule)]
+        self.patterns = PatternSet(
+            PatternSpec(r.id, r.match.log, r.match.regex, r.match.ignore_case) for r in match_rules
+        )
+        self.states = RuleStateTable()
+        self.targets: dict[str, Target] = {}
+        self.stats = EngineStats()
+        self._formats: dict[str, StickyDetector] = {}
+        self._evidence: dict[tuple[str, str], Observation] = {}
+        self._active: dict[tuple[str, str], bool] = {}
+        self._sample_rules = [d for d in self.detectors.values() if type(d).on_sample is not Detector.on_sample]
+        self._event_rules = [d for d in self.detectors.values() if type(d).on_lifecycle is not Detector.on_lifecycle]
+        if store is not None:
+            self._restore(store)
+
+    # -- input ---------------------------------------------------------------------------
+    def feed(self, signal: Signal) -> list[Finding]:
+        if isinstance(signal, LogRecord):
+            return self._observe(self._on_log(signal))
+        if isinstance(signal, Lifecycle):
+            self.stats.lifecycle_events += 1
+            self.targets[signal.target.key] = signal.target
+            return self._observe([(d.rule.id, o) for d in self._event_rules for o in d.on_lifecycle(signal)])
+        self.stats.samples += 1
+        if signal.target is not None:
+            self.targets[signal.target.key] = signal.target
+        return self._observe([(d.rule.id, o) for d in self._sample_rules for o in d.on_sample(signal)])
+
+    def feed_all(self, signals: Iterable[Signal]) -> list[Finding]:
+        out: list[Finding] = []
+        for signal in signals:
+            out.extend(self.feed(signal))
+        return out
+
+    def tick(self) -> list[Finding]:
+        """Let time pass: expire windows, promote pending rules whose ``for`` elapsed, resolve."""
+        now = self.clock.now()
+        observations = [(d.rule.id, o) for d in self.detectors.values() for o in d.on_tick(now)]
+        findings = self._observe(observations)
+        for (rule_id, key), active in list(self._active.items()):
+            if self.states.state(rule_id, key) in (RuleState.INACTIVE,) and not active:
+                del self._active[(rule_id, key)]
+                continue
+            findings.extend(self._update(rule_id, key, active, now))
+        return findings
+
+    # -- logs ------------------------------------------------------------------------------
+    def parse(self, record: LogRecord) -> LogRecord:
+        """Fill level/source/fields from the raw line unless a source already did."""
+        if record.source:
+            return record
+        message = record.message if len(record.message) <= MAX_LINE else record.message[:MAX_LINE]
+        sticky = self._formats.get(record.target.key)
+        if sticky is None:
+            sticky = self._formats[record.target.key] = StickyDetector()
+        parsed = sticky.parse(message)
+        fields = dict(record.fields)
+        fields.update(parsed.fields)
+        return replace(
+            record,
+            message=parsed.message,
+            level=parsed.level or record.level,
+            source=parsed.kind,
+            fields=fields,
+        )
+
+    def classify(self, record: LogRecord) -> Classification:
+        """Which rules a line matches, honouring each rule's source and level filters."""
+        record = self.parse(record)
+        ids: list[str] = []
+        for rule_id in self.patterns.match(record.message):
+            rule = self.rules[rule_id]
+            assert isinstance(rule, MatchRule)
+            wanted = rule.match.source
+            if wanted != "any" and record.source not in SOURCE_KINDS.get(wanted, frozenset({wanted})):
+                continue
+            if rule.match.level is not None and record.level not in rule.match.level:
+                continue
+            ids.append(rule_id)
+        predicts = tuple(dict.fromkeys(p for i in ids if (p := self.rules[i].predicts) is not None))
+        lifecycle = tuple(dict.fromkeys(t for i in ids if (t := self.rules[i].lifecycle) is not None))
+        return Classification(tuple(ids), predicts, lifecycle, record)
+
+    def _on_log(self, record: LogRecord) -> list[tuple[str, Observation]]:
+        self.stats.lines += 1
+        self.targets[record.target.key] = record.target
+        c = self.classify(record)
+        out: list[tuple[str, Observation]] = []
+        for rule_id in c.rules:
+            if self.rules[rule_id].predicts is None:
+                continue  # lifecycle tags classify; they predict nothing
+            out.extend((rule_id, o) for o in self.detectors[rule_id].on_log(c.record))
+        return out
+
+    # -- state -----------------------------------------------------------------------------
+    def _observe(self, observations: list[tuple[str, Observation]]) -> list[Finding]:
+        findings: list[Finding] = []
+        now = self.clock.now()
+        for rule_id, obs in observations:
+            key = obs.target.key
+            self.targets[key] = obs.target
+            if obs.active:
+                self._evidence[(rule_id, key)] = obs
+            self._active[(rule_id, key)] = obs.active
+            findings.extend(self._update(rule_id, key, obs.active, now))
+        return findings
+
+    def _update(self, rule_id: str, key: str, active: bool, now: float) -> list[Finding]:
+        rule = self.rules[rule_id]
+        transition = self.states.update(
+            rule_id, key, active, now, for_s=rule.pending_for, keep_firing_for_s=rule.keep_firing_for
+        )
+        if transition is None or transition.to_state not in (RuleState.FIRING, RuleState.RESOLVED):
+            return []
+        return [self._finding(rule, key, transition)]
+
+    def _finding(self, rule: AnyRule, key: str, transition: Transition) -> Finding:
+        assert rule.predicts is not None
+        resolved = transition.to_state is RuleState.RESOLVED
+        obs = self._evidence.get((rule.id, key))
+        finding = Finding(
+            target=self.targets[key],
+            rule_id=rule.id,
+            predicts=rule.predicts,
+            ts=transition.since,
+            severity=rule.severity,
+            score=obs.score if obs else 1.0,
+            eta_s=obs.eta_s if obs else None,
+            evidence=(obs.evidence,) if obs and obs.evidence else (),
+            pack=self.pack_of[rule.id],
+            resolved=resolved,
+        )
+        label = f"{finding.predicts.value}{':resolved' if resolved else ''}"
+        self.stats.findings[label] = self.stats.findings.get(label, 0) + 1
+        if self.store is not None:
+            self.store.record_finding(
+                finding.ts, key, rule.id, finding.predicts.value, resolved, finding_to_json(finding)
+            )
+        return finding
+
+    # -- persistence -----------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        if self.store is None:
+            return
+        now = self.clock.now()
+        self.store.put_state("engine", "rule_states", self.states.to_json(), now)
+        self.store.put_state(
+            "engine", "targets", {k: [t.container, t.engine, t.service] for k, t in self.targets.items()}, now
+        )
+        self.store.put_state(
+            "engine",
+            "active",
+            [[r, k, a] for (r, k), a in self._active.items()],
+            now,
+        )
+        for rule_id, detector in self.detectors.items():
+            self.store.put_state("detector", rule_id, detector.state(), now)
+
+    def _restore(self, store: Store) -> None:
+        targets = store.get_state("engine", "targets") or {}
+        self.targets = {k: Target(container=v[0], engine=v[1], service=v[2]) for k, v in targets.items()}
+        states = store.get_state("engine", "rule_states")
+        if states is not None:
+            self.states = RuleStateTable.from_json(states)
+        for rule_id, key, active in store.get_state("engine", "active") or []:
+            if rule_id in self.rules and key in self.targets:
+                self._active[(rule_id, key)] = bool(active)
+        for rule_id, state in store.state_items("detector").items():
+            if rule_id in self.detectors and isinstance(state, dict):
+                self.detectors[rule_id].restore(state, self.targets)
+
+
+def finding_to_json(f: Finding) -> dict[str, Any]:
+    return {
+        "ts": f.ts,
+        "target": f.target.key,
+        "container": f.target.container,
+        "engine": f.target.engine,
+        "service": f.target.service,
+        "rule": f.rule_id,
+        "pack": f.pack,
+        "predicts": f.predicts.value,
+        "severity": f.severity.value,
+        "score": round(f.score, 4),
+        "eta_s": f.eta_s,
+        "evidence": list(f.evidence),
+        "resolved": f.resolved,
+    }

@@ -1,0 +1,168 @@
+"""The seam between sources and the engine: envelopes, a bounded fair queue, the Source base.
+
+Sources run in their own threads and must never be slowed down by the engine (a blocked Docker
+log reader makes Docker buffer, then the container's stdout blocks). So ``put`` never blocks:
+a source whose own buffer is full loses the line, and the loss is counted per source so it shows
+on /metrics instead of vanishing. The engine takes batches round-robin across sources, so one
+container flooding its log cannot starve the signals of the others: each source's share of a
+batch is at most one item per turn.
+
+At-least-once delivery: an envelope carries the cursor to commit *after* the engine has processed
+its signal. A watcher that dies between reading and committing re-reads those lines; a consumer
+that compares cursors can drop the repeats, so nothing is lost and nothing is processed twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from watcher.model import Signal
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A signal plus where it came from and the cursor (key, value) to commit once processed."""
+
+    signal: Signal
+    source: str
+    cursor: tuple[str, str] | None = None
+
+
+class SignalQueue:
+    """Bounded per source and in total; ``put`` never blocks; ``get_batch`` is round-robin.
+
+    Memory is bounded by ``max_total`` envelopes: a source key with an empty buffer is forgotten
+    (only its counters remain), so thousands of short-lived containers do not leave deques behind.
+    """
+
+    def __init__(self, max_per_source: int = 10_000, max_total: int = 100_000) -> None:
+        if max_per_source <= 0 or max_total <= 0:
+            raise ValueError("queue bounds must be positive")
+        self.max_per_source = max_per_source
+        self.max_total = max_total
+        self._buffers: OrderedDict[str, deque[Envelope]] = OrderedDict()
+        self._depth = 0
+        self._cond = threading.Condition(threading.Lock())
+        self.dropped: dict[str, int] = {}
+        self.accepted: dict[str, int] = {}
+
+    def put(self, env: Envelope) -> bool:
+        """Enqueue or drop (counted); returns whether the envelope was kept. Never blocks."""
+        with self._cond:
+            buf = self._buffers.get(env.source)
+            if (buf is not None and len(buf) >= self.max_per_source) or self._depth >= self.max_total:
+                self.dropped[env.source] = self.dropped.get(env.source, 0) + 1
+                return False
+            if buf is None:
+                buf = self._buffers[env.source] = deque()
+            buf.append(env)
+            self._depth += 1
+            self.accepted[env.source] = self.accepted.get(env.source, 0) + 1
+            self._cond.notify()
+            return True
+
+    def get_batch(self, max_items: int = 512, timeout_s: float | None = 0.5) -> list[Envelope]:
+        """Wait up to ``timeout_s`` for anything, then take up to ``max_items`` one per source per turn.
+
+        The source served first moves to the back, so successive batches rotate the head start too.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while self._depth == 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+            batch: list[Envelope] = []
+            while len(batch) < max_items and self._depth > 0:
+                for source in list(self._buffers):
+                    if len(batch) >= max_items:
+                        break
+                    buf = self._buffers[source]
+                    batch.append(buf.popleft())
+                    self._depth -= 1
+                    # Rotate: the source just served goes to the back of the line.
+                    self._buffers.move_to_end(source)
+                    if not buf:
+                        del self._buffers[source]
+            return batch
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return self._depth
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for /metrics and /status."""
+        with self._cond:
+            return {
+                "depth": self._depth,
+                "max_total": self.max_total,
+                "max_per_source": self.max_per_source,
+                "depth_by_source": {k: len(v) for k, v in self._buffers.items()},
+                "accepted": dict(self.accepted),
+                "dropped": dict(self.dropped),
+                "dropped_total": sum(self.dropped.values()),
+            }
+
+
+class Source:
+    """A thing that reads the outside world in its own threads and puts envelopes in a queue.
+
+    ``connected`` feeds /readyz (False while the backend is unreachable); ``last_error`` says why,
+    in words an operator can act on. Sources report trouble, they never raise it into the engine.
+    """
+
+    name: str = "source"
+
+    def __init__(self, queue: SignalQueue, name: str | None = None) -> None:
+        self.queue = queue
+        if name is not None:
+            self.name = name
+        self.connected = False
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "connected": self.connected, "last_error": self.last_error}
+
+    def __enter__(self) -> Source:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Backoff:
+    """Exponential backoff with a cap, reset on success (reconnects to Docker and Prometheus)."""
+
+    def __init__(self, base_s: float = 0.5, cap_s: float = 30.0) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap_s, self.base_s * (2**self.failures))
+        self.failures += 1
+        return float(delay)
+
+    def reset(self) -> None:
+        self.failures = 0
