@@ -57,8 +57,17 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, packs: Sequence[RulePack], clock: Clock, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        packs: Sequence[RulePack],
+        clock: Clock,
+        store: Store | None = None,
+        upstreams: dict[str, Target] | None = None,
+    ) -> None:
         self.clock = clock
+        # "127.0.0.1:8501" -> the replica behind it: a load balancer's line about an upstream is
+        # evidence about that replica, not about the load balancer.
+        self.upstreams: dict[str, Target] = dict(upstreams or {})
         self.store = store
         self.packs = list(packs)
         self.rules: dict[str, AnyRule] = {}
@@ -126,13 +135,26 @@ class Engine:
         parsed = sticky.parse(message)
         fields = dict(record.fields)
         fields.update(parsed.fields)
+        target = record.target
+        replica = self._attribute(fields.get("upstream_addr", ""))
+        if replica is not None and replica != target:
+            fields["reported_by"] = target.key
+            target = replica
         return replace(
             record,
+            target=target,
             message=parsed.message,
             level=parsed.level or record.level,
             source=parsed.kind,
             fields=fields,
         )
+
+    def _attribute(self, upstream_addr: str) -> Target | None:
+        """The replica that finally answered: Nginx lists every upstream it tried, last one last."""
+        if not upstream_addr or not self.upstreams:
+            return None
+        last = upstream_addr.rsplit(",", 1)[-1].strip()
+        return self.upstreams.get(last)
 
     def classify(self, record: LogRecord) -> Classification:
         """Which rules a line matches, honouring each rule's source and level filters."""

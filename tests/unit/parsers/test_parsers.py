@@ -8,8 +8,20 @@ import time
 import pytest
 from parser_samples import SAMPLES, sample_lines
 
-from watcher.parsers import PARSERS, StickyDetector, detect, normalize_level, parse
-from watcher.parsers import docker_events, grpc, jsonlog, kernel, nginx, python_servers, tfserving
+from watcher.parsers import (
+    PARSERS,
+    StickyDetector,
+    detect,
+    docker_events,
+    grpc,
+    jsonlog,
+    kernel,
+    nginx,
+    normalize_level,
+    parse,
+    python_servers,
+    tfserving,
+)
 from watcher.parsers.base import parse_iso
 
 KINDS_WITH_SAMPLES = ["tfserving", "nginx", "gunicorn", "uvicorn", "python", "docker_events", "kernel", "grpc", "json"]
@@ -76,7 +88,8 @@ def test_tfserving_evhttp_classic_glog_and_failure() -> None:
     assert ev is not None and ev.fields["file"] == "evhttp_server.cc" and ev.fields["line_no"] == "238"
     assert ev.message == "NET_LOG: Entering the event loop ..."
     g = tfserving.parse(
-        "E0501 10:00:00.123456    12 tensorflow_serving/util/retrier.cc:37] Loading servable: {name: m version: 3} failed: x"
+        "E0501 10:00:00.123456    12 tensorflow_serving/util/retrier.cc:37] "
+        "Loading servable: {name: m version: 3} failed: x"
     )
     assert g is not None and g.level == "error" and g.ts is None
     assert g.fields["thread"] == "12" and g.fields["model_name"] == "m" and g.fields["version"] == "3"
@@ -116,7 +129,10 @@ def test_nginx_access_default_format_picks_the_last_upstream() -> None:
 
 
 def test_nginx_access_internal_redirect_list() -> None:
-    line = '10.0.0.9 - - [01/May/2024:10:00:00 +0200] "GET / HTTP/1.1" 200 5 "-" "curl/8" 10.0.0.1:80 : 10.0.0.2:80 502 : 200 0.100'
+    line = (
+        '10.0.0.9 - - [01/May/2024:10:00:00 +0200] "GET / HTTP/1.1" 200 5 "-" "curl/8" '
+        "10.0.0.1:80 : 10.0.0.2:80 502 : 200 0.100"
+    )
     p = nginx.parse(line)
     assert p is not None
     assert p.fields["upstream_addr"] == "10.0.0.2:80"
