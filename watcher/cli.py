@@ -55,9 +55,7 @@ def testbed_up(
     from watcher.testbed.stack import Testbed, TestbedConfig
 
     weights = (3, 2, 1, 1, 1, 1, 1, 1)[:replicas]
-    bed = Testbed(
-        TestbedConfig(replicas=replicas, weights=weights, memory_limit=memory, with_haproxy=haproxy)
-    )
+    bed = Testbed(TestbedConfig(replicas=replicas, weights=weights, memory_limit=memory, with_haproxy=haproxy))
     bed.up()
     try:
         typer.echo(json.dumps(bed.describe(), indent=2))

@@ -66,9 +66,7 @@ def outputs_match(got: Any, want: Any, rel_tol: float = 1e-5, abs_tol: float = 1
             outputs_match(g, w, rel_tol, abs_tol) for g, w in zip(got, want, strict=True)
         )
     if isinstance(want, dict) and isinstance(got, dict):
-        return got.keys() == want.keys() and all(
-            outputs_match(got[k], want[k], rel_tol, abs_tol) for k in want
-        )
+        return got.keys() == want.keys() and all(outputs_match(got[k], want[k], rel_tol, abs_tol) for k in want)
     return bool(got == want)
 
 
@@ -230,9 +228,7 @@ class LoadGenerator:
         self.upstream_header = upstream_header
         base_path = parts.path.rstrip("/")
         if path is None:
-            path = (
-                f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
-            )
+            path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
         self.path = base_path + path
         self.url = f"http://{self.host}:{self.port}{self.path}"
         self.n_requests = min(MAX_REQUESTS, max(1, math.ceil(rate_per_s * duration_s - 1e-9)))
@@ -330,9 +326,7 @@ class LoadGenerator:
 
     def _one(self, index: int, scheduled: float, t0: float) -> RequestRecord:
         started = time.monotonic()
-        rec = RequestRecord(
-            index=index, scheduled_s=scheduled, started_s=started - t0, latency_ms=0.0, status=""
-        )
+        rec = RequestRecord(index=index, scheduled_s=scheduled, started_s=started - t0, latency_ms=0.0, status="")
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
             conn.request(

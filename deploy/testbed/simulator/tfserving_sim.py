@@ -799,9 +799,7 @@ class Faults:
         if kind == "unknown":
             return TFError("UNKNOWN", f"Failed to load SavedModel at {path}: Op type not registered 'SimOp'")
         if kind == "invalid_argument":
-            return TFError(
-                "INVALID_ARGUMENT", f"Cannot assign a device for operation x: {path} has no CPU kernel"
-            )
+            return TFError("INVALID_ARGUMENT", f"Cannot assign a device for operation x: {path} has no CPU kernel")
         return TFError(
             "NOT_FOUND",
             "Could not find meta graph def matching supplied tags: { serve }. To inspect available "
