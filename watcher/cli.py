@@ -10,11 +10,16 @@ import contextlib
 import json
 import signal
 import threading
-from typing import Annotated
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from watcher import __version__
+
+if TYPE_CHECKING:
+    from watcher.rulepack.schema import RulePack
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="serving-watcher: catch model servers before they fail."
@@ -23,6 +28,116 @@ testbed_app = typer.Typer(
     no_args_is_help=True, help="The loopback-only test stack (simulator replicas, Nginx, Prometheus)."
 )
 app.add_typer(testbed_app, name="testbed")
+rules_app = typer.Typer(no_args_is_help=True, help="Rule packs: lint, test, schema, explain.")
+app.add_typer(rules_app, name="rules")
+
+REPO_RULES = Path(__file__).resolve().parents[1] / "rules"
+
+
+def _default_packs() -> list[Path]:
+    """The shipped packs: beside the package in a checkout, else packaged data."""
+    return sorted(REPO_RULES.glob("*.yaml"))
+
+
+def _load_or_exit(paths: list[Path]) -> list[RulePack]:
+    from watcher.rulepack.loader import RulePackError, load_packs
+
+    try:
+        return load_packs(paths or _default_packs())
+    except RulePackError as exc:
+        for error in exc.errors:
+            typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+
+
+@rules_app.command("lint")
+def rules_lint(packs: Annotated[list[Path], typer.Argument(help="pack files or directories")]) -> None:
+    """Report every error of every pack at once as file:line:col: message; exit 1 if any."""
+    from watcher.rulepack.loader import lint
+
+    errors = lint(packs)
+    for error in errors:
+        typer.echo(str(error))
+    if errors:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {len(packs)} path(s), no errors", err=True)
+
+
+@rules_app.command("schema")
+def rules_schema(
+    out: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
+) -> None:
+    """JSON Schema of the rule-pack format, for editor completion."""
+    from watcher.rulepack.schema import schema_json
+
+    text = json.dumps(schema_json(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
+@rules_app.command("explain")
+def rules_explain(
+    packs: Annotated[list[Path], typer.Argument(help="pack files or directories")],
+    log: Annotated[Path, typer.Option(help="log file to classify, one line per input line")],
+    container: Annotated[str, typer.Option(help="container name the lines come from")] = "explain",
+) -> None:
+    """One JSON object per input line: which rules match it, what it predicts, its lifecycle tag."""
+    from watcher.clock import ManualClock
+    from watcher.engine import Engine
+    from watcher.model import LogRecord, Target
+
+    engine = Engine(_load_or_exit(packs), ManualClock())
+    target = Target(container)
+    with log.open(encoding="utf-8", errors="replace") as f:
+        for n, raw in enumerate(f, 1):
+            c = engine.classify(LogRecord(target, 0.0, raw.rstrip("\n")))
+            row = {"line": n, "rules": list(c.rules), "predicts": [p.value for p in c.predicts]}
+            row["lifecycle"] = [t.value for t in c.lifecycle]
+            typer.echo(json.dumps(row))
+
+
+@rules_app.command("test")
+def rules_test(
+    paths: Annotated[list[Path] | None, typer.Argument(help="rule test files or directories")] = None,
+) -> None:
+    """Run promtool-style rule tests (inputs over time -> expected findings)."""
+    from watcher.rulepack.testing import main as run_tests
+
+    raise typer.Exit(run_tests(paths or [REPO_RULES / "tests"]))
+
+
+@app.command()
+def replay(
+    inputs: Annotated[list[Path], typer.Argument(help="recorded signals (.jsonl) or plain log files")],
+    pack: Annotated[list[Path] | None, typer.Option(help="rule packs (default: the shipped ones)")] = None,
+    container: Annotated[str, typer.Option(help="container name for plain log files")] = "replay",
+    step: Annotated[float, typer.Option(help="evaluation step in simulated seconds")] = 1.0,
+) -> None:
+    """Replay recorded logs/events/series through the engine on a simulated clock; findings as JSON lines."""
+    from itertools import chain
+
+    from watcher.engine import finding_to_json
+    from watcher.model import Signal, Target
+    from watcher.replay import ReplayInputError, read_jsonl, read_log_file
+    from watcher.replay import replay as run_replay
+
+    packs = _load_or_exit(pack or [])
+    streams: list[Iterable[Signal]] = []
+    for path in inputs:
+        if not path.is_file():
+            typer.echo(f"error: {path}: no such file", err=True)
+            raise typer.Exit(2)
+        streams.append(read_jsonl(path) if path.suffix == ".jsonl" else read_log_file(path, Target(container)))
+    try:
+        result = run_replay(packs, chain.from_iterable(streams), step_s=step)
+    except ReplayInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for finding in result.findings:
+        typer.echo(json.dumps(finding_to_json(finding)))
+    typer.echo(f"{result.signals} signals, {len(result.findings)} findings", err=True)
 
 
 @app.command()
