@@ -111,6 +111,41 @@ class Engine:
             out.extend(self.feed(signal))
         return out
 
+    def feed_batch(self, signals: Sequence[Signal]) -> list[Finding]:
+        """Same findings as feeding one by one, faster: runs of log lines are prefiltered with one
+        block scan, and only lines some pattern could match are parsed and classified."""
+        out: list[Finding] = []
+        run: list[LogRecord] = []
+        for signal in signals:
+            if isinstance(signal, LogRecord):
+                run.append(signal)
+                continue
+            if run:
+                out.extend(self._log_run(run))
+                run = []
+            out.extend(self.feed(signal))
+        if run:
+            out.extend(self._log_run(run))
+        return out
+
+    def _log_run(self, records: list[LogRecord]) -> list[Finding]:
+        raws = [r.message[:MAX_LINE].replace("\n", " ").encode("utf-8", "replace") for r in records]
+        index_of: dict[int, int] = {}
+        offset = 0
+        for i, raw in enumerate(raws):
+            index_of[offset] = i
+            offset += len(raw) + 1
+        matched = {index_of[start]: ids for start, ids in self.patterns.match_block(b"\n".join(raws))}
+        out: list[Finding] = []
+        for i, record in enumerate(records):
+            ids = matched.get(i)
+            if ids:
+                out.extend(self._observe(self._on_log(record, ids)))
+            else:
+                self.stats.lines += 1
+                self.targets[record.target.key] = record.target
+        return out
+
     def tick(self) -> list[Finding]:
         """Let time pass: expire windows, promote pending rules whose ``for`` elapsed, resolve."""
         now = self.clock.now()
@@ -157,10 +192,21 @@ class Engine:
         return self.upstreams.get(last)
 
     def classify(self, record: LogRecord) -> Classification:
-        """Which rules a line matches, honouring each rule's source and level filters."""
+        """Which rules a line matches, honouring each rule's source and level filters.
+
+        Patterns match the raw line as the container wrote it (what ``grep`` would see); the
+        parser is consulted only for lines some pattern matched, for the rules' source and level
+        filters and for attribution. That keeps the 99 % of ordinary lines at scan cost.
+        """
+        raw = record.message[:MAX_LINE]
+        return self._classify(record, self.patterns.match(raw))
+
+    def _classify(self, record: LogRecord, matched: list[str]) -> Classification:
+        if not matched:
+            return Classification((), (), (), record)
         record = self.parse(record)
         ids: list[str] = []
-        for rule_id in self.patterns.match(record.message):
+        for rule_id in matched:
             rule = self.rules[rule_id]
             assert isinstance(rule, MatchRule)
             wanted = rule.match.source
@@ -173,10 +219,12 @@ class Engine:
         lifecycle = tuple(dict.fromkeys(t for i in ids if (t := self.rules[i].lifecycle) is not None))
         return Classification(tuple(ids), predicts, lifecycle, record)
 
-    def _on_log(self, record: LogRecord) -> list[tuple[str, Observation]]:
+    def _on_log(self, record: LogRecord, matched: list[str] | None = None) -> list[tuple[str, Observation]]:
         self.stats.lines += 1
         self.targets[record.target.key] = record.target
-        c = self.classify(record)
+        if matched is None:
+            matched = self.patterns.match(record.message[:MAX_LINE])
+        c = self._classify(record, matched)
         out: list[tuple[str, Observation]] = []
         for rule_id in c.rules:
             if self.rules[rule_id].predicts is None:

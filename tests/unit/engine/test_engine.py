@@ -218,3 +218,43 @@ def test_hostile_lines_do_not_break_the_engine(pack_file: Path) -> None:
     for i in range(3000):
         engine.feed(LogRecord(Target(f"c{i % 7}"), T0, shapes[i % len(shapes)]()))
     assert engine.stats.lines == 3000
+
+
+def test_batch_path_gives_the_same_findings_as_one_by_one(pack_file: Path) -> None:
+    import random
+
+    rng = random.Random(3)
+    texts = [
+        OOM,
+        glog("F", "Check failed: x"),
+        glog("I", "Successfully loaded servable version {name: m version: 2}"),
+        "plain healthy line",
+        '{"level": "error", "msg": "OOM when allocating"}',
+        "2024/05/01 10:00:00 [error] 31#31: *5 upstream timed out (110: Connection timed out) while reading "
+        'response header from upstream, client: 127.0.0.1, server: , request: "POST /x HTTP/1.1", '
+        'upstream: "http://127.0.0.1:8501/x", host: "h"',
+    ]
+    signals = []
+    ts = T0
+    for _ in range(2000):
+        ts += rng.choice([0.5, 3, 40])
+        target = rng.choice([REPLICA, OTHER, NGINX])
+        if rng.random() < 0.05:
+            signals.append(Lifecycle(target, ts, LifecycleKind.DIE, exit_code=rng.choice([0, 137])))
+        else:
+            signals.append(LogRecord(target, ts, rng.choice(texts)))
+
+    def run(batch: bool) -> list[tuple[str, str, float, bool]]:
+        clock = ManualClock(T0)
+        engine = Engine(load_packs([pack_file]), clock, upstreams={"127.0.0.1:8501": REPLICA})
+        found = []
+        for i in range(0, len(signals), 50):
+            chunk = signals[i : i + 50]
+            clock.set(chunk[-1].ts)
+            found += engine.feed_batch(chunk) if batch else engine.feed_all(chunk)
+            found += engine.tick()
+        return [(f.rule_id, f.target.key, f.ts, f.resolved) for f in found]
+
+    one_by_one = run(batch=False)
+    assert len(one_by_one) > 20
+    assert run(batch=True) == one_by_one
