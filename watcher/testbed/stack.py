@@ -112,6 +112,9 @@ class Testbed:
                     "watcher.service": cfg.model,
                     "watcher.model": cfg.model,
                     "watcher.replica": str(i),
+                    # how the load balancer addresses this replica: lets the watcher attribute an
+                    # Nginx line about "upstream 127.0.0.1:port" to this container
+                    "watcher.upstream": f"127.0.0.1:{ports[2 * i]}",
                 },
                 health_interval_s=cfg.health_interval_s,
                 seed=cfg.seed + i,
