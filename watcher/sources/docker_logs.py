@@ -1,0 +1,522 @@
+"""Follow the logs of selected containers on one or more Docker engines, losing and repeating nothing.
+
+Selection is by label (default ``watcher.enable=true``); a container is attached when the source
+starts, when Docker reports its ``start``, and by a periodic rescan that repairs anything an event
+stream missed. One reader thread per container; the follow stream ends when the container stops,
+and the reader re-follows at once if the container is running again (``docker restart``).
+
+Cursor: per container, ``"<RFC3339Nano timestamp>|<n>"`` = the newest Docker timestamp delivered
+and how many lines carried exactly that timestamp. It is committed by the engine after processing
+(``Envelope.cursor``), and on (re)attach the reader asks Docker for ``since=<seconds.nanoseconds>``
+(the API parses that string at full nanosecond precision, so no float rounding), then skips the
+first ``n`` lines at the cursor's timestamp. Docker's ``since`` is inclusive, so nothing between is
+lost; timestamps can collide (two lines in one nanosecond), hence the count.
+
+The cursor key is ``docker_logs/<engine>/<container name>``, not the container ID: a container
+re-created under the same name (a deploy, ``docker compose up``) is the same replica to the
+operator, and its lines are all newer than the old cursor, so it continues without a gap. An
+ID-keyed cursor would find no cursor for the new container and restart from the backfill window,
+breaking the continuity that the engine's per-target state (rule timers, baselines) assumes.
+
+Known limit: Docker stamps stdout and stderr in two goroutines, so across the two streams the file
+order can be out of timestamp order by microseconds. The cursor keeps the newest timestamp; a line
+older than it that arrives after it is delivered live, but would not be re-read after a restart.
+
+Lines are untrusted: decoded with ``errors="replace"``, split on ``\\n`` across frame boundaries,
+and capped at 16 KiB (``fields["truncated"] = "1"``); bytes past the cap are discarded as they
+arrive, so a line without newline cannot grow memory. Docker itself splits lines longer than
+16 KiB into partial entries; those are re-joined here by the newline rule and therefore capped.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import logging
+import re
+import struct
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+from docker.types.daemon import CancellableStream
+
+from watcher.model import LogRecord, Target
+from watcher.sources.base import Backoff, Envelope, SignalQueue, Source
+from watcher.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 16 * 1024
+_TS_PREFIX_MAX = 40  # "2024-05-01T10:00:00.123456789Z " is 31 bytes; margin for offsets
+_TS_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$",
+)
+_SECONDS_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})$")
+_READ_SIZE = 256 * 1024
+_STREAMS = {1: "stdout", 2: "stderr"}
+
+DEFAULT_SELECTOR = ("watcher.enable=true",)
+
+
+# -- pure pieces (unit-tested without Docker) -----------------------------------------------------
+def parse_rfc3339_ns(ts: str) -> int:
+    """Docker's RFC3339Nano timestamp as integer nanoseconds since the epoch (exact, no float).
+
+    Hot path (every log line): UTC stamps reuse the cached whole-second part.
+    """
+    if len(ts) >= 20 and ts[-1] == "Z" and ts[19] in ".Z":
+        frac = ts[20:-1]
+        if len(frac) <= 9 and (not frac or frac.isdigit()):
+            return _utc_seconds(ts[:19]) * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
+    m = _TS_RE.match(ts)
+    if m is None:
+        raise ValueError(f"not an RFC3339 timestamp: {ts!r}")
+    seconds = _utc_seconds(ts[:19])
+    frac = (m.group(7) or "").ljust(9, "0")
+    tz = m.group(8)
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        seconds -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    return seconds * 1_000_000_000 + int(frac)
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_seconds(prefix: str) -> int:
+    """``YYYY-MM-DDTHH:MM:SS`` -> epoch seconds; raises ValueError when malformed."""
+    m = _SECONDS_RE.match(prefix)
+    if m is None:
+        raise ValueError(f"not an RFC3339 timestamp: {prefix!r}")
+    return calendar.timegm((*(int(g) for g in m.groups()), 0, 0, 0))
+
+
+def since_param(ts_ns: int) -> str:
+    """``seconds.nanoseconds``: the form Docker's API parses at full precision for ``since``."""
+    return f"{ts_ns // 1_000_000_000}.{ts_ns % 1_000_000_000:09d}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogCursor:
+    """Newest timestamp delivered (as Docker wrote it) and how many lines carried exactly it."""
+
+    ts: str
+    seen: int
+
+    @property
+    def ts_ns(self) -> int:
+        return parse_rfc3339_ns(self.ts)
+
+    def encode(self) -> str:
+        return f"{self.ts}|{self.seen}"
+
+    @staticmethod
+    def decode(value: str | None) -> LogCursor | None:
+        if not value:
+            return None
+        try:
+            ts, n = value.rsplit("|", 1)
+            parse_rfc3339_ns(ts)
+            return LogCursor(ts, int(n))
+        except ValueError:
+            return None  # a damaged cursor: fall back to the backfill window rather than crash
+
+    def before(self, other: LogCursor) -> bool:
+        """Total order, for consumers that drop repeats: is ``self`` strictly older than ``other``?"""
+        return (self.ts_ns, self.seen) < (other.ts_ns, other.seen)
+
+
+class CursorTracker:
+    """Decides, line by line, whether a line is new, and keeps the cursor that says so.
+
+    Started from a committed cursor it skips the first ``seen`` lines at the cursor's timestamp
+    (Docker re-sends them because ``since`` is inclusive) and anything older.
+    """
+
+    def __init__(self, start: LogCursor | None) -> None:
+        self.cursor = start
+        self._start_ns = start.ts_ns if start is not None else None
+        self._skip = start.seen if start is not None else 0
+        self._cur_ns = self._start_ns
+        self.last_ns = 0  # the timestamp of the line last passed to ``accept``
+
+    def accept(self, ts: str) -> LogCursor | None:
+        """The cursor after this line, or None when the line was already delivered."""
+        ts_ns = self.last_ns = parse_rfc3339_ns(ts)
+        if self._start_ns is not None and ts_ns <= self._start_ns and self._skip > 0:
+            # Re-sent by an inclusive ``since``: skip what the committed cursor covers.
+            if ts_ns < self._start_ns:
+                return None
+            self._skip -= 1
+            return None
+        if self._start_ns is not None and ts_ns < self._start_ns:
+            return None
+        self._start_ns = None  # past the replayed prefix: everything from here on is new
+        if self.cursor is None or self._cur_ns is None or ts_ns > self._cur_ns:
+            self.cursor = LogCursor(ts, 1)
+            self._cur_ns = ts_ns
+        elif ts_ns == self._cur_ns:
+            self.cursor = LogCursor(self.cursor.ts, self.cursor.seen + 1)
+        # else: out of order across stdout/stderr; deliver, cursor stays at the newest
+        return self.cursor
+
+
+class LineSplitter:
+    """Splits a byte stream into lines across arbitrary chunk boundaries, capping each line.
+
+    ``feed`` returns complete lines as (bytes without newline, truncated). At most ``cap`` bytes of
+    an unfinished line are held; the rest is dropped until the next newline.
+    """
+
+    def __init__(self, cap: int = MAX_LINE_BYTES + _TS_PREFIX_MAX) -> None:
+        self.cap = cap
+        self._buf = bytearray()
+        self._truncated = False
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bool]]:
+        out: list[tuple[bytes, bool]] = []
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            piece = chunk[start:] if nl < 0 else chunk[start:nl]
+            room = self.cap - len(self._buf)
+            if len(piece) > room:
+                self._buf += piece[: max(room, 0)]
+                self._truncated = True
+            else:
+                self._buf += piece
+            if nl < 0:
+                return out
+            out.append((bytes(self._buf), self._truncated))
+            self._buf.clear()
+            self._truncated = False
+            start = nl + 1
+
+    def flush(self) -> tuple[bytes, bool] | None:
+        """The unfinished last line when a stream ends without a newline."""
+        if not self._buf and not self._truncated:
+            return None
+        line = (bytes(self._buf), self._truncated)
+        self._buf.clear()
+        self._truncated = False
+        return line
+
+
+def split_timestamp(line: bytes) -> tuple[str, bytes] | None:
+    """Docker prefixes each line with ``<RFC3339Nano> ``; returns (ts, rest) or None if absent."""
+    sp = line.find(b" ", 0, _TS_PREFIX_MAX)
+    if sp <= 0:
+        return None
+    ts = line[:sp].decode("ascii", errors="replace")
+    if _TS_RE.match(ts) is None:
+        return None
+    return ts, line[sp + 1 :]
+
+
+def cap_message(raw: bytes, truncated: bool, cap: int = MAX_LINE_BYTES) -> tuple[str, bool]:
+    if len(raw) > cap:
+        raw, truncated = raw[:cap], True
+    return raw.decode("utf-8", errors="replace").rstrip("\r"), truncated
+
+
+def parse_selector(selector: Sequence[str]) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for item in selector:
+        key, sep, value = item.partition("=")
+        out.append((key, value if sep else None))
+    return out
+
+
+def matches_selector(labels: Mapping[str, str], selector: Sequence[str]) -> bool:
+    """Docker's label filter semantics (all terms must hold), for events and tests."""
+    for key, value in parse_selector(selector):
+        if key not in labels or (value is not None and labels[key] != value):
+            return False
+    return True
+
+
+def make_clients(engines: Mapping[str, Any] | None) -> dict[str, docker.DockerClient]:
+    """Engine name -> client. A value is a base URL (``unix://...``, ``tcp://127.0.0.1:2375``) or a client."""
+    if not engines:
+        return {"local": docker.from_env()}
+    clients: dict[str, docker.DockerClient] = {}
+    for name, spec in engines.items():
+        clients[name] = docker.DockerClient(base_url=spec) if isinstance(spec, str) else spec
+    return clients
+
+
+# -- one reader per container ----------------------------------------------------------------------
+class _Follower:
+    def __init__(self, owner: DockerLogsSource, engine: str, client: docker.DockerClient, container: Any) -> None:
+        self.owner = owner
+        self.engine = engine
+        self.client = client
+        self.container_id: str = container.id
+        self.name: str = container.name
+        labels = container.labels or {}
+        self.target = Target(container=self.name, engine=engine, service=labels.get(owner.service_label))
+        self.tty = bool(container.attrs.get("Config", {}).get("Tty", False))
+        self.source_key = f"docker_logs:{engine}/{self.name}"
+        self.cursor_key = f"docker_logs/{engine}/{self.name}"
+        self.rearm = threading.Event()
+        self._stream: CancellableStream | None = None
+        self._stopped = False
+        self.lines = 0
+        self.thread = threading.Thread(target=self._run, name=f"logs-{engine}-{self.name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stopped = True
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # closing a half-dead socket may fail; the thread ends anyway
+                log.debug("closing log stream of %s: %s", self.name, exc)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stopped and not self.owner.stopping:
+            self.rearm.clear()
+            try:
+                self._follow_once()
+            except Exception as exc:
+                if self._stopped or self.owner.stopping:
+                    return
+                self.owner._error(f"{self.engine}/{self.name}: log stream failed: {exc}")
+            if self._stopped or self.owner.stopping:
+                return
+            # The stream ends when the container stops; follow again if it runs (again) already.
+            time.sleep(0.1)
+            try:
+                running = self.client.api.inspect_container(self.container_id)["State"]["Running"]
+            except Exception:
+                running = False
+            if not running and not self.rearm.is_set():
+                return
+
+    def _follow_once(self) -> None:
+        api = self.client.api
+        start = self.owner._position(self.engine, self.name)
+        tracker = CursorTracker(start)
+        params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": 1, "tail": "all"}
+        if start is not None:
+            params["since"] = since_param(start.ts_ns)
+        elif self.owner.backfill_s is not None:
+            params["since"] = since_param(int((time.time() - self.owner.backfill_s) * 1e9))
+        res = api._get(api._url("/containers/{0}/logs", self.container_id), params=params, stream=True)
+        api._raise_for_status(res)
+        api._disable_socket_timeout(api._get_raw_response_socket(res))
+        stream = CancellableStream(self._frames(res), res)
+        self._stream = stream
+        if self._stopped:
+            stream.close()
+            return
+        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        try:
+            for kind, data in stream:
+                for raw, truncated in splitters[kind].feed(data):
+                    self._emit(kind, raw, truncated, tracker)
+        finally:
+            self._stream = None
+            for kind, sp in splitters.items():
+                rest = sp.flush()
+                if rest is not None and not self._stopped:
+                    self._emit(kind, rest[0], rest[1], tracker)
+
+    def _frames(self, res: Any) -> Iterator[tuple[str, bytes]]:
+        """(stream, payload) from Docker's multiplexed log stream (raw bytes for a TTY container).
+
+        Reads whatever the socket has (``read1``) and cuts frames out of a buffer: two small reads
+        per frame through urllib3 would cap a busy container at a fraction of this rate.
+        """
+        raw = res.raw
+        read = raw.read1 if hasattr(raw, "read1") else raw.read
+        if self.tty:
+            while data := read(_READ_SIZE):
+                yield "stdout", data
+            return
+        buf = bytearray()
+        while data := read(_READ_SIZE):
+            buf += data
+            pos, end = 0, len(buf)
+            while end - pos >= 8:
+                kind, length = struct.unpack_from(">BxxxL", buf, pos)
+                if end - pos - 8 < length:
+                    break
+                if length:
+                    yield _STREAMS.get(kind, "stdout"), bytes(buf[pos + 8 : pos + 8 + length])
+                pos += 8 + length
+            del buf[:pos]
+
+    def _emit(self, kind: str, raw: bytes, truncated: bool, tracker: CursorTracker) -> None:
+        parts = split_timestamp(raw)
+        if parts is None:
+            return  # without a timestamp there is no cursor; Docker always sends one when asked
+        ts, body = parts
+        cursor = tracker.accept(ts)
+        if cursor is None:
+            return
+        message, truncated = cap_message(body, truncated, self.owner.max_line_bytes)
+        fields = {"stream": kind, "truncated": "1"} if truncated else {"stream": kind}
+        record = LogRecord(target=self.target, ts=tracker.last_ns / 1e9, message=message, fields=fields)
+        self.owner.queue.put(Envelope(record, self.source_key, (self.cursor_key, cursor.encode())))
+        self.owner._advance(self.engine, self.name, cursor)
+        self.lines += 1
+
+
+# -- the source ---------------------------------------------------------------------------------------
+class DockerLogsSource(Source):
+    """Logs of every selected container on every configured engine, into the queue with cursors."""
+
+    name = "docker_logs"
+
+    def __init__(
+        self,
+        queue: SignalQueue,
+        store: Store,
+        engines: Mapping[str, Any] | None = None,
+        label_selector: Sequence[str] = DEFAULT_SELECTOR,
+        service_label: str = "watcher.service",
+        rescan_s: float = 10.0,
+        backfill_s: float | None = 300.0,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        """``backfill_s``: how far back to read a container that has no cursor yet (None = all of it)."""
+        super().__init__(queue)
+        self.store = store
+        self.clients = make_clients(engines)
+        self.label_selector = list(label_selector)
+        self.service_label = service_label
+        self.rescan_s = rescan_s
+        self.backfill_s = backfill_s
+        self.max_line_bytes = max_line_bytes
+        self._followers: dict[tuple[str, str], _Follower] = {}
+        self._positions: dict[tuple[str, str], LogCursor] = {}
+        self._lock = threading.RLock()
+        self._threads: list[threading.Thread] = []
+        self._event_streams: dict[str, Any] = {}
+        self._engine_ok: dict[str, bool] = dict.fromkeys(self.clients, False)
+
+    # positions: what this process already delivered, else what the store committed
+    def _position(self, engine: str, name: str) -> LogCursor | None:
+        with self._lock:
+            pos = self._positions.get((engine, name))
+        if pos is not None:
+            return pos
+        return LogCursor.decode(self.store.get_cursor(f"docker_logs/{engine}/{name}"))
+
+    def _advance(self, engine: str, name: str, cursor: LogCursor) -> None:
+        with self._lock:
+            self._positions[(engine, name)] = cursor
+
+    def start(self) -> None:
+        self._stop.clear()
+        for engine in self.clients:
+            self.rescan(engine)
+            t = threading.Thread(target=self._watch_starts, args=(engine,), name=f"logs-events-{engine}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._rescan_loop, name="logs-rescan", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        super().stop()
+        for stream in list(self._event_streams.values()):
+            try:
+                stream.close()
+            except Exception as exc:
+                log.debug("closing event stream: %s", exc)
+        with self._lock:
+            followers = list(self._followers.values())
+        for f in followers:
+            f.stop()
+        for f in followers:
+            f.thread.join(timeout=5)
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+        self.connected = False
+
+    def followed(self) -> dict[str, str]:
+        """Containers being followed now: ``engine/name`` -> container ID (for /status and tests)."""
+        with self._lock:
+            return {f"{e}/{n}": f.container_id for (e, n), f in self._followers.items() if f.alive()}
+
+    def rescan(self, engine: str) -> None:
+        client = self.clients[engine]
+        try:
+            containers = client.containers.list(filters={"label": self.label_selector})
+        except Exception as exc:
+            self._engine_ok[engine] = False
+            self.connected = False
+            self._error(f"{engine}: cannot list containers: {exc}")
+            return
+        self._engine_ok[engine] = True
+        self.connected = all(self._engine_ok.values())
+        for container in containers:
+            self.attach(engine, container)
+
+    def attach(self, engine: str, container: Any) -> None:
+        if self.stopping:
+            return
+        key = (engine, container.name)
+        with self._lock:
+            current = self._followers.get(key)
+            if current is not None and current.alive():
+                if current.container_id == container.id:
+                    current.rearm.set()  # it may be deciding to exit just as the container restarted
+                    return
+                current.stop()  # re-created under the same name: the old stream is finished
+            follower = _Follower(self, engine, self.clients[engine], container)
+            self._followers[key] = follower
+        follower.start()
+
+    def _rescan_loop(self) -> None:
+        while not self._stop.wait(self.rescan_s):
+            for engine in self.clients:
+                self.rescan(engine)
+
+    def _watch_starts(self, engine: str) -> None:
+        client = self.clients[engine]
+        backoff = Backoff(0.5, 30.0)
+        while not self.stopping:
+            try:
+                stream = client.events(
+                    decode=True, filters={"type": "container", "event": "start", "label": self.label_selector}
+                )
+                self._event_streams[engine] = stream
+                if self.stopping:
+                    stream.close()
+                    return
+                backoff.reset()
+                self.rescan(engine)  # anything started while the stream was down
+                for event in stream:
+                    cid = event.get("id") or event.get("Actor", {}).get("ID")
+                    if not cid:
+                        continue
+                    try:
+                        self.attach(engine, client.containers.get(cid))
+                    except Exception as exc:
+                        self._error(f"{engine}: cannot attach to {cid[:12]}: {exc}")
+            except Exception as exc:
+                if self.stopping:
+                    return
+                self._engine_ok[engine] = False
+                self.connected = False
+                self._error(f"{engine}: event stream failed: {exc}")
+            if self._stop.wait(backoff.next_delay()):
+                return
+
+    def status(self) -> dict[str, Any]:
+        s = super().status()
+        s["followed"] = sorted(self.followed())
+        s["engines"] = dict(self._engine_ok)
+        return s
