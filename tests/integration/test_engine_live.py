@@ -1,0 +1,89 @@
+"""The engine on the live testbed: findings come before failures, and name the right replica."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from watcher.live import LiveConfig, LiveWatcher
+from watcher.model import Predicts, Target
+from watcher.rulepack.loader import load_packs
+from watcher.store import Store
+from watcher.testbed.events import EventRecorder
+from watcher.testbed.stack import Testbed, TestbedConfig
+
+pytestmark = pytest.mark.integration
+
+RULES = Path(__file__).resolve().parents[2] / "rules"
+
+
+@pytest.fixture
+def bed(docker_client: docker.DockerClient) -> Iterator[Testbed]:
+    cfg = TestbedConfig(replicas=3, weights=(3, 2, 1), memory_limit="160m", with_alertmanager=False)
+    with Testbed(cfg) as bed:
+        yield bed
+
+
+@pytest.fixture
+def watcher(bed: Testbed, tmp_path: Path) -> Iterator[LiveWatcher]:
+    assert bed.nginx is not None
+    config = LiveConfig(
+        label_selector=(f"serving-watcher.testbed={bed.run_id}",),
+        stats_interval_s=None,
+        files=[(bed.nginx.access_log_path, Target("nginx")), (bed.nginx.error_log_path, Target("nginx"))],
+        rescan_s=1.0,
+    )
+    live = LiveWatcher(config, load_packs([RULES]), Store(tmp_path / "watcher.db"))
+    with live:
+        yield live
+
+
+def test_leak_gives_an_oom_finding_before_the_kill(bed: Testbed, watcher: LiveWatcher) -> None:
+    sick = bed.replicas[1]
+    events = EventRecorder(bed.client, bed.run_id).start()
+    try:
+        sick.set_faults({"leak": {"mb_per_s": 12}})
+        oom = events.wait_for(sick.name, "oom", timeout_s=60)
+    finally:
+        events.stop()
+    first = watcher.wait_for(lambda f: f.predicts is Predicts.OOM and f.target.container == sick.name, 10)
+    assert first.ts < oom.ts, f"finding at {first.ts}, OOM kill at {oom.ts}"
+    assert first.rule_id.startswith("tfs-"), first.rule_id  # from the logs, not from Docker's oom event
+    lead = oom.ts - first.ts
+    print(f"lead time before the OOM kill: {lead:.1f}s ({first.rule_id})")
+    assert lead > 1.0
+    others = {f.target.container for f in watcher.findings if not f.resolved}
+    assert others == {sick.name}
+
+
+def test_failed_load_and_5xx_burst_are_attributed_to_their_replicas(bed: Testbed, watcher: LiveWatcher) -> None:
+    r0, r1, _r2 = bed.replicas
+    r1.set_faults({"fail_load": {"min_version": 3}})
+    bed.publish_version(3)
+    load = watcher.wait_for(lambda f: f.predicts is Predicts.LOAD_FAILURE, 30)
+    assert load.target.container == r1.name
+
+    r0.set_faults({"error_ramp": {"start": 1.0, "end": 1.0, "over_s": 1}})
+    http = requests.Session()
+    http.trust_env = False
+    statuses = [
+        http.post(f"{bed.url}/v1/models/half_plus_two:predict", data=json.dumps({"instances": [1.0]}), timeout=5)
+        for _ in range(30)
+    ]
+    assert sum(r.status_code == 500 for r in statuses) >= 10
+    via_nginx = watcher.wait_for(lambda f: f.rule_id == "nginx-json-upstream-5xx", 20)
+    assert via_nginx.target.container == r0.name  # Nginx's line, attributed to the replica behind it
+    own = watcher.wait_for(lambda f: f.predicts is Predicts.HTTP_5XX and f.rule_id.startswith("tfs-"), 10)
+    assert own.target.container == r0.name
+    time.sleep(1)
+    firing = {(f.predicts, f.target.container) for f in watcher.findings if not f.resolved}
+    assert firing <= {
+        (Predicts.LOAD_FAILURE, r1.name),
+        (Predicts.HTTP_5XX, r0.name),
+    }, firing

@@ -1,0 +1,185 @@
+"""The live driver: real sources, the wall clock, one engine thread.
+
+Sources read Docker and Prometheus in their own threads and put envelopes in the bounded queue;
+this driver's single engine thread takes batches, feeds the engine, commits the batch's cursors
+*after* processing (at-least-once, deduplicated by cursor: nothing lost, nothing repeated),
+ticks the engine every second and checkpoints its state. Findings go to the store and to the
+``on_finding`` callback (the policy, when the remediation issue lands).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from watcher.clock import Clock, WallClock
+from watcher.engine import Engine
+from watcher.model import Finding, Target
+from watcher.rulepack.schema import PromQLRule, RulePack
+from watcher.sources.base import SignalQueue, Source
+from watcher.sources.docker_events import DockerEventsSource
+from watcher.sources.docker_logs import DockerLogsSource, make_clients, matches_selector
+from watcher.sources.docker_stats import DockerStatsSource
+from watcher.sources.file_logs import FileLogsSource, FileSpec
+from watcher.sources.prometheus import PrometheusSource, PromQuery
+from watcher.store import Store
+
+
+@dataclass
+class LiveConfig:
+    engines: Mapping[str, str] | None = None  # name -> Docker URL; None: the local engine from env
+    label_selector: tuple[str, ...] = ("watcher.enable=true",)
+    service_label: str = "watcher.service"
+    upstream_label: str = "watcher.upstream"  # "127.0.0.1:8501": how the LB addresses the replica
+    prometheus_url: str | None = None
+    prometheus_target_label: str = "replica"
+    prometheus_interval_s: float = 15.0
+    stats_interval_s: float | None = 5.0  # None: no Docker stats
+    files: list[tuple[Path, Target]] = field(default_factory=list)  # host log files (e.g. nginx)
+    tick_s: float = 1.0
+    checkpoint_s: float = 10.0
+    rescan_s: float = 5.0
+    backfill_s: float | None = 300.0
+    batch: int = 512
+
+
+class LiveWatcher:
+    def __init__(
+        self,
+        config: LiveConfig,
+        packs: Sequence[RulePack],
+        store: Store,
+        clock: Clock | None = None,
+        on_finding: Callable[[Finding], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock or WallClock()
+        self.engine = Engine(packs, self.clock, store=store)
+        self.queue = SignalQueue()
+        self.on_finding = on_finding
+        self.findings: list[Finding] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sources: list[Source] = self._make_sources(packs)
+        self._clients = make_clients(config.engines)
+
+    def _make_sources(self, packs: Sequence[RulePack]) -> list[Source]:
+        cfg = self.config
+        common: dict[str, Any] = {
+            "engines": cfg.engines,
+            "label_selector": cfg.label_selector,
+            "service_label": cfg.service_label,
+        }
+        sources: list[Source] = [
+            DockerLogsSource(self.queue, self.store, rescan_s=cfg.rescan_s, backfill_s=cfg.backfill_s, **common),
+            DockerEventsSource(self.queue, self.store, **common),
+        ]
+        if cfg.stats_interval_s:
+            sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, **common))
+        if cfg.files:
+            sources.append(FileLogsSource(self.queue, self.store, [FileSpec(p, t) for p, t in cfg.files]))
+        queries = [
+            PromQuery(rule.id, rule.promql, target_label=cfg.prometheus_target_label)
+            for pack in packs
+            for rule in pack.rules
+            if isinstance(rule, PromQLRule)
+        ]
+        if queries and cfg.prometheus_url:
+            sources.append(
+                PrometheusSource(self.queue, cfg.prometheus_url, queries, interval_s=cfg.prometheus_interval_s)
+            )
+        return sources
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> LiveWatcher:
+        self.refresh_upstreams()
+        for source in self.sources:
+            source.start()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        for source in self.sources:
+            source.stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.engine.checkpoint()
+
+    def __enter__(self) -> LiveWatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def refresh_upstreams(self) -> None:
+        """Map load-balancer addresses to replicas from the containers' upstream label."""
+        mapping: dict[str, Target] = {}
+        for engine, client in self._clients.items():
+            try:
+                containers = client.containers.list()
+            except docker.errors.DockerException:
+                continue
+            for c in containers:
+                labels = c.labels or {}
+                address = labels.get(self.config.upstream_label)
+                if address and matches_selector(labels, self.config.label_selector):
+                    mapping[address] = Target(c.name, engine=engine, service=labels.get(self.config.service_label))
+        self.engine.upstreams = mapping
+
+    # -- the engine thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_tick = last_checkpoint = last_rescan = time.monotonic()
+        while not self._stop.is_set() or self.queue.depth:
+            batch = self.queue.get_batch(self.config.batch, timeout_s=self.config.tick_s)
+            found: list[Finding] = []
+            if batch:
+                found.extend(self.engine.feed_batch([e.signal for e in batch]))
+                cursors = dict(e.cursor for e in batch if e.cursor is not None)
+                self.store.set_cursors(cursors, self.clock.now())
+            now = time.monotonic()
+            if now - last_tick >= self.config.tick_s:
+                found.extend(self.engine.tick())
+                last_tick = now
+            if now - last_checkpoint >= self.config.checkpoint_s:
+                self.engine.checkpoint()
+                last_checkpoint = now
+            if now - last_rescan >= self.config.rescan_s:
+                self.refresh_upstreams()
+                last_rescan = now
+            for finding in found:
+                with self._lock:
+                    self.findings.append(finding)
+                if self.on_finding is not None:
+                    self.on_finding(finding)
+            if self._stop.is_set() and not batch:
+                break
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "sources": [s.status() for s in self.sources],
+            "queue": self.queue.stats(),
+            "lines": self.engine.stats.lines,
+            "findings": dict(self.engine.stats.findings),
+        }
+
+    def wait_for(self, predicate: Callable[[Finding], bool], timeout_s: float) -> Finding:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                for f in self.findings:
+                    if predicate(f):
+                        return f
+            time.sleep(0.1)
+        with self._lock:
+            seen = [(f.rule_id, f.target.container) for f in self.findings]
+        raise TimeoutError(f"no matching finding within {timeout_s}s; saw {seen}")
