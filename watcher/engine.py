@@ -129,21 +129,25 @@ class Engine:
         return out
 
     def _log_run(self, records: list[LogRecord]) -> list[Finding]:
-        raws = [r.message[:MAX_LINE].replace("\n", " ").encode("utf-8", "replace") for r in records]
-        index_of: dict[int, int] = {}
-        offset = 0
-        for i, raw in enumerate(raws):
-            index_of[offset] = i
-            offset += len(raw) + 1
-        matched = {index_of[start]: ids for start, ids in self.patterns.match_block(b"\n".join(raws))}
+        messages = [r.message[:MAX_LINE] for r in records]
+        text = "\n".join(messages)
+        if text.count("\n") != len(messages) - 1:  # a message with its own newline: neutralise it
+            text = "\n".join(m.replace("\n", " ") for m in messages)
+        block = text.encode("utf-8", "replace")
+        matched: dict[int, list[str]] = {}
+        index, position = 0, 0
+        for start, ids in self.patterns.match_block(block):  # offsets ascend: count lines incrementally
+            index += block.count(b"\n", position, start)
+            position = start
+            matched[index] = ids
         out: list[Finding] = []
         for i, record in enumerate(records):
             ids = matched.get(i)
             if ids:
                 out.extend(self._observe(self._on_log(record, ids)))
-            else:
-                self.stats.lines += 1
-                self.targets[record.target.key] = record.target
+        self.stats.lines += len(records) - len(matched)
+        for target in {r.target for r in records}:
+            self.targets[target.key] = target
         return out
 
     def tick(self) -> list[Finding]:
