@@ -142,9 +142,9 @@ class Engine:
             matched[index] = ids
         out: list[Finding] = []
         for i, record in enumerate(records):
-            ids = matched.get(i)
-            if ids:
-                out.extend(self._observe(self._on_log(record, ids)))
+            hit = matched.get(i)
+            if hit:
+                out.extend(self._observe(self._on_log(record, hit)))
         self.stats.lines += len(records) - len(matched)
         for target in {r.target for r in records}:
             self.targets[target.key] = target
