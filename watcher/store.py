@@ -67,6 +67,11 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    def migrate(self, script: str) -> None:
+        """Create the tables a component owns (idempotent ``CREATE ... IF NOT EXISTS`` script)."""
+        with self._lock:
+            self._db.executescript(script)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

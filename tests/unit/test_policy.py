@@ -1,0 +1,162 @@
+"""Guard-rail invariants hold for any sequence of findings and replica states (property tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from watcher.model import Finding, Predicts, Target
+from watcher.policy import GuardConfig, Policy, ReplicaView, plan_steps, takes_capacity
+from watcher.rulepack.loader import load_packs
+from watcher.rulepack.schema import Defaults
+from watcher.store import Store
+
+PACK = """
+pack: p
+defaults: {cooldown: 1m, max_restarts: {count: 3, per: 1h}, max_unavailable: 1, min_healthy: 1}
+rules:
+  - id: oom
+    match: {log: 'OOM'}
+    predicts: oom
+    then: [drain, restart, verify]
+  - id: load
+    match: {log: 'load failed'}
+    predicts: load_failure
+    then: [alert, {hold: drained}]
+  - id: note
+    match: {log: 'note'}
+    predicts: latency
+    then: [alert]
+"""
+
+REPLICAS = [Target(f"tfs-{i}", service="m") for i in range(3)]
+
+
+def rules(tmp_path: Path) -> tuple[dict[str, object], Defaults]:
+    (tmp_path / "p.yaml").write_text(PACK)
+    [pack] = load_packs([tmp_path / "p.yaml"])
+    return {r.id: r for r in pack.rules}, pack.defaults
+
+
+def finding(target: Target, rule: str, ts: float, resolved: bool = False) -> Finding:
+    predicts = {"oom": Predicts.OOM, "load": Predicts.LOAD_FAILURE, "note": Predicts.LATENCY}[rule]
+    return Finding(target=target, rule_id=rule, predicts=predicts, ts=ts, resolved=resolved)
+
+
+def test_plans_follow_the_playbook(tmp_path: Path) -> None:
+    by_id, _ = rules(tmp_path)
+    assert [s.name for s in plan_steps(by_id["oom"], 60)] == [  # type: ignore[arg-type]
+        "drain",
+        "wait_idle",
+        "restart",
+        "wait_available",
+        "verify",
+        "restore",
+    ]
+    assert [s.name for s in plan_steps(by_id["load"], 60)] == ["alert", "hold"]  # type: ignore[arg-type]
+    assert not takes_capacity(plan_steps(by_id["note"], 60))  # type: ignore[arg-type]
+
+
+def test_never_the_last_healthy_replica(tmp_path: Path) -> None:
+    by_id, defaults = rules(tmp_path)
+    policy = Policy(None)
+    fleet = {
+        "local/tfs-0": ReplicaView("local/tfs-0", "m", serving=True),
+        "local/tfs-1": ReplicaView("local/tfs-1", "m", serving=False),  # already down
+        "local/tfs-2": ReplicaView("local/tfs-2", "m", serving=False),
+    }
+    d = policy.decide(finding(REPLICAS[0], "oom", 100.0), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
+    assert d.steps is None and "serving replica" in d.reason and d.escalate
+
+
+def test_stale_and_resolved_findings_start_nothing(tmp_path: Path) -> None:
+    by_id, defaults = rules(tmp_path)
+    policy = Policy(None, GuardConfig(fresh_s=60))
+    fleet = {f"local/tfs-{i}": ReplicaView(f"local/tfs-{i}", "m", True) for i in range(3)}
+    stale = policy.decide(finding(REPLICAS[0], "oom", 0.0), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
+    assert stale.steps is None and "old" in stale.reason
+    gone = policy.decide(finding(REPLICAS[0], "oom", 99.0, resolved=True), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
+    assert gone.steps is None
+
+
+def test_restart_budget_backoff_then_breaker_escalates_once(tmp_path: Path) -> None:
+    by_id, defaults = rules(tmp_path)
+    store = Store(tmp_path / "g.db")
+    policy = Policy(store, GuardConfig(backoff_base_s=100))
+    fleet = {f"local/tfs-{i}": ReplicaView(f"local/tfs-{i}", "m", True) for i in range(3)}
+    key = REPLICAS[0].key
+    now = 1000.0
+    outcomes = []
+    for _ in range(30):
+        now += 70  # past the 1 m cooldown each time
+        d = policy.decide(finding(REPLICAS[0], "oom", now), by_id["oom"], defaults, fleet, now)  # type: ignore[arg-type]
+        if d.steps is not None:
+            policy.record_action(key, "oom", now)
+            policy.record_restart(key, now, defaults.max_restarts.per)
+            outcomes.append("restart")
+        else:
+            outcomes.append("escalate" if d.escalate else d.reason.split(":")[0])
+    assert outcomes.count("restart") == 3
+    assert outcomes.count("escalate") == 1
+    assert "backing off" in outcomes and "circuit breaker open" in outcomes
+    # the breaker survives a watcher restart
+    reloaded = Policy(Store(tmp_path / "g.db"))
+    d = reloaded.decide(finding(REPLICAS[0], "oom", now + 1), by_id["oom"], defaults, fleet, now + 1)  # type: ignore[arg-type]
+    assert d.steps is None and "breaker" in d.reason
+
+
+events = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=2),  # replica
+        st.sampled_from(["oom", "load", "note"]),  # rule
+        st.floats(min_value=0, max_value=400),  # seconds since the previous event
+        st.booleans(),  # does a running incident finish before this event
+        st.booleans(),  # is some other replica failing on its own (down)
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events)
+def test_guard_rail_invariants(tmp_path_factory: object, seq: list[tuple[int, str, float, bool, bool]]) -> None:
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    by_id, defaults = rules(tmp)
+    policy = Policy(None, GuardConfig(backoff_base_s=30))
+    now = 10_000.0
+    drained: set[str] = set()  # replicas our incidents took out of rotation
+    down: set[str] = set()  # replicas down on their own
+    restarts: dict[str, list[float]] = {}
+    trips = 0
+    for idx, rule_id, gap, finish, other_down in seq:
+        now += gap
+        if finish and drained:
+            done = sorted(drained)[0]
+            drained.discard(done)
+            policy.busy.discard(done)
+        down = {REPLICAS[(idx + 1) % 3].key} if other_down else set()
+        fleet = {r.key: ReplicaView(r.key, "m", r.key not in drained and r.key not in down) for r in REPLICAS}
+        target = REPLICAS[idx]
+        d = policy.decide(finding(target, rule_id, now), by_id[rule_id], defaults, fleet, now)  # type: ignore[arg-type]
+        if d.escalate and "breaker" in d.reason:
+            trips += 1
+        if d.steps is None:
+            continue
+        if takes_capacity(d.steps):
+            serving_others = [k for k, v in fleet.items() if v.serving and k != target.key]
+            unavailable = {k for k, v in fleet.items() if not v.serving} | {target.key}
+            assert len(serving_others) >= defaults.min_healthy  # never the last healthy replica
+            assert len(unavailable) <= defaults.max_unavailable
+            drained.add(target.key)
+            policy.busy.add(target.key)
+        policy.record_action(target.key, rule_id, now)
+        if any(s.name == "restart" for s in d.steps):
+            window = [t for t in restarts.get(target.key, []) if now - t < defaults.max_restarts.per]
+            assert len(window) < defaults.max_restarts.count  # the budget is never exceeded
+            restarts[target.key] = [*window, now]
+            policy.record_restart(target.key, now, defaults.max_restarts.per)
+    assert trips <= len(REPLICAS) * (1 + len(seq) // 10)  # a breaker escalates once per trip, not per finding

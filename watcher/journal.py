@@ -1,0 +1,218 @@
+"""The action journal: every remediation step written as intent before it runs, outcome after.
+
+This is what makes remediation crash-safe. A watcher killed at any point finds, on restart, the
+incidents that are not closed and the step that was in flight (intent without outcome); the
+executor then checks the world (is the replica drained? did the container restart after the
+intent?) and finishes or compensates, so no replica is left drained and forgotten and no restart
+happens twice. It is also the timeline ``watcher incidents`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from watcher.store import Store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, target TEXT NOT NULL, service TEXT, rule_id TEXT NOT NULL,
+    predicts TEXT NOT NULL, opened REAL NOT NULL, closed REAL, state TEXT NOT NULL, dry_run INTEGER NOT NULL,
+    finding TEXT NOT NULL, plan TEXT NOT NULL, note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents (state);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, incident_id INTEGER NOT NULL REFERENCES incidents(id),
+    idx INTEGER NOT NULL, name TEXT NOT NULL, params TEXT NOT NULL, status TEXT NOT NULL,
+    started REAL NOT NULL, ended REAL, detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS steps_incident ON steps (incident_id, idx);
+"""
+
+
+class IncidentState(StrEnum):
+    RUNNING = "running"  # a plan is being carried out
+    RESOLVED = "resolved"  # playbook finished, traffic restored
+    HELD = "held"  # replica kept drained on purpose (failed verification, load failure, breaker) and alerted
+    FAILED = "failed"  # a step failed and the replica was restored (nothing left changed)
+    DRY_RUN = "dry_run"  # planned and journalled only
+    REFUSED = "refused"  # a guard rail said no; the reason is in note
+
+
+OPEN_STATES = (IncidentState.RUNNING,)
+
+
+class StepStatus(StrEnum):
+    INTENT = "intent"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class StepRecord:
+    id: int
+    idx: int
+    name: str
+    params: dict[str, Any]
+    status: StepStatus
+    started: float
+    ended: float | None
+    detail: str
+
+
+@dataclass
+class Incident:
+    id: int
+    target: str
+    service: str | None
+    rule_id: str
+    predicts: str
+    opened: float
+    closed: float | None
+    state: IncidentState
+    dry_run: bool
+    finding: dict[str, Any]
+    plan: list[dict[str, Any]]
+    note: str
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "target": self.target,
+            "service": self.service,
+            "rule": self.rule_id,
+            "predicts": self.predicts,
+            "opened": self.opened,
+            "closed": self.closed,
+            "duration_s": None if self.closed is None else round(self.closed - self.opened, 3),
+            "state": self.state.value,
+            "dry_run": self.dry_run,
+            "note": self.note,
+            "finding": self.finding,
+            "steps": [
+                {
+                    "idx": s.idx,
+                    "name": s.name,
+                    "params": s.params,
+                    "status": s.status.value,
+                    "started": s.started,
+                    "ended": s.ended,
+                    "duration_s": None if s.ended is None else round(s.ended - s.started, 3),
+                    "detail": s.detail,
+                }
+                for s in self.steps
+            ],
+        }
+
+
+class Journal:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        store.migrate(_SCHEMA)
+
+    def open_incident(
+        self,
+        target: str,
+        service: str | None,
+        rule_id: str,
+        predicts: str,
+        now: float,
+        finding: dict[str, Any],
+        plan: list[dict[str, Any]],
+        state: IncidentState = IncidentState.RUNNING,
+        dry_run: bool = False,
+        note: str = "",
+    ) -> int:
+        closed = None if state in OPEN_STATES else now
+        with self.store.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO incidents (target, service, rule_id, predicts, opened, closed, state, dry_run, finding,"
+                " plan, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target,
+                    service,
+                    rule_id,
+                    predicts,
+                    now,
+                    closed,
+                    state.value,
+                    int(dry_run),
+                    json.dumps(finding),
+                    json.dumps(plan),
+                    note,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def intent(self, incident_id: int, idx: int, name: str, params: dict[str, Any], now: float) -> int:
+        with self.store.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO steps (incident_id, idx, name, params, status, started) VALUES (?, ?, ?, ?, ?, ?)",
+                (incident_id, idx, name, json.dumps(params), StepStatus.INTENT.value, now),
+            )
+            return int(cur.lastrowid or 0)
+
+    def outcome(self, step_id: int, status: StepStatus, now: float, detail: str = "") -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE steps SET status = ?, ended = ?, detail = ? WHERE id = ?", (status.value, now, detail, step_id)
+            )
+
+    def close(self, incident_id: int, state: IncidentState, now: float, note: str = "") -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE incidents SET state = ?, closed = ?, note = CASE WHEN ? = '' THEN note ELSE ? END WHERE id = ?",
+                (state.value, now, note, note, incident_id),
+            )
+
+    def _steps(self, incident_id: int) -> list[StepRecord]:
+        with self.store.transaction() as db:
+            rows = db.execute(
+                "SELECT id, idx, name, params, status, started, ended, detail FROM steps WHERE incident_id = ?"
+                " ORDER BY id",
+                (incident_id,),
+            ).fetchall()
+        return [StepRecord(r[0], r[1], r[2], json.loads(r[3]), StepStatus(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    _COLUMNS = "id, target, service, rule_id, predicts, opened, closed, state, dry_run, finding, plan, note"
+
+    def _load(self, where: str, args: tuple[Any, ...], limit: int) -> list[Incident]:
+        with self.store.transaction() as db:
+            rows = db.execute(
+                f"SELECT {self._COLUMNS} FROM incidents {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed text
+                (*args, limit),
+            ).fetchall()
+        out = [
+            Incident(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                IncidentState(r[7]),
+                bool(r[8]),
+                json.loads(r[9]),
+                json.loads(r[10]),
+                r[11],
+            )
+            for r in reversed(rows)
+        ]
+        for incident in out:
+            incident.steps = self._steps(incident.id)
+        return out
+
+    def incidents(self, open_only: bool = False, limit: int = 200) -> list[Incident]:
+        if open_only:
+            marks = ",".join("?" * len(OPEN_STATES))
+            return self._load(f"WHERE state IN ({marks})", tuple(s.value for s in OPEN_STATES), limit)
+        return self._load("", (), limit)
+
+    def incident(self, incident_id: int) -> Incident | None:
+        found = self._load("WHERE id = ?", (incident_id,), 1)
+        return found[0] if found else None

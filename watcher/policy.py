@@ -1,0 +1,270 @@
+"""Guard rails: turn a finding into a plan, or refuse and say why. Persisted, so a restart keeps them.
+
+Everything that stops the watcher from making an outage worse lives here and nowhere else:
+freshness (act only on fresh, unresolved findings), silences, pause, cooldown per replica and
+rule, one incident per replica at a time, a fleet-wide rate limit, capacity (never drain below
+``min_healthy`` serving replicas, never more than ``max_unavailable`` out of a service — so never
+the last healthy replica), and the restart budget with exponential backoff and a circuit breaker
+that stops acting and escalates once (the restart-forever loop users hate in docker-autoheal).
+
+The policy is pure over its inputs (finding, fleet view, time) plus its own persisted state:
+cooldowns and budgets held in memory would be forgotten by exactly the restart that needs them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from watcher.model import Finding
+from watcher.rulepack.schema import (
+    AlertAction,
+    AnyRule,
+    Defaults,
+    DrainAction,
+    HoldAction,
+    RecreateAction,
+    RestartAction,
+    VerifyAction,
+    WeightAction,
+)
+from watcher.store import Store
+
+STATE_SCOPE = "guard"
+STATE_KEY = "state"
+
+
+@dataclass
+class GuardConfig:
+    fresh_s: float = 120.0  # a finding older than this starts nothing
+    backoff_base_s: float = 30.0  # wait after the first restart in the window; doubles each time
+    global_actions_per_minute: int = 10
+    wait_available_s: float = 60.0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """What the policy needs to know about one replica right now."""
+
+    key: str
+    service: str | None
+    serving: bool  # in rotation, running, not unhealthy
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # drain, wait_idle, weight, restart, recreate, wait_available, verify, alert, hold, restore
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params}
+
+
+@dataclass(frozen=True)
+class Decision:
+    steps: list[Step] | None  # None: refused (see reason)
+    reason: str = ""
+    escalate: str | None = None  # an alert to send once (breaker tripped, capacity exhausted)
+    dry_run: bool = False
+
+
+@dataclass
+class Silence:
+    matchers: dict[str, str]  # keys: target, service, rule, predicts; values may use * globs
+    until: float
+    comment: str = ""
+
+    def matches(self, labels: dict[str, str], now: float) -> bool:
+        if now >= self.until:
+            return False
+        return all(fnmatch.fnmatchcase(labels.get(k, ""), v) for k, v in self.matchers.items())
+
+
+def plan_steps(rule: AnyRule, wait_available_s: float) -> list[Step]:
+    """The rule's ``then`` as ordered steps; a plan that takes traffic away ends by restoring it,
+    unless it says ``hold: drained``."""
+    steps: list[Step] = []
+    changes_weight = False
+    holds = False
+    for action in rule.then:
+        if isinstance(action, DrainAction):
+            steps.append(Step("drain"))
+            steps.append(
+                Step("wait_idle", {"settle_s": action.drain.wait, "timeout_s": action.drain.max_inflight_wait})
+            )
+            changes_weight = True
+        elif isinstance(action, WeightAction):
+            steps.append(Step("weight", {"weight": action.weight}))
+            changes_weight = True
+        elif isinstance(action, RestartAction):
+            steps.append(Step("restart", {"stop_timeout_s": action.restart.stop_timeout}))
+            steps.append(Step("wait_available", {"timeout_s": wait_available_s}))
+        elif isinstance(action, RecreateAction):
+            steps.append(Step("recreate"))
+            steps.append(Step("wait_available", {"timeout_s": wait_available_s}))
+        elif isinstance(action, VerifyAction):
+            steps.append(Step("verify", {"settle_s": action.verify.settle}))
+        elif isinstance(action, AlertAction):
+            severity = action.alert.severity or rule.severity
+            params: dict[str, Any] = {"severity": severity.value, "annotations": dict(action.alert.annotations)}
+            if action.alert.receiver:
+                params["receiver"] = action.alert.receiver
+            steps.append(Step("alert", params))
+        elif isinstance(action, HoldAction):
+            holds = True
+    if holds:
+        steps.append(Step("hold"))
+    elif changes_weight:
+        steps.append(Step("restore"))
+    return steps
+
+
+def takes_capacity(steps: list[Step]) -> bool:
+    return any(
+        s.name in ("drain", "restart", "recreate", "hold") or (s.name == "weight" and s.params["weight"] == 0)
+        for s in steps
+    )
+
+
+class Policy:
+    def __init__(self, store: Store | None, config: GuardConfig | None = None) -> None:
+        self.store = store
+        self.config = config or GuardConfig()
+        self.last_action: dict[str, float] = {}
+        self.restarts: dict[str, list[float]] = {}
+        self.breakers: dict[str, dict[str, Any]] = {}
+        self.actions: list[float] = []
+        self.silences: list[Silence] = []
+        self.paused = False
+        self.busy: set[str] = set()  # targets with an incident in progress (owned by the executor)
+        if store is not None:
+            self._load(store.get_state(STATE_SCOPE, STATE_KEY) or {})
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _load(self, data: dict[str, Any]) -> None:
+        self.last_action = {str(k): float(v) for k, v in data.get("last_action", {}).items()}
+        self.restarts = {str(k): [float(t) for t in v] for k, v in data.get("restarts", {}).items()}
+        self.breakers = dict(data.get("breakers", {}))
+        self.actions = [float(t) for t in data.get("actions", [])]
+        self.silences = [
+            Silence(dict(s["matchers"]), float(s["until"]), s.get("comment", "")) for s in data.get("silences", [])
+        ]
+        self.paused = bool(data.get("paused", False))
+        self.config.dry_run = bool(data.get("dry_run", self.config.dry_run))
+
+    def save(self, now: float = 0.0) -> None:
+        if self.store is None:
+            return
+        data = {
+            "last_action": self.last_action,
+            "restarts": self.restarts,
+            "breakers": self.breakers,
+            "actions": self.actions[-1000:],
+            "silences": [{"matchers": s.matchers, "until": s.until, "comment": s.comment} for s in self.silences],
+            "paused": self.paused,
+            "dry_run": self.config.dry_run,
+        }
+        self.store.put_state(STATE_SCOPE, STATE_KEY, data, now)
+
+    # -- operator controls -----------------------------------------------------------------------
+    def silence(self, matchers: dict[str, str], until: float, comment: str = "", now: float = 0.0) -> None:
+        self.silences = [s for s in self.silences if s.until > now] + [Silence(matchers, until, comment)]
+        self.save(now)
+
+    def set_paused(self, paused: bool, now: float = 0.0) -> None:
+        self.paused = paused
+        self.save(now)
+
+    def set_dry_run(self, dry_run: bool, now: float = 0.0) -> None:
+        self.config.dry_run = dry_run
+        self.save(now)
+
+    # -- the decision --------------------------------------------------------------------------
+    def decide(
+        self, finding: Finding, rule: AnyRule, defaults: Defaults, fleet: dict[str, ReplicaView], now: float
+    ) -> Decision:
+        key = finding.target.key
+        labels = {
+            "target": key,
+            "container": finding.target.container,
+            "service": finding.target.service or "",
+            "rule": finding.rule_id,
+            "predicts": finding.predicts.value,
+        }
+        if finding.resolved:
+            return Decision(None, "finding is resolved")
+        if now - finding.ts > self.config.fresh_s:
+            return Decision(None, f"finding is {now - finding.ts:.0f}s old (fresh for {self.config.fresh_s:.0f}s)")
+        steps = plan_steps(rule, self.config.wait_available_s)
+        if not steps:
+            return Decision(None, "rule has no actions")
+        if self.paused:
+            return Decision(None, "watcher is paused")
+        for s in self.silences:
+            if s.matches(labels, now):
+                return Decision(None, f"silenced until {s.until:.0f} ({s.comment})")
+        breaker = self.breakers.get(key)
+        if breaker is not None:
+            if now - float(breaker["tripped_at"]) < defaults.max_restarts.per:
+                return Decision(None, "circuit breaker open: restart budget exhausted")
+            del self.breakers[key]
+        if key in self.busy:
+            return Decision(None, "an incident is already in progress for this replica")
+        last = self.last_action.get(f"{key}|{finding.rule_id}")
+        if last is not None and now - last < defaults.cooldown:
+            return Decision(None, f"cooldown: acted {now - last:.0f}s ago (cooldown {defaults.cooldown:.0f}s)")
+        recent = [t for t in self.actions if now - t < 60.0]
+        if len(recent) >= self.config.global_actions_per_minute:
+            return Decision(None, f"fleet rate limit: {len(recent)} actions in the last minute")
+        if takes_capacity(steps):
+            refusal = self._capacity(key, finding.target.service, defaults, fleet)
+            if refusal is not None:
+                return Decision(None, refusal, escalate=f"{key}: {refusal}")
+        if any(s.name in ("restart", "recreate") for s in steps):
+            window = [t for t in self.restarts.get(key, []) if now - t < defaults.max_restarts.per]
+            if len(window) >= defaults.max_restarts.count:
+                self.breakers[key] = {"tripped_at": now, "alerted": True}
+                self.save(now)
+                reason = (
+                    f"restart budget exhausted ({len(window)} restarts in {defaults.max_restarts.per:.0f}s):"
+                    " circuit breaker tripped"
+                )
+                return Decision(None, reason, escalate=f"{key}: {reason}")
+            if window:
+                wait = self.config.backoff_base_s * 2 ** (len(window) - 1)
+                if now - window[-1] < wait:
+                    return Decision(
+                        None, f"backing off: next restart allowed {wait - (now - window[-1]):.0f}s from now"
+                    )
+        return Decision(steps, "planned", dry_run=self.config.dry_run)
+
+    def _capacity(self, key: str, service: str | None, defaults: Defaults, fleet: dict[str, ReplicaView]) -> str | None:
+        if service is None:
+            return None  # a lone container: nothing to keep serving beside it
+        peers = [r for r in fleet.values() if r.service == service]
+        if not peers:
+            return None
+        serving_after = [r for r in peers if r.serving and r.key != key]
+        unavailable_after = [r for r in peers if not r.serving or r.key == key]
+        min_healthy = max(defaults.min_healthy, 1)
+        if len(serving_after) < min_healthy:
+            return f"would leave {len(serving_after)} serving replica(s) in {service} (min_healthy {min_healthy})"
+        if len(unavailable_after) > defaults.max_unavailable:
+            return (
+                f"would make {len(unavailable_after)} replica(s) of {service} unavailable"
+                f" (max_unavailable {defaults.max_unavailable})"
+            )
+        return None
+
+    # -- bookkeeping by the executor -----------------------------------------------------------
+    def record_action(self, key: str, rule_id: str, now: float) -> None:
+        self.last_action[f"{key}|{rule_id}"] = now
+        self.actions = [t for t in self.actions if now - t < 3600.0] + [now]
+        self.save(now)
+
+    def record_restart(self, key: str, now: float, window_s: float) -> None:
+        """Counted before the restart runs: a crash mid-restart must not give the budget back."""
+        self.restarts[key] = [t for t in self.restarts.get(key, []) if now - t < window_s] + [now]
+        self.save(now)
