@@ -10,6 +10,7 @@ import contextlib
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -193,6 +194,48 @@ def testbed_clean() -> None:
     from watcher.testbed.replicas import remove_testbed_containers
 
     typer.echo(f"removed {remove_testbed_containers(docker.from_env())} container(s)")
+
+
+@app.command()
+def incidents(
+    store: Annotated[Path, typer.Option(envvar="WATCHER_STORE", help="the watcher's SQLite store")] = Path(
+        "watcher.db"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document with every incident")] = False,
+    open_only: Annotated[bool, typer.Option("--open", help="only incidents still running")] = False,
+) -> None:
+    """Incidents with their timeline: finding, steps, outcomes, verification, durations."""
+    from watcher.journal import Journal
+    from watcher.store import Store, StoreError
+
+    if not store.exists():
+        typer.echo(f"error: {store}: no such store (set --store or WATCHER_STORE)", err=True)
+        raise typer.Exit(2)
+    try:
+        journal = Journal(Store(store))
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    found = journal.incidents(open_only=open_only)
+    if as_json:
+        typer.echo(json.dumps([i.to_json() for i in found], indent=2))
+        return
+    if not found:
+        typer.echo("no incidents")
+    for incident in found:
+        d = incident.to_json()
+        took = f"{d['duration_s']:.1f}s" if d["duration_s"] is not None else "running"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(incident.opened))
+        typer.echo(
+            f"#{incident.id} {when}Z {incident.target} {incident.predicts} ({incident.rule_id}) -> "
+            f"{incident.state.value} [{took}]{' DRY RUN' if incident.dry_run else ''}"
+        )
+        if incident.note:
+            typer.echo(f"    note: {incident.note}")
+        for step in d["steps"]:
+            took = f"{step['duration_s']:.1f}s" if step["duration_s"] is not None else "..."
+            detail = f" - {step['detail']}" if step["detail"] else ""
+            typer.echo(f"    {step['idx']:>2} {step['name']:<15} {step['status']:<8} {took:>7}{detail}")
 
 
 @app.command()

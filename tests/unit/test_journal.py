@@ -1,0 +1,47 @@
+"""The journal keeps intent and outcome of every step, and `watcher incidents` shows the timeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from watcher.cli import app
+from watcher.journal import IncidentState, Journal, StepStatus
+from watcher.store import Store
+
+
+def test_intent_outcome_and_reopening_the_store(tmp_path: Path) -> None:
+    journal = Journal(Store(tmp_path / "w.db"))
+    plan = [{"name": "drain", "params": {}}, {"name": "restart", "params": {}}]
+    iid = journal.open_incident("local/tfs-1", "m", "oom", "oom", 100.0, {"rule": "oom"}, plan)
+    s1 = journal.intent(iid, 0, "drain", {}, 101.0)
+    journal.outcome(s1, StepStatus.DONE, 102.0, "weight 0")
+    journal.intent(iid, 1, "restart", {}, 103.0)  # the watcher dies here
+
+    reopened = Journal(Store(tmp_path / "w.db"))
+    [incident] = reopened.incidents(open_only=True)
+    assert incident.id == iid and incident.state is IncidentState.RUNNING
+    assert [(s.name, s.status) for s in incident.steps] == [("drain", StepStatus.DONE), ("restart", StepStatus.INTENT)]
+    reopened.close(iid, IncidentState.RESOLVED, 110.0)
+    assert reopened.incidents(open_only=True) == []
+    assert reopened.incident(iid).to_json()["duration_s"] == 10.0  # type: ignore[union-attr]
+
+
+def test_incidents_command(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    journal = Journal(Store(db))
+    iid = journal.open_incident("local/tfs-1", "m", "oom", "oom", 100.0, {}, [{"name": "drain", "params": {}}])
+    sid = journal.intent(iid, 0, "drain", {}, 100.5)
+    journal.outcome(sid, StepStatus.DONE, 101.0, "weight 0")
+    journal.close(iid, IncidentState.HELD, 105.0, "kept drained: version mismatch")
+    runner = CliRunner()
+    text = runner.invoke(app, ["incidents", "--store", str(db)])
+    assert text.exit_code == 0, text.output
+    assert "local/tfs-1 oom (oom) -> held [5.0s]" in text.stdout and "version mismatch" in text.stdout
+    as_json = runner.invoke(app, ["incidents", "--store", str(db), "--json"])
+    [doc] = json.loads(as_json.stdout)
+    assert doc["state"] == "held" and doc["steps"][0]["detail"] == "weight 0"
+    missing = runner.invoke(app, ["incidents", "--store", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 2 and "no such store" in missing.output
