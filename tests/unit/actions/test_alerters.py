@@ -1,0 +1,167 @@
+"""Alert payloads, dedup, and retries against a real (tiny, loopback) HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter, alertmanager_payload
+from watcher.actions.base import ActionError, Alert, Backoff, rfc3339
+from watcher.model import Target
+
+TARGET = Target("tfsim-0", engine="local", service="half_plus_two")
+
+
+class Receiver:
+    """Answers the configured status codes in turn (then 200) and records every request."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[str, dict[str, str], Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.requests.append((self.path, dict(self.headers), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver([])
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def alert(**labels: str) -> Alert:
+    return Alert.build(
+        "ReplicaDrained",
+        TARGET,
+        severity="critical",
+        labels=labels,
+        annotations={"summary": "s"},
+        starts_at=1714557600.5,
+    )
+
+
+def no_sleep(waits: list[float]) -> Any:
+    return waits.append
+
+
+def test_rfc3339_is_utc_with_milliseconds() -> None:
+    assert rfc3339(1714557600.5) == "2024-05-01T10:00:00.500Z"
+
+
+def test_payload_shape() -> None:
+    a = alert(rule="oom-precursor")
+    body = alertmanager_payload(a)
+    assert body["labels"] == {
+        "alertname": "ReplicaDrained",
+        "severity": "critical",
+        "target": "local/tfsim-0",
+        "container": "tfsim-0",
+        "engine": "local",
+        "service": "half_plus_two",
+        "rule": "oom-precursor",
+    }
+    assert body["annotations"] == {"summary": "s"}
+    assert body["startsAt"] == "2024-05-01T10:00:00.500Z"
+    assert "endsAt" not in body
+    assert alertmanager_payload(a, ends_at=1714557660.0)["endsAt"] == "2024-05-01T10:01:00.000Z"
+    assert a.fingerprint == alert(rule="oom-precursor").fingerprint != alert(rule="other").fingerprint
+    plain = Alert("X", {"target": "local/a"})  # built directly: still gets a distinct fingerprint
+    assert plain.fingerprint and plain.fingerprint != Alert("X", {"target": "local/b"}).fingerprint
+
+
+def test_fire_dedups_within_window_and_resolve_is_always_sent(receiver: Receiver) -> None:
+    now = [1000.0]
+    am = AlertmanagerAlerter(receiver.url, dedup_window_s=60, clock=lambda: now[0])
+    a = alert()
+    am.fire(a)
+    am.fire(a)
+    now[0] += 30
+    am.fire(a)
+    assert len(receiver.requests) == 1
+    path, _headers, body = receiver.requests[0]
+    assert path == "/api/v2/alerts" and isinstance(body, list) and body[0]["labels"]["alertname"] == "ReplicaDrained"
+    am.resolve(a)
+    assert receiver.requests[-1][2][0]["endsAt"] == rfc3339(1030.0)
+    am.fire(a)  # after a resolve, the same alert fires again
+    now[0] += 61
+    am.fire(a)  # and outside the window it is re-sent (keeps Alertmanager from expiring it)
+    assert len(receiver.requests) == 4
+
+
+def test_retries_with_backoff_then_succeeds(receiver: Receiver) -> None:
+    receiver.statuses = [503, 500]
+    waits: list[float] = []
+    am = AlertmanagerAlerter(receiver.url, backoff=Backoff(attempts=4, base_s=0.5, cap_s=8), sleep=waits.append)
+    am.fire(alert())
+    assert len(receiver.requests) == 3
+    assert waits == [0.5, 1.0]
+    assert am.sent_count == 1
+
+
+def test_gives_up_after_bounded_attempts_and_allows_a_later_retry(receiver: Receiver) -> None:
+    receiver.statuses = [500, 500, 500]
+    waits: list[float] = []
+    am = AlertmanagerAlerter(receiver.url, backoff=Backoff(attempts=3, base_s=0.1, cap_s=0.15), sleep=waits.append)
+    with pytest.raises(ActionError, match=r"gave up after 3 attempts; last error: HTTP 500"):
+        am.fire(alert())
+    assert waits == [0.1, 0.15]
+    am.fire(alert())  # the failed fire did not count for dedup
+    assert len(receiver.requests) == 4
+
+
+def test_client_errors_are_not_retried(receiver: Receiver) -> None:
+    receiver.statuses = [400]
+    am = AlertmanagerAlerter(receiver.url, sleep=lambda _: None)
+    with pytest.raises(ActionError, match="HTTP 400"):
+        am.fire(alert())
+    assert len(receiver.requests) == 1
+
+
+def test_connection_refused_is_retried() -> None:
+    waits: list[float] = []
+    r = Receiver([])
+    url = r.url
+    r.server.server_close()  # nothing listens there any more
+    am = AlertmanagerAlerter(url, backoff=Backoff(attempts=2, base_s=0.01), sleep=waits.append, timeout_s=1)
+    with pytest.raises(ActionError, match="ConnectionError"):
+        am.fire(alert())
+    assert waits == [0.01]
+
+
+def test_webhook_sends_token_but_never_shows_it(receiver: Receiver) -> None:
+    receiver.statuses = [502]
+    secret = "s3cr3t-token"
+    hook = WebhookAlerter(receiver.url + "/hooks/T000/B000/XXXX", token=secret, sleep=lambda _: None)
+    assert secret not in repr(hook) and "XXXX" not in repr(hook)
+    hook.fire(alert())
+    _path, headers, body = receiver.requests[-1]
+    assert headers["Authorization"] == f"Bearer {secret}"
+    assert body["status"] == "firing" and body["alerts"][0]["fingerprint"] == alert().fingerprint
+    hook.resolve(alert())
+    assert receiver.requests[-1][2]["status"] == "resolved"
+    receiver.statuses = [401]
+    with pytest.raises(ActionError) as info:
+        hook.fire(alert(other="x"))
+    assert secret not in str(info.value) and "XXXX" not in str(info.value)

@@ -1,0 +1,44 @@
+"""Actuators: what the watcher can do to a replica (shift traffic, restart, alert, verify).
+
+The contracts live in :mod:`watcher.actions.base`; each family has its own module. The executor
+imports from here only.
+"""
+
+from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
+from watcher.actions.base import (
+    ActionError,
+    Alert,
+    Alerter,
+    Backoff,
+    Replica,
+    Restarter,
+    TrafficShifter,
+    fingerprint,
+    rfc3339,
+)
+from watcher.actions.docker import DockerRestarter
+from watcher.actions.haproxy import HAProxyShifter
+from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxReload, NginxShifter
+from watcher.actions.verify import SmokeFileMissingError, Verifier
+
+__all__ = [
+    "ActionError",
+    "Alert",
+    "Alerter",
+    "AlertmanagerAlerter",
+    "Backoff",
+    "ContainerNginxReload",
+    "DockerRestarter",
+    "HAProxyShifter",
+    "HostNginxReload",
+    "NginxReload",
+    "NginxShifter",
+    "Replica",
+    "Restarter",
+    "SmokeFileMissingError",
+    "TrafficShifter",
+    "Verifier",
+    "WebhookAlerter",
+    "fingerprint",
+    "rfc3339",
+]

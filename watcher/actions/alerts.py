@@ -1,0 +1,175 @@
+"""Alerts to Alertmanager (API v2) and to a generic webhook: retried, deduplicated, no secrets logged.
+
+Both alerters share one discipline. Connection errors, timeouts, 429 and 5xx are retried with
+bounded exponential backoff and then reported as an :class:`ActionError`; any other 4xx is not
+retried (the receiver refused the payload, retrying only delays the journal entry explaining
+why). A firing alert whose fingerprint was already sent within ``dedup_window_s`` is not sent
+again: Alertmanager deduplicates too, but a watcher re-evaluating every second must not turn into
+a flood of POSTs, and a webhook has no dedup at all. A resolve is always sent and clears the
+dedup entry, so the next fire of the same alert goes out.
+
+Alertmanager expires a firing alert without ``endsAt`` after its ``resolve_timeout`` (5m by
+default). A caller holding an alert open (a replica kept drained) should therefore fire it again
+periodically; keep ``dedup_window_s`` well below ``resolve_timeout`` so those re-fires reach it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from watcher.actions.base import ActionError, Alert, Backoff, RetryableError, http_session, rfc3339, with_retries
+
+__all__ = ["AlertmanagerAlerter", "WebhookAlerter", "alertmanager_payload", "redact_url"]
+
+
+def alertmanager_payload(alert: Alert, *, ends_at: float | None = None, generator_url: str = "") -> dict[str, Any]:
+    """One element of the ``POST /api/v2/alerts`` body (``postableAlert``)."""
+    labels = {"alertname": alert.name, "severity": "warning", **dict(alert.labels)}
+    body: dict[str, Any] = {
+        "labels": {k: str(v) for k, v in labels.items()},
+        "annotations": {k: str(v) for k, v in alert.annotations.items()},
+        "startsAt": rfc3339(alert.starts_at),
+    }
+    end = ends_at if ends_at is not None else alert.ends_at
+    if end is not None:
+        body["endsAt"] = rfc3339(end)
+    if generator_url:
+        body["generatorURL"] = generator_url
+    return body
+
+
+def redact_url(url: str, keep_path: bool = True) -> str:
+    """The URL without credentials (user:password@, query string, and the path unless kept).
+
+    Webhook URLs often *are* the secret (Slack, Teams: the token is in the path), so messages
+    about them name only the host.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    path = parts.path if keep_path else ("/..." if parts.path not in ("", "/") else "")
+    return f"{parts.scheme}://{host}{path}"
+
+
+class _HttpAlerter:
+    """POST with retries and fire-side dedup; subclasses say where to and what body."""
+
+    kind = "alert"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        backoff: Backoff | None = None,
+        dedup_window_s: float = 60.0,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url
+        self.display_url = redact_url(url)
+        self.timeout_s = timeout_s
+        self.backoff = backoff or Backoff()
+        self.dedup_window_s = dedup_window_s
+        self._session = session or http_session()
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: dict[str, float] = {}  # fingerprint -> when last fired
+        self._lock = threading.Lock()
+        self.sent_count = 0  # POSTs that succeeded, for metrics and tests
+
+    def _headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json"}
+
+    def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
+        raise NotImplementedError
+
+    def _post(self, body: Any, alert: Alert) -> None:
+        what = f"{self.kind} {alert.name} [{alert.fingerprint}] to {self.display_url}"
+
+        def attempt() -> None:
+            try:
+                resp = self._session.post(self.url, json=body, headers=self._headers(), timeout=self.timeout_s)
+            except requests.RequestException as exc:
+                raise RetryableError(f"{type(exc).__name__}: {exc}") from None
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise RetryableError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            if resp.status_code >= 400:
+                raise ActionError(f"{what}: refused with HTTP {resp.status_code}: {resp.text[:300]}")
+
+        with_retries(attempt, self.backoff, what, sleep=self._sleep)
+        self.sent_count += 1
+
+    def fire(self, alert: Alert) -> None:
+        """Send a firing alert unless the same fingerprint went out within the dedup window."""
+        now = self._clock()
+        with self._lock:
+            last = self._sent.get(alert.fingerprint)
+            if last is not None and now - last < self.dedup_window_s:
+                return
+            self._sent[alert.fingerprint] = now  # claim it: a concurrent duplicate is dropped
+        try:
+            self._post(self._body(alert, "firing", None), alert)
+        except BaseException:
+            with self._lock:
+                if self._sent.get(alert.fingerprint) == now:
+                    del self._sent[alert.fingerprint]  # not sent: the next fire must try again
+            raise
+
+    def resolve(self, alert: Alert) -> None:
+        """Send the alert with ``endsAt`` = now (or its own ``ends_at``); always sent."""
+        ends_at = alert.ends_at if alert.ends_at is not None else self._clock()
+        self._post(self._body(alert, "resolved", ends_at), alert)
+        with self._lock:
+            self._sent.pop(alert.fingerprint, None)
+
+
+class AlertmanagerAlerter(_HttpAlerter):
+    """Alertmanager API v2: ``POST <url>/api/v2/alerts`` with a one-element list."""
+
+    kind = "alertmanager alert"
+
+    def __init__(self, url: str, *, generator_url: str = "", **kwargs: Any) -> None:
+        base = url.rstrip("/")
+        super().__init__(base if base.endswith("/api/v2/alerts") else base + "/api/v2/alerts", **kwargs)
+        self.generator_url = generator_url
+
+    def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
+        return [alertmanager_payload(alert, ends_at=ends_at, generator_url=self.generator_url)]
+
+
+class WebhookAlerter(_HttpAlerter):
+    """A generic JSON webhook, body shaped like Alertmanager's webhook (version 4) for reuse.
+
+    ``token`` is sent as ``Authorization: Bearer``; it is never part of a message or repr.
+    """
+
+    kind = "webhook alert"
+
+    def __init__(self, url: str, token: str | None = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.display_url = redact_url(url, keep_path=False)
+        self._token = token
+
+    def __repr__(self) -> str:
+        return f"WebhookAlerter(url={self.display_url!r}, token={'***' if self._token else None})"
+
+    def _headers(self) -> dict[str, str]:
+        headers = super()._headers()
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
+        item = alertmanager_payload(alert, ends_at=ends_at)
+        item["status"] = status
+        item["fingerprint"] = alert.fingerprint
+        return {"version": "4", "status": status, "receiver": "serving-watcher", "alerts": [item]}

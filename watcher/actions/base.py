@@ -1,0 +1,192 @@
+"""The interfaces every actuator family implements, and the few helpers they share.
+
+Like APScheduler's ``base.py`` modules, this file holds only contracts: the executor is written
+against :class:`TrafficShifter`, :class:`Restarter` and :class:`Alerter`, never against Nginx or
+HAProxy, so a new load balancer is one new module and the shared conformance tests cover it the
+moment it exists. Every failure an actuator can report is an :class:`ActionError` whose message
+says what failed and why, because that message is what the journal and the alert will show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import requests
+
+from watcher.model import Target
+
+T = TypeVar("T")
+
+
+class ActionError(RuntimeError):
+    """An action failed; the message is written for the journal (what, on which target, why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """What actuators need to know about one replica, beyond its container."""
+
+    target: Target
+    upstream: str  # "127.0.0.1:8501": how the load balancer addresses it
+    rest_url: str  # "http://127.0.0.1:8501": TF Serving REST
+    model: str
+    lb_name: str | None = None  # HAProxy server name; None for Nginx (matched by address)
+
+    def __str__(self) -> str:
+        return f"{self.target.key} ({self.upstream})"
+
+
+@runtime_checkable
+class TrafficShifter(Protocol):
+    """A load balancer that can move traffic away from one replica and back."""
+
+    def set_weight(self, replica: Replica, weight: int) -> None:
+        """Apply ``weight`` (0 = drain); when this returns the change is confirmed live."""
+
+    def get_weight(self, replica: Replica) -> int:
+        """The weight currently configured (0 when drained or down)."""
+
+    def wait_idle(self, replica: Replica, timeout_s: float) -> bool:
+        """Wait (bounded) until requests in flight to the replica have finished; False on timeout."""
+
+    def original_weight(self, replica: Replica) -> int:
+        """The weight before the watcher touched it; survives a watcher restart."""
+
+
+@runtime_checkable
+class Restarter(Protocol):
+    """Restarts (or recreates) the container behind a target."""
+
+    def restart(self, target: Target, stop_timeout_s: float) -> dict[str, Any]:
+        """Graceful restart; returns the container state once it is running again."""
+
+    def recreate(self, target: Target, stop_timeout_s: float = 10.0) -> dict[str, Any]:
+        """A fresh container with the same configuration; returns its state once running."""
+
+    def state(self, target: Target) -> dict[str, Any]:
+        """The container state, normalised (see :meth:`DockerRestarter.state`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert as the watcher raises it. ``fingerprint`` identifies it for dedup and resolve."""
+
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    starts_at: float = 0.0  # unix seconds
+    ends_at: float | None = None  # None while firing
+    fingerprint: str = ""  # computed from the labels (plus the name) when left empty
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:  # an empty key would make every alert a duplicate of every other
+            object.__setattr__(self, "fingerprint", fingerprint({"alertname": self.name, **self.labels}))
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        target: Target | None,
+        *,
+        severity: str = "warning",
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        starts_at: float | None = None,
+    ) -> Alert:
+        """An alert with the standard labels (alertname, severity, target...) and its fingerprint.
+
+        The fingerprint covers the labels only, as Alertmanager's does, so firing the "same"
+        alert with new annotations is still a duplicate and a resolve finds the alert it ends.
+        """
+        merged: dict[str, str] = {"alertname": name, "severity": severity}
+        if target is not None:
+            merged.update(target=target.key, container=target.container, engine=target.engine)
+            if target.service:
+                merged["service"] = target.service
+        merged.update(labels or {})
+        return cls(
+            name=name,
+            labels=merged,
+            annotations=dict(annotations or {}),
+            starts_at=time.time() if starts_at is None else starts_at,
+            fingerprint=fingerprint(merged),
+        )
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """A stable identifier of a label set (order-independent)."""
+    blob = json.dumps(sorted(labels.items()), separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@runtime_checkable
+class Alerter(Protocol):
+    """Somewhere alerts go: Alertmanager, a webhook, a recorder in tests."""
+
+    def fire(self, alert: Alert) -> None:
+        """Send a firing alert (a duplicate inside the dedup window is not re-sent)."""
+
+    def resolve(self, alert: Alert) -> None:
+        """Send the same alert with ``endsAt`` = now."""
+
+
+def rfc3339(ts: float) -> str:
+    """Unix seconds as RFC 3339 UTC with milliseconds (``2024-05-01T10:00:00.123Z``)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def http_session() -> requests.Session:
+    """A session that ignores proxy environment variables.
+
+    The watcher talks to load balancers, model servers and Alertmanager on its own network (in
+    the testbed: loopback); routing those calls through an ``HTTP_PROXY`` meant for the internet
+    would be both wrong and a leak.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Bounded exponential backoff: ``attempts`` tries, waits base, 2*base, ... capped at ``cap_s``."""
+
+    attempts: int = 4
+    base_s: float = 0.5
+    cap_s: float = 8.0
+
+    def delays(self) -> list[float]:
+        return [min(self.cap_s, self.base_s * 2**i) for i in range(max(0, self.attempts - 1))]
+
+
+class RetryableError(Exception):
+    """Raised inside a retried call for failures worth another try (connection error, 5xx)."""
+
+
+def with_retries(
+    call: Callable[[], T],
+    backoff: Backoff,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``call``; on :class:`RetryableError` wait and retry, then raise :class:`ActionError`.
+
+    Anything else (an :class:`ActionError` for a 4xx, say) propagates at once: retrying a request
+    the receiver has refused as malformed only delays the alert that explains the problem.
+    """
+    delays = backoff.delays()
+    last = ""
+    for attempt in range(len(delays) + 1):
+        try:
+            return call()
+        except RetryableError as exc:
+            last = str(exc)
+            if attempt < len(delays):
+                sleep(delays[attempt])
+    raise ActionError(f"{what}: gave up after {len(delays) + 1} attempts; last error: {last}")

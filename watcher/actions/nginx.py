@@ -1,0 +1,518 @@
+"""Shift traffic in open-source Nginx: rewrite the upstream file, ``nginx -t``, HUP, confirm.
+
+Open-source Nginx has no runtime API for weights, so a drain is a config change: the server line
+of the replica gets ``down`` (Nginx refuses ``weight=0``), the file is validated with ``nginx -t``
+(a refused file is put back byte for byte and nothing is signalled), the master is sent SIGHUP and
+the change counts as applied only once it is *confirmed live*.
+
+Confirmation without a status API. After a HUP the master re-reads the config, forks new workers
+with it and asks the old ones to shut down gracefully; an old worker first retitles itself
+``nginx: worker process is shutting down`` and closes its listening sockets, then finishes the
+requests it holds and exits. So the new config is live exactly when at least one worker that did
+not exist before the HUP is accepting and no pre-HUP worker is still accepting. For a host
+process the worker list comes from ``/proc`` (children of the master from the PID file); for Nginx
+in a container it comes from ``docker top`` (the engine runs ``ps`` on the host, so the image
+needs no procps). If the master rejects the config at reload time (something ``nginx -t`` could
+not see), it keeps its old workers, confirmation times out, the previous file is restored and an
+:class:`ActionError` says so.
+
+In-flight requests. Open-source Nginx exposes no per-upstream in-flight count (``stub_status`` is
+global). But once the replica is ``down`` in the live config, new workers never pick it, so every
+request still in flight to it lives in an old worker, and an old worker exits only when its last
+request is done. ``wait_idle`` therefore waits until no worker is "shutting down" (conservative:
+it also waits for old requests to other replicas; Nginx's ``worker_shutdown_timeout`` bounds it),
+and, when given the access log, until no line naming the replica's address has been written for
+``quiet_s`` (lines are written when a request completes, so this catches stragglers the worker
+check cannot attribute). The wait is bounded by the caller's timeout.
+
+Original weights live in the file itself: a changed line carries ``[watcher-original: weight=3]``
+in its comment, so ``original_weight`` survives a watcher restart and restoring the original
+weight puts the line back exactly as the operator wrote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from watcher.actions.base import ActionError, Replica
+
+__all__ = [
+    "ContainerNginxReload",
+    "HostNginxReload",
+    "NginxReload",
+    "NginxShifter",
+    "ServerLine",
+    "UpstreamFile",
+]
+
+_MARKER_RE = re.compile(r"\s*\[watcher-original:([^\]]*)\]")
+_UPSTREAM_RE = re.compile(r"^\s*upstream\s+(\S+)\s*\{")
+_SERVER_RE = re.compile(r"^\s*server\s+(\S+)")
+_WEIGHT_RE = re.compile(r"(?<=\s)weight=(\d+)(?=\s|$)")
+_DOWN_RE = re.compile(r"(?<=\s)down(?=\s|$)")
+
+
+# ----------------------------------------------------------------------------- the upstream file
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLine:
+    """One ``server`` directive inside an ``upstream`` block, as found in the file."""
+
+    index: int  # line number (0-based)
+    upstream: str  # name of the enclosing upstream block
+    address: str
+    weight_token: int | None  # explicit weight=N, None when absent (Nginx's default is 1)
+    down: bool
+    original: tuple[int | None, bool] | None  # (weight_token, down) before the watcher, if changed
+
+    @property
+    def weight(self) -> int:
+        """Effective weight: 0 when ``down``."""
+        return 0 if self.down else (self.weight_token or 1)
+
+    @property
+    def original_weight(self) -> int:
+        if self.original is None:
+            return self.weight
+        token, down = self.original
+        return 0 if down else (token or 1)
+
+
+def _split(line: str) -> tuple[str, str]:
+    """Split a directive line into the directive (up to ``;``) and the rest (``;`` + comment)."""
+    head, sep, tail = line.partition(";")
+    if not sep:
+        raise ValueError(f"server directive without ';' on one line: {line.strip()!r}")
+    return head, sep + tail
+
+
+def _tokens_state(head: str) -> tuple[int | None, bool]:
+    m = _WEIGHT_RE.search(head)
+    return (int(m.group(1)) if m else None), bool(_DOWN_RE.search(head))
+
+
+def _format_marker(state: tuple[int | None, bool]) -> str:
+    token, down = state
+    parts = ([f"weight={token}"] if token is not None else []) + (["down"] if down else [])
+    return f"[watcher-original: {' '.join(parts) or '-'}]"
+
+
+def _parse_marker(text: str) -> tuple[int | None, bool]:
+    token: int | None = None
+    down = False
+    for part in text.split():
+        if part.startswith("weight=") and part[7:].isdigit():
+            token = int(part[7:])
+        elif part == "down":
+            down = True
+    return token, down
+
+
+class UpstreamFile:
+    """A parsed upstream file that can change one server's weight and render itself back.
+
+    Only ``server`` lines inside ``upstream`` blocks are interpreted, one directive per line (how
+    generated and hand-written upstream files look); every other line is kept verbatim.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines(keepends=True)
+        self.servers = self._parse()
+
+    def _parse(self) -> list[ServerLine]:
+        out: list[ServerLine] = []
+        block: str | None = None
+        depth = 0
+        for i, raw in enumerate(self.lines):
+            code = raw.split("#", 1)[0]
+            m = _UPSTREAM_RE.match(code)
+            if block is None and m:
+                block, depth = m.group(1), 0
+            if block is not None:
+                sm = _SERVER_RE.match(code)
+                if sm and depth == 1:
+                    try:
+                        head, tail = _split(raw.rstrip("\r\n"))
+                    except ValueError as exc:
+                        raise ActionError(f"cannot parse upstream file line {i + 1}: {exc}") from None
+                    marker = _MARKER_RE.search(tail)
+                    token, down = _tokens_state(head)
+                    out.append(
+                        ServerLine(
+                            index=i,
+                            upstream=block,
+                            address=sm.group(1),
+                            weight_token=token,
+                            down=down,
+                            original=_parse_marker(marker.group(1)) if marker else None,
+                        )
+                    )
+                depth += code.count("{") - code.count("}")
+                if depth <= 0 and "}" in code:
+                    block = None
+        return out
+
+    def find(self, address: str, upstream: str | None = None) -> list[ServerLine]:
+        return [s for s in self.servers if s.address == address and (upstream is None or s.upstream == upstream)]
+
+    def set_weight(self, server: ServerLine, weight: int) -> None:
+        """Rewrite ``server``'s line for ``weight`` (0 = ``down``), keeping its original in the comment."""
+        if weight < 0:
+            raise ActionError(f"weight must be >= 0, got {weight}")
+        raw = self.lines[server.index]
+        ending = raw[len(raw.rstrip("\r\n")) :]
+        head, tail = _split(raw.rstrip("\r\n"))
+        original = server.original or (server.weight_token, server.down)
+        tail = _MARKER_RE.sub("", tail)
+        if weight == server.original_weight:
+            head = self._with_state(head, original)
+        else:
+            token = server.weight_token if weight == 0 else weight
+            head = self._with_state(head, (token, weight == 0))
+            tail = self._with_marker(tail, _format_marker(original))
+        tail = re.sub(r"\s*#\s*$", "", tail)  # a comment that only held our marker
+        self.lines[server.index] = head + tail + ending
+        self.servers = self._parse()
+
+    @staticmethod
+    def _with_state(head: str, state: tuple[int | None, bool]) -> str:
+        token, down = state
+        if token is None:
+            head = re.sub(r"\s+weight=\d+(?=\s|$)", "", head)
+        elif _WEIGHT_RE.search(head):
+            head = _WEIGHT_RE.sub(f"weight={token}", head)
+        else:
+            head = _SERVER_RE.sub(lambda m: f"{m.group(0)} weight={token}", head, count=1)
+        has_down = bool(_DOWN_RE.search(head))
+        if down and not has_down:
+            head = head.rstrip() + " down"
+        elif not down and has_down:
+            head = re.sub(r"\s+down(?=\s|$)", "", head)
+        return head
+
+    @staticmethod
+    def _with_marker(tail: str, marker: str) -> str:
+        if "#" in tail:
+            return tail.rstrip() + " " + marker
+        return tail.rstrip() + "  # " + marker
+
+    def render(self) -> str:
+        return "".join(self.lines)
+
+
+# ------------------------------------------------------------------------------------- reloaders
+
+
+class NginxReload(Protocol):
+    """How to validate, signal and observe one Nginx master (host process or container)."""
+
+    def test(self) -> None:
+        """Run ``nginx -t``; raise :class:`ActionError` carrying Nginx's own message on failure."""
+
+    def workers(self) -> dict[int, bool]:
+        """Worker PIDs of the master, each with whether it still accepts (not shutting down)."""
+
+    def signal_reload(self) -> None:
+        """Send SIGHUP to the master."""
+
+
+def _proc_children(pid: int) -> list[int]:
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+class HostNginxReload:
+    """An Nginx master running as a host process, found through its PID file (or a PID).
+
+    ``args`` are what the master was started with (``-p prefix/ -c nginx.conf``) so ``nginx -t``
+    checks the same files; the PID file is read at every use because a binary upgrade changes it.
+    """
+
+    def __init__(
+        self,
+        *,
+        pid_file: Path | None = None,
+        pid: int | None = None,
+        nginx: str = "nginx",
+        args: tuple[str, ...] = (),
+        test_timeout_s: float = 15.0,
+    ) -> None:
+        if (pid_file is None) == (pid is None):
+            raise ValueError("give exactly one of pid_file or pid")
+        self.pid_file = pid_file
+        self.pid = pid
+        self.nginx = nginx
+        self.args = args
+        self.test_timeout_s = test_timeout_s
+
+    def master_pid(self) -> int:
+        if self.pid is not None:
+            return self.pid
+        assert self.pid_file is not None
+        try:
+            return int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError) as exc:
+            raise ActionError(f"nginx master PID unreadable from {self.pid_file}: {exc}") from None
+
+    def test(self) -> None:
+        try:
+            proc = subprocess.run(
+                [self.nginx, "-t", *self.args],
+                capture_output=True,
+                text=True,
+                timeout=self.test_timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ActionError(f"nginx -t could not run: {exc}") from None
+        if proc.returncode != 0:
+            raise ActionError(f"nginx -t refused the config: {(proc.stderr + proc.stdout).strip()}")
+
+    def workers(self) -> dict[int, bool]:
+        master = self.master_pid()
+        if not Path(f"/proc/{master}").exists():
+            raise ActionError(f"nginx master PID {master} is not running")
+        out: dict[int, bool] = {}
+        for child in _proc_children(master):
+            try:
+                title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "worker process" in title:
+                out[child] = "shutting down" not in title
+        return out
+
+    def signal_reload(self) -> None:
+        pid = self.master_pid()
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            raise ActionError(f"cannot send SIGHUP to nginx master {pid}: {exc}") from None
+
+
+class ContainerNginxReload:
+    """Nginx as PID 1 of a container: ``nginx -t`` via exec, HUP via the engine, workers via top.
+
+    The upstream file the shifter rewrites is the host side of a bind mount into the container.
+    ``docker top`` lists the container's processes from the host (no ``ps`` needed in the image),
+    with host PIDs, which is all the confirmation needs.
+    """
+
+    def __init__(self, client: Any, container: str, test_cmd: tuple[str, ...] = ("nginx", "-t")) -> None:
+        self.client = client
+        self.container = container
+        self.test_cmd = test_cmd
+
+    def _container(self) -> Any:
+        try:
+            return self.client.containers.get(self.container)
+        except Exception as exc:  # docker.errors.NotFound / APIError
+            raise ActionError(f"nginx container {self.container}: {exc}") from None
+
+    def test(self) -> None:
+        result = self._container().exec_run(list(self.test_cmd))
+        output = result.output.decode(errors="replace") if isinstance(result.output, bytes) else str(result.output)
+        if result.exit_code != 0:
+            raise ActionError(f"nginx -t refused the config in {self.container}: {output.strip()}")
+
+    def workers(self) -> dict[int, bool]:
+        top = self._container().top()
+        titles = [str(t).upper() for t in top.get("Titles") or []]
+        try:
+            pid_col = titles.index("PID")
+            cmd_col = titles.index("CMD") if "CMD" in titles else titles.index("COMMAND")
+        except ValueError:
+            raise ActionError(f"unexpected docker top columns for {self.container}: {titles}") from None
+        out: dict[int, bool] = {}
+        for row in top.get("Processes") or []:
+            cmd = " ".join(str(c) for c in row[cmd_col:])
+            if "worker process" in cmd:
+                out[int(row[pid_col])] = "shutting down" not in cmd
+        return out
+
+    def signal_reload(self) -> None:
+        try:
+            self._container().kill(signal="HUP")
+        except ActionError:
+            raise
+        except Exception as exc:
+            raise ActionError(f"cannot HUP nginx container {self.container}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------- shifter
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by rename so Nginx (or ``nginx -t``) never reads half a file."""
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class NginxShifter:
+    """A :class:`~watcher.actions.base.TrafficShifter` for open-source Nginx (see module doc)."""
+
+    def __init__(
+        self,
+        upstreams_file: Path,
+        reload: NginxReload,
+        *,
+        upstream: str | None = None,
+        access_log: Path | None = None,
+        quiet_s: float = 0.5,
+        reload_timeout_s: float = 10.0,
+        poll_s: float = 0.02,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.upstreams_file = Path(upstreams_file)
+        self.reload = reload
+        self.upstream = upstream
+        self.access_log = access_log
+        self.quiet_s = quiet_s
+        self.reload_timeout_s = reload_timeout_s
+        self.poll_s = poll_s
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+
+    # -- reading ----------------------------------------------------------------------------
+    def _read(self) -> tuple[str, UpstreamFile]:
+        try:
+            text = self.upstreams_file.read_text()
+        except OSError as exc:
+            raise ActionError(f"cannot read nginx upstream file {self.upstreams_file}: {exc}") from None
+        return text, UpstreamFile(text)
+
+    def _servers(self, parsed: UpstreamFile, replica: Replica) -> list[ServerLine]:
+        found = parsed.find(replica.upstream, self.upstream)
+        if not found:
+            where = f" in upstream {self.upstream}" if self.upstream else ""
+            raise ActionError(f"nginx: no server {replica.upstream}{where} in {self.upstreams_file} for {replica}")
+        return found
+
+    def get_weight(self, replica: Replica) -> int:
+        return self._servers(self._read()[1], replica)[0].weight
+
+    def original_weight(self, replica: Replica) -> int:
+        return self._servers(self._read()[1], replica)[0].original_weight
+
+    # -- changing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time, across threads and watcher processes sharing the file."""
+        lock_path = self.upstreams_file.parent / f".{self.upstreams_file.name}.watcher.lock"
+        with self._lock, open(lock_path, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def set_weight(self, replica: Replica, weight: int) -> None:
+        if weight < 0:
+            raise ActionError(f"nginx: weight must be >= 0, got {weight} for {replica}")
+        with self._locked():
+            old_text, parsed = self._read()
+            servers = self._servers(parsed, replica)
+            # Even when the file already says so, reload and confirm: a watcher killed between
+            # writing the file and the HUP left a file that is not what Nginx runs.
+            for server in servers:
+                parsed.set_weight(server, weight)
+            _atomic_write(self.upstreams_file, parsed.render())
+            try:
+                self.reload.test()
+                self._reload_and_confirm()
+            except BaseException:
+                _atomic_write(self.upstreams_file, old_text)
+                raise
+
+    def _reload_and_confirm(self) -> None:
+        before = self.reload.workers()
+        if not before:
+            raise ActionError("nginx has no worker processes; is it running?")
+        self.reload.signal_reload()
+        deadline = self._clock() + self.reload_timeout_s
+        while True:
+            now = self.reload.workers()
+            accepting = {pid for pid, ok in now.items() if ok}
+            if accepting - set(before) and not accepting & set(before):
+                return
+            if self._clock() > deadline:
+                raise ActionError(
+                    f"nginx did not apply the new upstream config within {self.reload_timeout_s}s after SIGHUP "
+                    f"(workers before {sorted(before)}, now {now}); the master probably rejected it at reload "
+                    "time, see its error log. The previous upstream file was restored."
+                )
+            self._sleep(self.poll_s)
+
+    # -- waiting ----------------------------------------------------------------------------
+    def wait_idle(self, replica: Replica, timeout_s: float) -> bool:
+        deadline = self._clock() + timeout_s
+        offset = self._log_size()
+        last_seen = self._clock()
+        needle = replica.upstream.encode()
+        while True:
+            if self.access_log is not None:
+                size = self._log_size()
+                if size < offset:
+                    offset = 0  # rotated
+                if size > offset:
+                    with open(self.access_log, "rb") as fh:
+                        fh.seek(offset)
+                        chunk = fh.read(size - offset)
+                    offset = size
+                    if needle in chunk:
+                        last_seen = self._clock()
+                quiet = self._clock() - last_seen >= self.quiet_s
+            else:
+                quiet = True
+            draining = any(not ok for ok in self.reload.workers().values())
+            if quiet and not draining:
+                return True
+            if self._clock() >= deadline:
+                return False
+            self._sleep(max(self.poll_s, 0.05))
+
+    def _log_size(self) -> int:
+        if self.access_log is None:
+            return 0
+        try:
+            return self.access_log.stat().st_size
+        except OSError:
+            return 0
