@@ -56,7 +56,7 @@ class LiveWatcher:
         packs: Sequence[RulePack],
         store: Store,
         clock: Clock | None = None,
-        on_finding: Callable[[Finding], None] | None = None,
+        on_finding: Callable[[Finding], object] | None = None,
     ) -> None:
         self.config = config
         self.store = store

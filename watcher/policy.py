@@ -246,6 +246,9 @@ class Policy:
         peers = [r for r in fleet.values() if r.service == service]
         if not peers:
             return None
+        me = fleet.get(key)
+        if me is not None and not me.serving:
+            return None  # already out of rotation (down, unhealthy): taking it out removes nothing
         serving_after = [r for r in peers if r.serving and r.key != key]
         unavailable_after = [r for r in peers if not r.serving or r.key == key]
         min_healthy = max(defaults.min_healthy, 1)

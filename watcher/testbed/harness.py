@@ -1,0 +1,171 @@
+"""The whole watcher (live driver + policy + executor) wired to a running testbed.
+
+Integration tests, the chaos benchmark and the demo all watch the testbed the same way: the
+replicas' logs and Docker events, Nginx's access and error logs (host files here), the real Nginx
+(or HAProxy) as the traffic shifter, real Docker restarts, verification against the testbed's
+model repository and alerts to its Alertmanager. ``python -m watcher.testbed.harness SPEC.json``
+runs it in a separate process, so a test can SIGKILL a watcher mid-playbook.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from watcher.actions.alerts import AlertmanagerAlerter
+from watcher.actions.base import TrafficShifter
+from watcher.actions.docker import DockerRestarter
+from watcher.actions.haproxy import HAProxyShifter
+from watcher.actions.nginx import HostNginxReload, NginxShifter
+from watcher.actions.verify import Verifier
+from watcher.fleet import Fleet
+from watcher.journal import Journal
+from watcher.live import LiveConfig, LiveWatcher
+from watcher.model import Target
+from watcher.policy import GuardConfig, Policy
+from watcher.remediation import Executor, ExecutorConfig
+from watcher.rulepack.loader import load_packs
+from watcher.rulepack.schema import AnyRule, Defaults
+from watcher.store import Store
+from watcher.testbed.images import REPO_ROOT
+from watcher.testbed.replicas import TESTBED_LABEL
+
+RULES = REPO_ROOT / "rules"
+
+
+@dataclass
+class HarnessSpec:
+    """Everything needed to watch one testbed, serialisable so another process can do it."""
+
+    run_id: str
+    store: str
+    model_repo: str
+    nginx_dir: str | None = None
+    nginx_binary: str = "/usr/sbin/nginx"
+    haproxy_socket: str | None = None
+    haproxy_backend: str = ""
+    alertmanager_url: str | None = None
+    lb: str = "nginx"
+    dry_run: bool = False
+    guard: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] | None = None  # override every pack's guard-rail defaults (tests)
+    packs: list[str] = field(default_factory=lambda: [str(RULES)])
+
+    @classmethod
+    def for_testbed(cls, bed: Any, store: Path, **kwargs: Any) -> HarnessSpec:
+        return cls(
+            run_id=bed.run_id,
+            store=str(store),
+            model_repo=str(bed.model_repo),
+            nginx_dir=str(bed.nginx.workdir) if bed.nginx else None,
+            nginx_binary=bed.nginx.binary_path() if bed.nginx else "/usr/sbin/nginx",
+            haproxy_socket=str(bed.haproxy.socket_path) if bed.haproxy else None,
+            haproxy_backend=bed.config.model,
+            alertmanager_url=f"http://127.0.0.1:{bed.alertmanager.port}" if bed.alertmanager else None,
+            **kwargs,
+        )
+
+
+class _NoAlerts:
+    def fire(self, alert: Any) -> None:
+        return None
+
+    def resolve(self, alert: Any) -> None:
+        return None
+
+
+class Watcher:
+    """A running watcher on the testbed: ``.live`` (engine + sources) and ``.executor``."""
+
+    def __init__(self, spec: HarnessSpec) -> None:
+        self.spec = spec
+        client = docker.from_env()
+        clients = {"local": client}
+        selector = (f"{TESTBED_LABEL}={spec.run_id}",)
+        self.shifter = self._shifter(spec)
+        self.store = Store(spec.store)
+        self.journal = Journal(self.store)
+        self.policy = Policy(self.store, GuardConfig(dry_run=spec.dry_run, **spec.guard))
+        packs = load_packs([Path(p) for p in spec.packs])
+        rules: dict[str, tuple[AnyRule, Defaults]] = {}
+        for pack in packs:
+            defaults = Defaults.model_validate(spec.defaults) if spec.defaults is not None else pack.defaults
+            for rule in pack.rules:
+                rules[rule.id] = (rule, defaults)
+        self.fleet = Fleet(clients, selector, weight_of=self.shifter.get_weight)
+        alerter = AlertmanagerAlerter(spec.alertmanager_url) if spec.alertmanager_url else _NoAlerts()
+        self.executor = Executor(
+            self.policy,
+            self.journal,
+            self.fleet,
+            self.shifter,
+            DockerRestarter(clients),
+            Verifier(),
+            alerter,
+            rules,
+            ExecutorConfig(model_repo=Path(spec.model_repo)),
+        )
+        files: list[tuple[Path, Target]] = []
+        if spec.nginx_dir:
+            nginx_dir = Path(spec.nginx_dir)
+            files = [(nginx_dir / "access.log", Target("nginx")), (nginx_dir / "error.log", Target("nginx"))]
+        config = LiveConfig(label_selector=selector, stats_interval_s=None, files=files, rescan_s=1.0)
+        self.live = LiveWatcher(config, packs, self.store, on_finding=self.executor.on_finding)
+
+    @staticmethod
+    def _shifter(spec: HarnessSpec) -> TrafficShifter:
+        if spec.lb == "haproxy":
+            assert spec.haproxy_socket, "haproxy socket required"
+            return HAProxyShifter(Path(spec.haproxy_socket), spec.haproxy_backend)
+        assert spec.nginx_dir, "nginx dir required"
+        d = Path(spec.nginx_dir)
+        reload = HostNginxReload(
+            pid_file=d / "nginx.master.pid",
+            nginx=spec.nginx_binary,
+            args=("-q", "-p", f"{d}/", "-c", str(d / "nginx.conf")),
+        )
+        return NginxShifter(d / "upstreams.conf", reload, access_log=d / "access.log", quiet_s=0.3)
+
+    def start(self) -> Watcher:
+        self.executor.recover()
+        self.live.start()
+        return self
+
+    def stop(self) -> None:
+        self.live.stop()
+        self.executor.wait(timeout_s=120)
+        self.executor.shutdown()
+        self.store.close()
+
+    def __enter__(self) -> Watcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str]) -> int:
+    spec = HarnessSpec(**json.loads(Path(argv[0]).read_text()))
+    watcher = Watcher(spec).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("watching", flush=True)
+    stop.wait()
+    watcher.stop()
+    return 0
+
+
+def write_spec(spec: HarnessSpec, path: Path) -> Path:
+    path.write_text(json.dumps(asdict(spec)))
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
