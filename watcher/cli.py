@@ -197,6 +197,26 @@ def testbed_clean() -> None:
 
 
 @app.command()
+def run(
+    config: Annotated[Path | None, typer.Option(envvar="WATCHER_CONFIG", help="YAML settings file")] = None,
+) -> None:
+    """Run the watcher: follow the fleet, predict failures, act within guard rails (dry-run by default)."""
+    from watcher.config import ConfigError, load_settings
+    from watcher.rulepack.loader import RulePackError
+    from watcher.service import run as run_service
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        raise typer.Exit(run_service(settings))
+    except RulePackError:
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def incidents(
     store: Annotated[Path, typer.Option(envvar="WATCHER_STORE", help="the watcher's SQLite store")] = Path(
         "watcher.db"

@@ -213,6 +213,16 @@ class Journal:
             return self._load(f"WHERE state IN ({marks})", tuple(s.value for s in OPEN_STATES), limit)
         return self._load("", (), limit)
 
+    def step_counts(self) -> dict[tuple[str, str], int]:
+        with self.store.transaction() as db:
+            rows = db.execute("SELECT name, status, COUNT(*) FROM steps GROUP BY name, status").fetchall()
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    def incident_counts(self) -> dict[str, int]:
+        with self.store.transaction() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM incidents GROUP BY state").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
     def incident(self, incident_id: int) -> Incident | None:
         found = self._load("WHERE id = ?", (incident_id,), 1)
         return found[0] if found else None

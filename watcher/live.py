@@ -33,7 +33,7 @@ from watcher.store import Store
 
 @dataclass
 class LiveConfig:
-    engines: Mapping[str, str] | None = None  # name -> Docker URL; None: the local engine from env
+    engines: Mapping[str, Any] | None = None  # name -> Docker URL or client; None: the local engine from env
     label_selector: tuple[str, ...] = ("watcher.enable=true",)
     service_label: str = "watcher.service"
     upstream_label: str = "watcher.upstream"  # "127.0.0.1:8501": how the LB addresses the replica
@@ -64,6 +64,8 @@ class LiveWatcher:
         self.engine = Engine(packs, self.clock, store=store)
         self.queue = SignalQueue()
         self.on_finding = on_finding
+        self.on_batch: Callable[[int, float], None] | None = None  # (signals, seconds): detector update cost
+        self._reload: list[RulePack] | None = None
         self.findings: list[Finding] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -142,8 +144,13 @@ class LiveWatcher:
         while not self._stop.is_set() or self.queue.depth:
             batch = self.queue.get_batch(self.config.batch, timeout_s=self.config.tick_s)
             found: list[Finding] = []
+            if self._reload is not None:
+                self._swap_engine(self._reload)
             if batch:
+                started = time.perf_counter()
                 found.extend(self.engine.feed_batch([e.signal for e in batch]))
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), time.perf_counter() - started)
                 cursors = dict(e.cursor for e in batch if e.cursor is not None)
                 self.store.set_cursors(cursors, self.clock.now())
             now = time.monotonic()
@@ -163,6 +170,20 @@ class LiveWatcher:
                     self.on_finding(finding)
             if self._stop.is_set() and not batch:
                 break
+
+    def request_reload(self, packs: Sequence[RulePack]) -> None:
+        """Swap in new (already validated) packs; done by the engine thread between batches."""
+        self._reload = list(packs)
+
+    def _swap_engine(self, packs: list[RulePack]) -> None:
+        self._reload = None
+        self.engine.checkpoint()  # rules that survive the reload keep their state
+        upstreams = self.engine.upstreams
+        self.engine = Engine(packs, self.clock, store=self.store, upstreams=upstreams)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def status(self) -> dict[str, Any]:
         return {

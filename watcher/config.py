@@ -1,0 +1,120 @@
+"""Configuration: a YAML file plus ``WATCHER_*`` environment variables, validated at start.
+
+With no configuration at all on a Docker host the watcher does something useful and safe: it
+watches containers carrying ``watcher.enable=true`` on the local engine, uses Docker stats when no
+Prometheus is configured, loads the shipped rule packs, and runs in dry-run until actions are
+enabled (``WATCHER_ACTIONS_ENABLED=true``). Environment variables override the file. Errors name
+the setting (and the file) and say what was expected — never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SHIPPED_RULES = Path(__file__).resolve().parents[1] / "rules"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``str()`` is a list of `setting: problem` lines for the operator."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WATCHER_", extra="forbid", env_nested_delimiter="__")
+
+    # what to watch
+    engines: dict[str, str] = Field(default_factory=lambda: {"local": ""}, description="name -> Docker URL ('' = env)")
+    label_selector: list[str] = Field(default_factory=lambda: ["watcher.enable=true"])
+    service_label: str = "watcher.service"
+    upstream_label: str = "watcher.upstream"
+    model_label: str = "watcher.model"
+    packs: list[Path] = Field(default_factory=lambda: [SHIPPED_RULES])
+    log_files: dict[str, Path] = Field(default_factory=dict, description="target name -> host log file to follow")
+    prometheus_url: str | None = None
+    prometheus_target_label: str = "replica"
+    stats_interval_s: float = Field(default=5.0, ge=0, description="Docker stats period; 0 = off")
+    # memory
+    store: Path = Path("watcher.db")
+    # acting
+    actions_enabled: bool = False
+    lb: Literal["nginx", "haproxy", "none"] = "none"
+    nginx_upstreams_file: Path | None = None
+    nginx_pid_file: Path | None = None
+    nginx_container: str | None = None
+    nginx_conf: Path | None = None
+    nginx_binary: str = "nginx"
+    haproxy_socket: Path | None = None
+    haproxy_backend: str = ""
+    model_repo: Path | None = None
+    pinned_versions: dict[str, str] = Field(default_factory=dict)
+    alertmanager_url: str | None = None
+    webhook_url: str | None = None
+    webhook_token: SecretStr | None = None
+    cooldown_override_s: float | None = None
+    # the service itself
+    api_listen: str = "127.0.0.1:9108"
+    api_token: SecretStr | None = None
+    heartbeat_s: float = Field(default=60.0, gt=0)
+    reload_poll_s: float = Field(default=2.0, gt=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
+        return value
+
+    @property
+    def dry_run(self) -> bool:
+        return not self.actions_enabled
+
+    @property
+    def api_address(self) -> tuple[str, int]:
+        host, _, port = self.api_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment first: it overrides the file (passed as init values)
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data.update(loaded)
+    data.update(overrides or {})
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        origin = f"{path}: " if path is not None else ""
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{origin}{name}: {msg} (env WATCHER_{name.split('.')[0].upper()})")
+        raise ConfigError("\n".join(lines)) from None

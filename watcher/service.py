@@ -1,0 +1,476 @@
+"""`watcher run`: the live watcher as a long-running service.
+
+Wires configuration to the parts: sources and engine (:mod:`watcher.live`), policy and executor
+(:mod:`watcher.policy`, :mod:`watcher.remediation`), the API (:mod:`watcher.api`), a heartbeat
+alert, and hot reload of rule packs (SIGHUP or a changed file; a bad pack is reported with
+``file:line:col`` and the last good one stays live). SIGTERM/SIGINT stop the sources, let the
+engine drain the queue, give running playbook steps ``shutdown_grace_s`` to finish (the journal
+hands anything unfinished to the next start) and flush the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import docker
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
+from watcher.actions.base import ActionError, Alert, Alerter, TrafficShifter
+from watcher.actions.docker import DockerRestarter
+from watcher.actions.haproxy import HAProxyShifter
+from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxReload, NginxShifter
+from watcher.actions.verify import Verifier
+from watcher.api import Api
+from watcher.config import Settings
+from watcher.fleet import Fleet
+from watcher.journal import Journal
+from watcher.live import LiveConfig, LiveWatcher
+from watcher.model import Finding, Predicts, Target
+from watcher.policy import GuardConfig, Policy
+from watcher.remediation import Executor, ExecutorConfig
+from watcher.rulepack.loader import RulePackError, load_packs
+from watcher.rulepack.schema import AnyRule, Defaults, RulePack
+from watcher.store import Store
+
+log = logging.getLogger("watcher")
+FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
+FAILURES = {Predicts.OOM, Predicts.CRASH, Predicts.UNHEALTHY}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            doc.update(extra)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+class FanoutAlerter:
+    def __init__(self, alerters: list[Alerter]) -> None:
+        self.alerters = alerters
+
+    def fire(self, alert: Alert) -> None:
+        errors = []
+        for a in self.alerters:
+            try:
+                a.fire(alert)
+            except ActionError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ActionError("; ".join(errors))
+
+    def resolve(self, alert: Alert) -> None:
+        for a in self.alerters:
+            try:
+                a.resolve(alert)
+            except ActionError:
+                log.warning("resolve failed", extra={"fields": {"alert": alert.name}})
+
+
+class _NoShifter:
+    """``lb: none``: the watcher can restart and verify, but cannot move traffic."""
+
+    def set_weight(self, replica: Any, weight: int) -> None:
+        raise ActionError("no load balancer configured (WATCHER_LB=none): cannot change weights")
+
+    def get_weight(self, replica: Any) -> int:
+        return 1
+
+    def wait_idle(self, replica: Any, timeout_s: float) -> bool:
+        return True
+
+    def original_weight(self, replica: Any) -> int:
+        return 1
+
+
+def rules_of(packs: Iterable[RulePack]) -> dict[str, tuple[AnyRule, Defaults]]:
+    return {rule.id: (rule, pack.defaults) for pack in packs for rule in pack.rules}
+
+
+class Service:
+    def __init__(self, settings: Settings, packs: list[RulePack]) -> None:
+        self.settings = settings
+        self.packs = packs
+        self.started = time.time()
+        self.store = Store(settings.store)
+        self.journal = Journal(self.store)
+        self.policy = Policy(self.store, GuardConfig(dry_run=settings.dry_run))
+        self.policy.set_dry_run(settings.dry_run)  # the configuration at start wins over a stored toggle
+        self.clients: dict[str, docker.DockerClient] = {
+            name: docker.DockerClient(base_url=url) if url else docker.from_env()
+            for name, url in settings.engines.items()
+        }
+        self.shifter = self._shifter()
+        self.fleet = Fleet(
+            self.clients,
+            settings.label_selector,
+            weight_of=self.shifter.get_weight,
+            service_label=settings.service_label,
+            upstream_label=settings.upstream_label,
+            model_label=settings.model_label,
+        )
+        self.alerter = self._alerter()
+        self.executor = Executor(
+            self.policy,
+            self.journal,
+            self.fleet,
+            self.shifter,
+            DockerRestarter(self.clients),
+            Verifier(),
+            self.alerter,
+            rules_of(packs),
+            ExecutorConfig(model_repo=settings.model_repo, pinned_versions=dict(settings.pinned_versions)),
+            on_event=self._on_event,
+        )
+        live_config = LiveConfig(
+            engines=self.clients,
+            label_selector=tuple(settings.label_selector),
+            service_label=settings.service_label,
+            upstream_label=settings.upstream_label,
+            prometheus_url=settings.prometheus_url,
+            prometheus_target_label=settings.prometheus_target_label,
+            stats_interval_s=settings.stats_interval_s or None if not settings.prometheus_url else None,
+            files=[(path, Target(name)) for name, path in settings.log_files.items()],
+        )
+        self.live = LiveWatcher(live_config, packs, self.store, on_finding=self._on_finding)
+        self._metrics()
+        self.live.on_batch = self._on_batch
+        self.api = Api(
+            settings.api_address,
+            self.registry,
+            self._health,
+            self._ready,
+            self.status,
+            {
+                "silence": self._m_silence,
+                "pause": self._m_pause,
+                "resume": self._m_resume,
+                "dry-run": self._m_dry_run,
+            },
+            settings.api_token.get_secret_value() if settings.api_token else None,
+        )
+        self._stop = threading.Event()
+        self._first_finding: dict[str, float] = {}
+        self._pack_mtimes = self._mtimes()
+
+    # -- wiring -------------------------------------------------------------------------------
+    def _shifter(self) -> TrafficShifter:
+        s = self.settings
+        if s.lb == "haproxy":
+            if s.haproxy_socket is None:
+                raise ValueError("lb: haproxy needs haproxy_socket (WATCHER_HAPROXY_SOCKET)")
+            return HAProxyShifter(s.haproxy_socket, s.haproxy_backend)
+        if s.lb == "nginx":
+            if s.nginx_upstreams_file is None:
+                raise ValueError("lb: nginx needs nginx_upstreams_file (WATCHER_NGINX_UPSTREAMS_FILE)")
+            reload: NginxReload
+            if s.nginx_container:
+                reload = ContainerNginxReload(next(iter(self.clients.values())), s.nginx_container)
+            else:
+                args: tuple[str, ...] = ("-q",)
+                if s.nginx_conf is not None:
+                    args += ("-p", f"{s.nginx_conf.parent}/", "-c", str(s.nginx_conf))
+                reload = HostNginxReload(pid_file=s.nginx_pid_file, nginx=s.nginx_binary, args=args)
+            return NginxShifter(s.nginx_upstreams_file, reload)
+        return _NoShifter()
+
+    def _alerter(self) -> Alerter:
+        alerters: list[Alerter] = []
+        if self.settings.alertmanager_url:
+            alerters.append(AlertmanagerAlerter(self.settings.alertmanager_url))
+        if self.settings.webhook_url:
+            token = self.settings.webhook_token.get_secret_value() if self.settings.webhook_token else None
+            alerters.append(WebhookAlerter(self.settings.webhook_url, token))
+        return FanoutAlerter(alerters)
+
+    def _metrics(self) -> None:
+        self.registry = CollectorRegistry()
+        self.m_findings = Counter(
+            "watcher_findings", "Findings by what they predict", ["predicts", "rule"], registry=self.registry
+        )
+        self.m_lead = Histogram(
+            "watcher_lead_time_seconds",
+            "Seconds from the first predictive finding to the failure it announced",
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.m_update = Histogram(
+            "watcher_detector_update_seconds",
+            "Engine time per signal batch (parse, match, detectors, rule state)",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
+            registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(self))
+
+    # -- callbacks ------------------------------------------------------------------------------
+    def _on_finding(self, finding: Finding) -> None:
+        self.m_findings.labels(finding.predicts.value, finding.rule_id).inc()
+        key = finding.target.key
+        fields = {"target": key, "rule": finding.rule_id, "predicts": finding.predicts.value, "eta_s": finding.eta_s}
+        log.info("finding resolved" if finding.resolved else "finding", extra={"fields": fields})
+        if finding.resolved:
+            return
+        if finding.pack == FAILURE_PACK and finding.predicts in FAILURES:
+            first = self._first_finding.pop(key, None)
+            if first is not None and first <= finding.ts:
+                self.m_lead.observe(finding.ts - first)
+        else:
+            self._first_finding.setdefault(key, finding.ts)
+        self.executor.on_finding(finding)
+
+    def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        log.info(kind, extra={"fields": data})
+
+    def _on_batch(self, n: int, seconds: float) -> None:
+        self.m_update.observe(seconds)
+
+    # -- API ---------------------------------------------------------------------------------------
+    def _health(self) -> tuple[bool, dict[str, Any]]:
+        return self.live.alive, {"uptime_s": round(time.time() - self.started, 1)}
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        sources = {s.name: s.connected for s in self.live.sources}
+        writable = self.store.writable()
+        return all(sources.values()) and writable and self.live.alive, {"sources": sources, "store_writable": writable}
+
+    def status(self) -> dict[str, Any]:
+        engine = self.live.engine
+        firing: dict[str, list[dict[str, Any]]] = {}
+        for entry in engine.states.firing():
+            rule = engine.rules.get(entry.rule_id)
+            firing.setdefault(entry.target_key, []).append(
+                {
+                    "rule": entry.rule_id,
+                    "predicts": rule.predicts.value if rule is not None and rule.predicts else None,
+                    "since": entry.fired_at,
+                }
+            )
+        open_incidents = {i.target: i.to_json() for i in self.journal.incidents(open_only=True)}
+        targets = {
+            key: {
+                "container": t.container,
+                "engine": t.engine,
+                "service": t.service,
+                "findings": firing.get(key, []),
+                "incident": open_incidents.get(key),
+            }
+            for key, t in sorted(engine.targets.items())
+        }
+        return {
+            "targets": targets,
+            "policy": {
+                "dry_run": self.policy.config.dry_run,
+                "paused": self.policy.paused,
+                "silences": [
+                    {"matchers": s.matchers, "until": s.until, "comment": s.comment}
+                    for s in self.policy.silences
+                    if s.until > time.time()
+                ],
+                "breakers": self.policy.breakers,
+            },
+            "recent_incidents": [i.to_json() for i in self.journal.incidents(limit=20)],
+            **self.live.status(),
+        }
+
+    def _m_silence(self, body: dict[str, Any]) -> dict[str, Any]:
+        matchers = body.get("matchers")
+        if not isinstance(matchers, dict) or not matchers:
+            raise ValueError('matchers: a non-empty object such as {"target": "local/tfs-1"}')
+        duration = float(body.get("duration_s", 3600))
+        if duration <= 0:
+            raise ValueError("duration_s must be positive")
+        now = time.time()
+        self.policy.silence(
+            {str(k): str(v) for k, v in matchers.items()}, now + duration, str(body.get("comment", "")), now
+        )
+        return {"silenced": matchers, "until": now + duration}
+
+    def _m_pause(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.policy.set_paused(True, time.time())
+        return {"paused": True}
+
+    def _m_resume(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.policy.set_paused(False, time.time())
+        return {"paused": False}
+
+    def _m_dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        enabled = body.get("enabled")
+        if not isinstance(enabled, bool):
+            raise ValueError("enabled: true or false")
+        self.policy.set_dry_run(enabled, time.time())
+        return {"dry_run": enabled}
+
+    # -- reload ------------------------------------------------------------------------------------
+    def _mtimes(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in self.settings.packs:
+            files = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
+            for f in files:
+                try:
+                    out[str(f)] = f.stat().st_mtime
+                except OSError:
+                    out[str(f)] = -1.0
+        return out
+
+    def reload(self) -> bool:
+        """Load the packs again; on any error keep the running ones and report every error."""
+        self._pack_mtimes = self._mtimes()
+        try:
+            packs = load_packs(self.settings.packs)
+        except RulePackError as exc:
+            for error in exc.errors:
+                log.error("rule pack rejected; the last good packs stay live", extra={"fields": {"error": str(error)}})
+            return False
+        self.packs = packs
+        self.executor.rules = rules_of(packs)
+        self.live.request_reload(packs)
+        log.info("rule packs reloaded", extra={"fields": {"rules": sum(len(p.rules) for p in packs)}})
+        return True
+
+    # -- run ---------------------------------------------------------------------------------------
+    def start(self) -> Service:
+        resumed = self.executor.recover()
+        if resumed:
+            log.info("resuming incidents left running", extra={"fields": {"incidents": resumed}})
+        self.live.start()
+        self.api.start()
+        threading.Thread(target=self._background, name="housekeeping", daemon=True).start()
+        log.info(
+            "watching",
+            extra={
+                "fields": {
+                    "api": f"{self.settings.api_address[0]}:{self.api.port}",
+                    "dry_run": self.policy.config.dry_run,
+                    "rules": sum(len(p.rules) for p in self.packs),
+                    "lb": self.settings.lb,
+                }
+            },
+        )
+        return self
+
+    def _background(self) -> None:
+        last_beat = 0.0
+        while not self._stop.wait(min(self.settings.reload_poll_s, 1.0)):
+            now = time.time()
+            if now - last_beat >= self.settings.heartbeat_s:
+                self._heartbeat(now)
+                last_beat = now
+            if self._mtimes() != self._pack_mtimes:
+                self.reload()
+
+    def _heartbeat(self, now: float) -> None:
+        """The watchdog alert: always firing while the watcher lives; it lapses when we die."""
+        alert = Alert(
+            name="ServingWatcherWatchdog",
+            labels={"alertname": "ServingWatcherWatchdog", "severity": "none"},
+            annotations={"summary": "serving-watcher is alive (this alert always fires; silence means death)"},
+            starts_at=self.started,
+            ends_at=now + 3 * self.settings.heartbeat_s,
+        )
+        try:
+            self.alerter.fire(alert)
+        except ActionError as exc:
+            log.warning("heartbeat not delivered", extra={"fields": {"error": str(exc)}})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.live.stop()
+        try:
+            self.executor.wait(self.settings.shutdown_grace_s)
+        except TimeoutError:
+            log.warning("playbook steps still running at shutdown; the journal hands them to the next start")
+        self.executor.shutdown()
+        self.api.stop()
+        self.store.close()
+        log.info("stopped")
+
+    def run_forever(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
+        self.start()
+        while not self._stop.wait(0.5):
+            pass
+        self.stop()
+        return 0
+
+
+class _LiveCollector(Collector):
+    """Counts read at scrape time from the engine, queue, sources and journal."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterable[Any]:
+        s = self.service
+        stats = s.live.engine.stats
+        lines = CounterMetricFamily("watcher_lines", "Log lines processed")
+        lines.add_metric([], stats.lines)
+        samples = CounterMetricFamily("watcher_samples", "Series samples processed")
+        samples.add_metric([], stats.samples)
+        events = CounterMetricFamily("watcher_lifecycle_events", "Docker lifecycle events processed")
+        events.add_metric([], stats.lifecycle_events)
+        dropped = CounterMetricFamily("watcher_dropped_signals", "Signals dropped by a full queue", labels=["source"])
+        for source, n in s.live.queue.dropped.items():
+            dropped.add_metric([source], n)
+        depth = GaugeMetricFamily("watcher_queue_depth", "Signals waiting for the engine")
+        depth.add_metric([], s.live.queue.depth)
+        connected = GaugeMetricFamily("watcher_source_connected", "1 when a source is connected", labels=["source"])
+        for src in s.live.sources:
+            connected.add_metric([src.name], 1.0 if src.connected else 0.0)
+        actions = CounterMetricFamily("watcher_actions", "Playbook steps by outcome", labels=["step", "outcome"])
+        for (step, outcome), n in s.journal.step_counts().items():
+            actions.add_metric([step, outcome], n)
+        incidents = CounterMetricFamily("watcher_incidents", "Incidents by state", labels=["state"])
+        for state, n in s.journal.incident_counts().items():
+            incidents.add_metric([state], n)
+        dry = GaugeMetricFamily("watcher_dry_run", "1 while the watcher only plans")
+        dry.add_metric([], 1.0 if s.policy.config.dry_run else 0.0)
+        yield from (lines, samples, events, dropped, depth, connected, actions, incidents, dry)
+
+
+def load_or_explain(settings: Settings) -> list[RulePack]:
+    try:
+        return load_packs(settings.packs)
+    except RulePackError as exc:
+        for error in exc.errors:
+            print(str(error), file=sys.stderr)
+        raise
+
+
+def run(settings: Settings) -> int:
+    setup_logging(settings.log_level)
+    packs = load_or_explain(settings)
+    service = Service(settings, packs)
+    return service.run_forever()
+
+
+__all__ = ["Service", "Settings", "run"]
