@@ -393,7 +393,8 @@ class Service:
             labels={"alertname": "ServingWatcherWatchdog", "severity": "none"},
             annotations={"summary": "serving-watcher is alive (this alert always fires; silence means death)"},
             starts_at=self.started,
-            ends_at=now + 3 * self.settings.heartbeat_s,
+            # outlive the alerter's dedup window (60 s), which may swallow the refreshes in between
+            ends_at=now + 3 * max(self.settings.heartbeat_s, 60.0),
         )
         try:
             self.alerter.fire(alert)

@@ -1,0 +1,211 @@
+"""`watcher run` as a user runs it, against the testbed: API, metrics, reload, shutdown, tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+from watcher.testbed.loadgen import LoadGenerator
+from watcher.testbed.ports import free_port
+from watcher.testbed.replicas import TESTBED_LABEL
+from watcher.testbed.stack import Testbed, TestbedConfig
+
+pytestmark = pytest.mark.integration
+
+RULES = Path(__file__).resolve().parents[2] / "rules"
+TOKEN = "test-token-123"
+
+
+@pytest.fixture
+def bed(docker_client: docker.DockerClient) -> Iterator[Testbed]:
+    with Testbed(TestbedConfig(replicas=3, weights=(3, 2, 1), memory_limit="160m")) as bed:
+        yield bed
+
+
+class Running:
+    def __init__(self, bed: Testbed, tmp: Path, **env: str) -> None:
+        assert bed.nginx is not None and bed.alertmanager is not None
+        self.port = free_port()
+        self.packs = tmp / "packs"
+        if not self.packs.exists():
+            self.packs.mkdir()
+            for name in ("tfserving", "nginx", "docker"):
+                shutil.copy(RULES / f"{name}.yaml", self.packs)
+        n = bed.nginx.workdir
+        self.env = {
+            **os.environ,
+            "WATCHER_STORE": str(tmp / "watcher.db"),
+            "WATCHER_API_LISTEN": f"127.0.0.1:{self.port}",
+            "WATCHER_API_TOKEN": TOKEN,
+            "WATCHER_PACKS": json.dumps([str(self.packs)]),
+            "WATCHER_LABEL_SELECTOR": json.dumps([f"{TESTBED_LABEL}={bed.run_id}"]),
+            "WATCHER_LOG_FILES": json.dumps({"nginx": str(n / "access.log")}),
+            "WATCHER_LB": "nginx",
+            "WATCHER_NGINX_UPSTREAMS_FILE": str(n / "upstreams.conf"),
+            "WATCHER_NGINX_PID_FILE": str(n / "nginx.master.pid"),
+            "WATCHER_NGINX_CONF": str(n / "nginx.conf"),
+            "WATCHER_NGINX_BINARY": bed.nginx.binary_path(),
+            "WATCHER_MODEL_REPO": str(bed.model_repo),
+            "WATCHER_ALERTMANAGER_URL": f"http://127.0.0.1:{bed.alertmanager.port}",
+            "WATCHER_ACTIONS_ENABLED": "true",
+            "WATCHER_STATS_INTERVAL_S": "0",
+            "WATCHER_HEARTBEAT_S": "2",
+            "WATCHER_RELOAD_POLL_S": "0.5",
+            **env,
+        }
+        self.log = tmp / f"watcher-{time.time_ns()}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher.cli", "run"],
+            env=self.env,
+            stderr=self.log.open("wb"),
+            stdout=subprocess.DEVNULL,
+        )
+        self.http = requests.Session()
+        self.http.trust_env = False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/healthz").status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        raise RuntimeError(self.log.read_text())
+
+    def get(self, path: str) -> requests.Response:
+        return self.http.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+
+    def post(self, path: str, body: dict[str, Any], token: str | None = TOKEN) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.http.post(f"http://127.0.0.1:{self.port}{path}", json=body, headers=headers, timeout=5)
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def test_findings_and_actions_on_status_and_metrics(bed: Testbed, tmp_path: Path) -> None:
+    w = Running(bed, tmp_path)
+    try:
+        assert w.get("/readyz").json()["ready"] is True
+        sick = bed.replicas[0]
+        sick.set_faults({"error_ramp": {"start": 1.0, "end": 1.0, "over_s": 1}})
+        gen = LoadGenerator(bed.url, "half_plus_two", 20, 8, 5.0, [1.0])
+        gen.run()
+
+        def acted() -> Any:
+            incidents = w.get("/status").json()["recent_incidents"]
+            return [i for i in incidents if i["target"].endswith(sick.name) and i["state"] != "running"]
+
+        [incident, *_] = wait_for(acted, 60, "an incident for the sick replica")
+        assert incident["predicts"] == "http_5xx" and incident["state"] == "resolved", incident
+        metrics = w.get("/metrics").text
+        assert 'watcher_findings_total{predicts="http_5xx"' in metrics
+        assert 'watcher_actions_total{outcome="done",step="weight"}' in metrics
+        assert "watcher_lines_total" in metrics and "watcher_queue_depth" in metrics
+        # the heartbeat reaches Alertmanager
+        assert bed.alertmanager is not None
+        wait_for(
+            lambda: [a for a in bed.alertmanager.alerts() if a["labels"]["alertname"] == "ServingWatcherWatchdog"],
+            15,
+            "the watchdog alert",
+        )
+    finally:
+        assert w.stop() == 0
+    assert any(line["msg"] == "stopped" for line in w.logs())
+
+
+def test_mutations_need_the_token(bed: Testbed, tmp_path: Path) -> None:
+    w = Running(bed, tmp_path)
+    try:
+        assert w.post("/pause", {}, token=None).status_code == 401
+        assert w.post("/pause", {}, token="wrong").status_code == 401
+        assert w.get("/status").json()["policy"]["paused"] is False
+        assert w.post("/pause", {}).json() == {"paused": True}
+        assert w.get("/status").json()["policy"]["paused"] is True
+        assert w.post("/dry-run", {"enabled": "yes"}).status_code == 400
+        assert w.post("/silence", {"matchers": {"target": "local/x"}, "duration_s": 60}).status_code == 200
+        assert w.get("/status").json()["policy"]["silences"][0]["matchers"] == {"target": "local/x"}
+        assert w.post("/resume", {}).json() == {"paused": False}
+    finally:
+        w.stop()
+    tokenless = Running(bed, tmp_path, WATCHER_API_TOKEN="")
+    try:
+        r = tokenless.post("/pause", {})
+        assert r.status_code == 403 and "WATCHER_API_TOKEN" in r.json()["error"]
+    finally:
+        tokenless.stop()
+
+
+def test_a_bad_pack_on_reload_keeps_the_last_good_one(bed: Testbed, tmp_path: Path) -> None:
+    w = Running(bed, tmp_path)
+    try:
+        (w.packs / "broken.yaml").write_text(
+            "pack: broken\nrules:\n  - id: x\n    match: {log: y}\n    predicts: nope\n"
+        )
+        rejected = wait_for(
+            lambda: [line for line in w.logs() if line["msg"].startswith("rule pack rejected")], 10, "a rejection"
+        )
+        assert "broken.yaml:5:" in rejected[0]["error"]
+        sick = bed.replicas[1]
+        sick.set_faults({"error_ramp": {"start": 1.0, "end": 1.0, "over_s": 1}})
+        LoadGenerator(bed.url, "half_plus_two", 20, 6, 5.0, [1.0]).run()
+        wait_for(
+            lambda: any(
+                f["predicts"] == "http_5xx" for t in w.get("/status").json()["targets"].values() for f in t["findings"]
+            ),
+            30,
+            "findings from the old packs",
+        )
+        (w.packs / "broken.yaml").unlink()
+    finally:
+        w.stop()
+
+
+def test_sigterm_mid_incident_then_restart_finishes_it(bed: Testbed, tmp_path: Path) -> None:
+    w = Running(bed, tmp_path, WATCHER_SHUTDOWN_GRACE_S="0")
+    sick = bed.replicas[0]
+    sick.set_faults({"error_ramp": {"start": 1.0, "end": 1.0, "over_s": 1}})
+    LoadGenerator(bed.url, "half_plus_two", 20, 6, 5.0, [1.0]).run()
+    wait_for(lambda: w.get("/status").json()["recent_incidents"], 30, "an incident")
+    assert w.stop() == 0
+    sick.clear_faults()
+    again = Running(bed, tmp_path)
+    try:
+
+        def finished() -> Any:
+            incidents = again.get("/status").json()["recent_incidents"]
+            return incidents and all(i["state"] != "running" for i in incidents) and incidents
+
+        incidents = wait_for(finished, 60, "the incident to finish after the restart")
+        assert incidents[0]["state"] in ("resolved", "held"), incidents[0]
+        upstreams = (bed.nginx.workdir / "upstreams.conf").read_text()  # type: ignore[union-attr]
+        if incidents[0]["state"] == "resolved":
+            assert "down" not in upstreams.split("{", 1)[1]  # nothing left drained and forgotten
+    finally:
+        again.stop()
