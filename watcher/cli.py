@@ -260,12 +260,15 @@ def incidents(
 
 @app.command()
 def demo(
-    seconds: Annotated[int, typer.Option(min=20, help="how long to run the scenario")] = 60,
+    scenario: Annotated[str, typer.Option(help="leak (default), error-ramp or stale-version")] = "leak",
 ) -> None:
-    """Run the leak-to-OOM scenario on the testbed and print what clients and Docker saw."""
-    from watcher.testbed.demo import run_demo
+    """The leak-to-OOM (or another) scenario on the testbed, without and then with serving-watcher."""
+    from watcher.testbed.demo import SCENARIOS, run_demo
 
-    raise typer.Exit(run_demo(seconds=seconds))
+    if scenario not in SCENARIOS:
+        typer.echo(f"error: unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run_demo(scenario))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ class Engine:
         self._active: dict[tuple[str, str], bool] = {}
         self._sample_rules = [d for d in self.detectors.values() if type(d).on_sample is not Detector.on_sample]
         self._event_rules = [d for d in self.detectors.values() if type(d).on_lifecycle is not Detector.on_lifecycle]
+        # detectors that learn from every line (log templates): they cost a parse per line
+        self._all_lines = [d for d in self.detectors.values() if getattr(d, "wants_all_logs", False)]
         if store is not None:
             self._restore(store)
 
@@ -143,8 +145,10 @@ class Engine:
         out: list[Finding] = []
         for i, record in enumerate(records):
             hit = matched.get(i)
-            if hit:
-                out.extend(self._observe(self._on_log(record, hit)))
+            if hit or self._all_lines:
+                out.extend(self._observe(self._on_log(record, hit or [])))
+                if not hit:
+                    self.stats.lines -= 1  # counted once, below, with the other unmatched lines
         self.stats.lines += len(records) - len(matched)
         for target in {r.target for r in records}:
             self.targets[target.key] = target
@@ -234,6 +238,10 @@ class Engine:
             if self.rules[rule_id].predicts is None:
                 continue  # lifecycle tags classify; they predict nothing
             out.extend((rule_id, o) for o in self.detectors[rule_id].on_log(c.record))
+        if self._all_lines:
+            parsed = c.record if c.record.source else self.parse(record)
+            for d in self._all_lines:
+                out.extend((d.rule.id, o) for o in d.on_log(parsed))
         return out
 
     # -- state -----------------------------------------------------------------------------

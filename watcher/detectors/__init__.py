@@ -5,6 +5,8 @@ its rule's condition holds now and why. New detector kinds register themselves i
 :mod:`watcher.detectors.base` and are covered by the shared conformance tests at once.
 """
 
+from watcher.detectors import anomaly as _anomaly  # noqa: F401 - registers the kind "anomaly"
+from watcher.detectors import foresight as _foresight  # noqa: F401 - registers forecast, change, peer, ...
 from watcher.detectors.base import DETECTORS, Detector, Observation, build_detector, register
 from watcher.detectors.builtin import EventDetector, PatternDetector, PromQLDetector, ThresholdDetector
 

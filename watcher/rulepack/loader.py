@@ -50,8 +50,14 @@ class RulePackError(Exception):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
+def _register_detector_kinds() -> None:
+    """Statistical detectors register their kinds on import; a pack naming one must see it."""
+    import watcher.detectors  # noqa: F401 - imported for its registrations
+
+
 def load_packs(paths: Sequence[Path]) -> list[RulePack]:
     """Load all packs (files, or directories of ``*.yaml``/``*.yml``) or raise with every error."""
+    _register_detector_kinds()
     packs, errors = _load(paths)
     if errors:
         raise RulePackError(errors)
@@ -60,11 +66,13 @@ def load_packs(paths: Sequence[Path]) -> list[RulePack]:
 
 def lint(paths: Sequence[Path]) -> list[LintError]:
     """Every problem in these packs, considered together (rule ids must be unique across them)."""
+    _register_detector_kinds()
     return _load(paths)[1]
 
 
 def lint_text(text: str, file: str = "<string>") -> list[LintError]:
     """Lint one pack given as text (editors, tests, ``rules test`` fixtures)."""
+    _register_detector_kinds()
     result = _parse_text(text, file)
     return sorted(result.errors + _duplicate_errors([result]), key=lambda e: (e.line, e.col, e.message))
 

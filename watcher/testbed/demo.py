@@ -1,118 +1,285 @@
-"""`watcher demo`: the failure serving-watcher exists to prevent, shown on the real testbed.
+"""`watcher demo` / `make demo`: the failure serving-watcher exists to prevent, shown live, twice.
 
-Three replicas behind Nginx take steady traffic; one starts leaking memory. The allocator warns,
-requests start failing, the kernel OOM-kills the container, Docker's restart policy brings it back
-— and the clients ate the errors in between, although the logs said it was coming. The demo prints
-that timeline with the client-side damage, from real Docker events, logs and load-generator records.
+Three TF-Serving replicas behind Nginx take steady traffic while one of them goes bad (by default
+it leaks memory towards its container limit). The scenario runs first as the seed design runs it
+(restart policy + health check) and then with serving-watcher watching. A live terminal view shows
+each replica's weight, memory and runway, the errors clients see, findings and the drain →
+restart → verify → restore steps; a summary compares the two runs. Everything is real: Docker,
+Nginx, the kernel's OOM killer, and the load generator's every request.
 """
 
 from __future__ import annotations
 
-import calendar
 import json
-import re
-import sys
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import TextIO
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import requests
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from watcher.actions.nginx import UpstreamFile
 from watcher.testbed.events import EventRecorder
-from watcher.testbed.loadgen import LoadGenerator, LoadResult
+from watcher.testbed.harness import HarnessSpec, Watcher
+from watcher.testbed.loadgen import LoadGenerator
+from watcher.testbed.replicas import Replica
 from watcher.testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 
-WARNING_MARKERS = (
-    "exceeds 10% of free system memory",
-    "ran out of memory trying to allocate",
-    "OOM when allocating",
-)
-_GLOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+): ")
-
-
-def _glog_epoch(line: str) -> float | None:
-    """Epoch seconds of a TF Serving glog line (the container logs in UTC)."""
-    m = _GLOG_TS.match(line)
-    if m is None:
-        return None
-    whole, _, frac = m.group(1).partition(".")
-    return calendar.timegm(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + float(f"0.{frac or 0}")
+RATE = 20.0
+FAULT_AT_S = 5.0
 
 
 @dataclass(frozen=True)
-class TimelineEntry:
-    t: float  # seconds since the scenario started
-    what: str
+class Scenario:
+    name: str
+    describe: str
+    seconds: float
+    memory_limit: str = "192m"
+
+    def inject(self, bed: Testbed, sick: Replica) -> None:
+        if self.name == "leak":
+            sick.set_faults({"leak": {"mb_per_s": 4}})
+        elif self.name == "error-ramp":
+            sick.set_faults({"error_ramp": {"start": 0.0, "end": 0.6, "over_s": 30}})
+        elif self.name == "stale-version":
+            sick.set_faults({"stale_on_restart": {"version": 1}})
+            sick.set_faults({"crash": {"after_s": 0.2}})
+        else:
+            raise ValueError(f"unknown scenario {self.name!r}")
 
 
-def _expected_outputs(model: str) -> tuple[list[float], dict[str, list[float]]]:
-    versions = sorted((p for p in (MODELS_DIR / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    smoke = {p.name: json.loads((p / "smoke.json").read_text()) for p in versions}
-    newest = versions[-1].name
-    return smoke[newest]["instances"], {newest: smoke[newest]["predictions"]}
+SCENARIOS = {
+    "leak": Scenario("leak", "replica 1 leaks 4 MB/s towards its 192 MiB limit", 60),
+    "error-ramp": Scenario("error-ramp", "replica 1 answers a rising share of 500s (0 -> 60 % over 30 s)", 45),
+    "stale-version": Scenario("stale-version", "replica 1 crashes and comes back serving model version 1", 45),
+}
 
 
-def run_demo(seconds: int = 60, leak_mb_per_s: float = 16.0, out: TextIO = sys.stdout) -> int:
-    def say(text: str) -> None:
-        print(text, file=out, flush=True)
+@dataclass
+class PhaseResult:
+    label: str
+    requests: int = 0
+    failed: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    oom_kills: int = 0
+    restarts: int = 0
+    first_failure_s: float | None = None
+    last_failure_s: float | None = None
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    first_finding_s: float | None = None
 
-    instances, expected = _expected_outputs("half_plus_two")
-    say("starting the testbed: 3 TF-Serving simulator replicas (192 MiB limit) behind Nginx (weights 3/2/1),")
-    say("Prometheus scraping every second. Everything on 127.0.0.1.")
-    bed = Testbed(TestbedConfig(replicas=3, weights=(3, 2, 1), memory_limit="192m"))
-    bed.up()
-    try:
-        say(f"  up in {bed.startup_s:.1f} s: nginx {bed.url}, prometheus {bed.describe()['prometheus']}")
+
+class _Memory:
+    """RSS of each replica from the simulator's admin port, with a runway estimate."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, deque[tuple[float, float]]] = {}
+        self.http = requests.Session()
+        self.http.trust_env = False
+
+    def read(self, replica: Replica) -> tuple[float | None, float | None, float | None]:
+        try:
+            doc = self.http.get(f"{replica.admin_url}/status", timeout=0.5).json()
+        except (requests.RequestException, ValueError):
+            return None, None, None
+        rss, limit = float(doc.get("rss_bytes") or 0), float(doc.get("memory_limit_bytes") or 0)
+        hist = self.samples.setdefault(replica.name, deque(maxlen=10))
+        now = time.monotonic()
+        if hist and rss < hist[-1][1] * 0.7:
+            hist.clear()  # restarted: relearn
+        hist.append((now, rss))
+        runway = None
+        if len(hist) >= 4 and limit > 0:
+            (t0, r0), (t1, r1) = hist[0], hist[-1]
+            slope = (r1 - r0) / max(t1 - t0, 1e-6)
+            if slope > 256 * 1024:  # growing more than 0.25 MB/s
+                runway = max(0.0, (limit - r1) / slope)
+        return rss, limit or None, runway
+
+
+def _view(
+    label: str,
+    scenario: Scenario,
+    bed: Testbed,
+    gen: LoadGenerator,
+    t0: float,
+    memory: _Memory,
+    watcher: Watcher | None,
+    log: deque[str],
+) -> Group:
+    now = time.monotonic() - t0
+    records = list(gen.completed)
+    recent = [r for r in records if r.started_s >= now - 5]
+    table = Table(expand=True, title=f"{label} — {scenario.describe}", title_justify="left")
+    for col in ("replica", "weight", "memory", "runway", "errors (5 s)", "finding", "step"):
+        table.add_column(col)
+    weights: dict[str, str] = {}
+    if bed.nginx is not None:
+        for server in UpstreamFile(bed.nginx.upstreams_conf_path.read_text()).servers:
+            weights[server.address] = "0 (drained)" if server.weight == 0 else str(server.weight)
+    firing: dict[str, str] = {}
+    steps: dict[str, str] = {}
+    if watcher is not None:
+        for f in watcher.live.findings:
+            if not f.resolved:
+                firing[f.target.container] = f"{f.predicts.value} ({f.rule_id})"
+        for incident in watcher.journal.incidents(open_only=True):
+            if incident.steps:
+                steps[incident.target.split("/", 1)[1]] = incident.steps[-1].name
+    for replica in bed.replicas:
+        rss, limit, runway = memory.read(replica)
+        mine = [r for r in recent if r.final_upstream == replica.address]
+        bad = sum(1 for r in mine if not r.ok)
+        mem = f"{rss / 2**20:5.0f} / {limit / 2**20:.0f} MiB" if rss and limit else "down"
+        style = "red" if rss and limit and rss / limit > 0.85 else ""
+        table.add_row(
+            replica.name.rsplit("-", 1)[-1],
+            weights.get(replica.address, "?"),
+            Text(mem, style=style),
+            f"{runway:4.0f} s" if runway is not None else "-",
+            Text(f"{bad}/{len(mine)}", style="red" if bad else ""),
+            firing.get(replica.name, ""),
+            steps.get(replica.name, ""),
+        )
+    ok_recent = sum(1 for r in recent if r.ok)
+    failed = sum(1 for r in records if not r.ok)
+    footer = Text(
+        f"t={now:5.1f}s  clients: {len(records)} requests, {failed} failed; "
+        f"success in the last 5 s: {100 * ok_recent / max(len(recent), 1):5.1f} %",
+        style="bold red" if failed else "bold green",
+    )
+    return Group(table, footer, Panel("\n".join(log) or "-", title="events", height=10))
+
+
+def run_phase(scenario: Scenario, with_watcher: bool, console: Console, live_view: bool = True) -> PhaseResult:
+    label = "with serving-watcher" if with_watcher else "seed design (restart policy + health check)"
+    smoke = json.loads((MODELS_DIR / "half_plus_two" / "2" / "smoke.json").read_text())
+    cfg = TestbedConfig(replicas=3, weights=(3, 2, 1), memory_limit=scenario.memory_limit, health_interval_s=30.0)
+    result = PhaseResult(label)
+    with tempfile.TemporaryDirectory(prefix="watcher-demo-") as tmp, Testbed(cfg) as bed:
         sick = bed.replicas[1]
         events = EventRecorder(bed.client, bed.run_id).start()
-        load = LoadGenerator(
+        watcher = Watcher(HarnessSpec.for_testbed(bed, Path(tmp) / "w.db")).start() if with_watcher else None
+        memory = _Memory()
+        log: deque[str] = deque(maxlen=8)
+        gen = LoadGenerator(
             bed.url,
             "half_plus_two",
-            rate_per_s=20,
-            duration_s=seconds,
+            rate_per_s=RATE,
+            duration_s=scenario.seconds,
             timeout_s=5.0,
-            instances=instances,
-            expected=expected,
-        ).start()
-        t0 = time.time()
-        timeline = [TimelineEntry(0.0, "load starts: 20 requests/s through Nginx")]
-        time.sleep(5)
-        sick.set_faults({"leak": {"mb_per_s": leak_mb_per_s}})
-        timeline.append(TimelineEntry(time.time() - t0, f"{sick.name} starts leaking {leak_mb_per_s:g} MB/s"))
-        say(f"  t={time.time() - t0:4.1f}s  injected a memory leak into {sick.name}; waiting {seconds} s ...")
-        result: LoadResult = load.result(timeout_s=seconds + 30)
-        events.stop()
-        for e in events.events(sick.name):
-            if e.action in ("oom", "die", "start", "restart") or e.action.startswith("health_status"):
-                detail = f" (exit code {e.attributes['exitCode']})" if e.action == "die" else ""
-                timeline.append(TimelineEntry(e.ts - t0, f"docker: {e.action}{detail}"))
-        logs = sick.logs()
-        warn_lines = [line for line in logs.splitlines() if any(m in line for m in WARNING_MARKERS)]
-        if warn_lines:
-            first = _glog_epoch(warn_lines[0])
-            if first is not None:
-                timeline.append(
-                    TimelineEntry(first - t0, "log: first allocator warning (the failure announces itself)")
-                )
-        failures = [r for r in result.records if not r.ok]
-        if failures:
-            timeline.append(TimelineEntry(failures[0].started_s, f"first failed request: {failures[0].status}"))
-            timeline.append(TimelineEntry(failures[-1].started_s, f"last failed request: {failures[-1].status}"))
-        say("")
-        say("timeline (seconds since load started):")
-        for entry in sorted((e for e in timeline if e.t >= 0), key=lambda e: e.t):
-            say(f"  {entry.t:6.1f}  {entry.what}")
-        if warn_lines:
-            say(f"  the logs warned {len(warn_lines)} times before the kill; first warning:")
-            say(f"    {warn_lines[0][:160]}")
-        say("")
-        say(
-            f"clients: {result.requests} requests, {result.failed} failed ({100 * result.failed_ratio:.1f} %), "
-            f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms; outcomes {result.status_counts}"
+            instances=smoke["instances"],
+            expected={"2": smoke["predictions"]},
         )
-        say(f"docker: restart count of {sick.name} = {sick.restart_count()}")
-        say("")
-        say("Every failed request above came after the allocator had started warning. serving-watcher's job")
-        say("is to read those warnings, drain the replica and restart it before the kernel kills it.")
-        return 0
-    finally:
-        bed.down()
-        say("testbed torn down.")
+        t0 = time.monotonic()
+        wall0 = time.time()
+        gen.start()
+        injected = False
+        seen_events = 0
+        seen_findings = 0
+        with Live(console=console, refresh_per_second=2, transient=False, auto_refresh=False) as live:
+            while not gen._done.is_set():
+                now = time.monotonic() - t0
+                if not injected and now >= FAULT_AT_S:
+                    scenario.inject(bed, sick)
+                    injected = True
+                    log.append(f"{now:5.1f}s fault: {scenario.describe}")
+                for e in events.events()[seen_events:]:
+                    seen_events += 1
+                    if e.action in ("oom", "die", "start", "restart") or e.action.startswith("health_status"):
+                        code = f" exit {e.attributes.get('exitCode')}" if e.action == "die" else ""
+                        log.append(f"{e.ts - wall0:5.1f}s docker {e.action}{code} {e.container.rsplit('-', 1)[-1]}")
+                if watcher is not None:
+                    for f in watcher.live.findings[seen_findings:]:
+                        seen_findings += 1
+                        if not f.resolved:
+                            who = f.target.container.rsplit("-", 1)[-1]
+                            log.append(f"{f.ts - wall0:5.1f}s finding {f.predicts.value} ({f.rule_id}) {who}")
+                if live_view:
+                    live.update(_view(label, scenario, bed, gen, t0, memory, watcher, log), refresh=True)
+                time.sleep(0.5)
+            if live_view:
+                live.update(_view(label, scenario, bed, gen, t0, memory, watcher, log), refresh=True)
+        load = gen.result()
+        if watcher is not None:
+            watcher.stop()
+            result.incidents = [i.to_json() for i in watcher.journal.incidents()]
+            findings = [f.ts - wall0 for f in watcher.live.findings if not f.resolved]
+            result.first_finding_s = min(findings) if findings else None
+        events.stop()
+        result.requests, result.failed, result.statuses = load.requests, load.failed, load.status_counts
+        failures = [r.started_s for r in load.records if not r.ok]
+        if failures:
+            result.first_failure_s, result.last_failure_s = failures[0], failures[-1]
+        result.oom_kills = len(events.events(sick.name, "oom"))
+        result.restarts = len([e for e in events.events(sick.name) if e.action == "start"])
+    return result
+
+
+def summary(scenario: Scenario, phases: list[PhaseResult]) -> Table:
+    table = Table(title=f"what happened — scenario {scenario.name}: {scenario.describe}", title_justify="left")
+    table.add_column("")
+    for p in phases:
+        table.add_column(p.label)
+
+    def row(name: str, values: list[str]) -> None:
+        table.add_row(name, *values)
+
+    row("requests", [str(p.requests) for p in phases])
+    row("failed requests", [f"{p.failed} ({100 * p.failed / max(p.requests, 1):.1f} %)" for p in phases])
+    row("outcomes", [", ".join(f"{k}: {v}" for k, v in sorted(p.statuses.items())) for p in phases])
+    row("OOM kills", [str(p.oom_kills) for p in phases])
+    row("container (re)starts", [str(p.restarts) for p in phases])
+    row(
+        "clients saw errors",
+        [
+            f"{p.first_failure_s:.1f}s .. {p.last_failure_s:.1f}s" if p.first_failure_s is not None else "never"
+            for p in phases
+        ],
+    )
+    row(
+        "first finding",
+        [
+            f"{p.first_finding_s - FAULT_AT_S:.1f}s after the fault" if p.first_finding_s is not None else "-"
+            for p in phases
+        ],
+    )
+    row(
+        "watcher actions",
+        [
+            "; ".join(f"{i['state']}: " + " > ".join(s["name"] for s in i["steps"]) for i in p.incidents) or "-"
+            for p in phases
+        ],
+    )
+    return table
+
+
+def run_demo(scenario: str = "leak", console: Console | None = None, live_view: bool = True) -> int:
+    console = console or Console()
+    sc = SCENARIOS[scenario]
+    console.rule(f"serving-watcher demo: {sc.describe}")
+    console.print(
+        "Three TF-Serving simulator replicas (Docker, 127.0.0.1) behind Nginx (weights 3/2/1), 20 requests/s.\n"
+        "First as the seed design runs it, then with serving-watcher watching the same fault."
+    )
+    phases = []
+    for with_watcher in (False, True):
+        phases.append(run_phase(sc, with_watcher, console, live_view=live_view))
+    console.print(summary(sc, phases))
+    seed, watched = phases
+    if watched.failed < seed.failed:
+        console.print(
+            f"[bold green]serving-watcher turned {seed.failed} failed requests into {watched.failed}.[/bold green]"
+        )
+    else:
+        console.print(
+            f"[bold red]serving-watcher did not reduce failures ({seed.failed} -> {watched.failed}).[/bold red]"
+        )
+    return 0

@@ -236,6 +236,7 @@ class LoadGenerator:
         self._body = json.dumps({"instances": instances}).encode()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.completed: list[RequestRecord] = []  # finished requests, in completion order, while running
         self._result: LoadResult | None = None
         self._done = threading.Event()
         self._error: BaseException | None = None
@@ -359,4 +360,5 @@ class LoadGenerator:
         finally:
             conn.close()
         rec.latency_ms = (time.monotonic() - started) * 1000.0
+        self.completed.append(rec)  # list.append is atomic: a live view may read it while running
         return rec

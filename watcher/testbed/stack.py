@@ -43,6 +43,8 @@ class TestbedConfig:
     proxy_timeout_s: float = 3.0
     scrape_interval_s: float = 1.0
     health_interval_s: float = 2.0
+    health_timeout_s: float = 2.0  # curl --max-time of the health check (Docker's timeout is this + 1 s)
+    health_retries: int = 3
     faults: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
     with_alertmanager: bool = True
     with_haproxy: bool = False
@@ -117,6 +119,8 @@ class Testbed:
                     "watcher.upstream": f"127.0.0.1:{ports[2 * i]}",
                 },
                 health_interval_s=cfg.health_interval_s,
+                health_timeout_s=cfg.health_timeout_s,
+                health_retries=cfg.health_retries,
                 seed=cfg.seed + i,
             )
             self.replicas.append(start_replica(self.client, spec))

@@ -159,7 +159,7 @@ def test_registered_detector_kind_validates_its_params() -> None:
             register_detector_kind("test-anomaly", BaseModel)
     finally:
         unregister_detector_kind("test-anomaly")
-    assert "unknown detector kind 'test-anomaly'; known kinds: forecast" in str(lint_text(ok)[0])
+    assert "unknown detector kind 'test-anomaly'; known kinds: anomaly, change, forecast" in str(lint_text(ok)[0])
 
 
 def test_schema_is_json_and_well_formed() -> None:

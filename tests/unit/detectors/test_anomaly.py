@@ -1,0 +1,120 @@
+"""The ``anomaly`` detector: calm on noise, one early alarm on a shift, bounded, restartable."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+from watcher.detectors.anomaly import AnomalyDetector, AnomalyParams, AnomalyScorer
+from watcher.detectors.base import build_detector
+from watcher.model import Sample, Target
+from watcher.rulepack.schema import DetectorRule, detector_kinds
+
+PARAMS = AnomalyParams()
+
+
+def _noise(n: int, seed: int = 1, level: float = 10.0) -> list[float]:
+    rng = random.Random(seed)
+    return [level + rng.gauss(0.0, 1.0) for _ in range(n)]
+
+
+def _run(values: list[float], lo: float | None = None, hi: float | None = None) -> list[float]:
+    scorer = AnomalyScorer(PARAMS, lo, hi)
+    return [scorer.score(60.0 * i, v) for i, v in enumerate(values)]
+
+
+def test_flat_noisy_series_scores_low() -> None:
+    values = _noise(5000)
+    scores = _run(values, min(values), max(values))
+    # i.i.d. noise has its own rare extremes; a handful of alarms in 5000 points is the budget.
+    assert sum(s >= PARAMS.threshold for s in scores) <= 3
+
+
+def test_level_shift_alarms_near_onset_then_stays_quiet() -> None:
+    values = _noise(3000) + [v + 8.0 for v in _noise(1000, seed=2)]
+    scores = _run(values)
+    onset = 3000
+    alarms = [i for i, s in enumerate(scores) if s >= PARAMS.threshold]
+    assert any(onset <= i <= onset + 5 for i in alarms), "a shift of 8 standard deviations must alarm at once"
+    assert not any(onset + 10 <= i for i in alarms), "one alarm at the onset, then suppression"
+    assert sum(i < onset for i in alarms) <= 3  # the noise budget of the flat-series test
+
+
+def test_spike_alarms_once() -> None:
+    values = _noise(3000)
+    values[2500] += 15.0
+    scores = _run(values)
+    alarms = [i for i, s in enumerate(scores) if s >= PARAMS.threshold]
+    assert 2500 in alarms
+    assert not any(i >= 2501 for i in alarms)
+    assert len(alarms) <= 3
+
+
+def test_scores_are_always_in_unit_interval() -> None:
+    rng = random.Random(3)
+    values = [rng.choice([0.0, 1e9, -1e9, rng.gauss(0, 1), 5.0]) for _ in range(3000)]
+    values += [float("nan"), float("inf"), 0.0]
+    for lo, hi in ((None, None), (-1e9, 1e9)):
+        for s in _run(values, lo, hi):
+            assert 0.0 <= s <= 1.0 and math.isfinite(s)
+
+
+def test_constant_series_never_alarms() -> None:
+    assert max(_run([3.0] * 2000, 3.0, 3.0)) == 0.0
+
+
+def test_state_round_trip_gives_identical_future_scores() -> None:
+    values = _noise(2500) + [v + 5.0 for v in _noise(500, seed=4)]
+    straight = AnomalyScorer(PARAMS, None, None)
+    expected = [straight.score(float(i), v) for i, v in enumerate(values)]
+    first = AnomalyScorer(PARAMS, None, None)
+    for i, v in enumerate(values[:2200]):
+        first.score(float(i), v)
+    state = json.loads(json.dumps(first.state()))
+    second = AnomalyScorer(PARAMS, None, None)
+    second.restore(state)
+    resumed = [second.score(float(i), v) for i, v in enumerate(values) if i >= 2200]
+    assert resumed == expected[2200:]
+
+
+def _rule(threshold: float = 0.5) -> DetectorRule:
+    return DetectorRule.model_validate(
+        {
+            "id": "mem-anomaly",
+            "detector": {"kind": "anomaly", "series": "mem", "params": {"threshold": threshold}},
+            "predicts": "oom",
+        }
+    )
+
+
+def test_registered_in_both_registries_and_runs_per_target() -> None:
+    assert "anomaly" in detector_kinds()
+    detector = build_detector(_rule())
+    assert isinstance(detector, AnomalyDetector)
+    a, b = Target("a"), Target("b")
+    values = _noise(3000)
+    active_at: dict[str, list[int]] = {"a": [], "b": []}
+    for i, v in enumerate(values):
+        bump = 20.0 if i == 2800 else 0.0
+        for target, extra in ((a, bump), (b, 0.0)):
+            obs = detector.on_sample(Sample("mem", 60.0 * i, v + extra, target=target))
+            assert len(obs) == 1 and 0.0 <= obs[0].score <= 1.0
+            if obs[0].active:
+                active_at[target.container].append(i)
+    assert 2800 in active_at["a"] and 2800 not in active_at["b"]
+    assert detector.on_sample(Sample("other", 0.0, 1.0, target=a)) == []
+
+
+def test_detector_state_restores_per_target() -> None:
+    values = _noise(1200)
+    target = Target("a")
+    one = build_detector(_rule())
+    for i, v in enumerate(values[:1000]):
+        one.on_sample(Sample("mem", float(i), v, target=target))
+    two = build_detector(_rule())
+    two.restore(json.loads(json.dumps(one.state())), {target.key: target})
+    for i, v in enumerate(values[1000:], start=1000):
+        assert one.on_sample(Sample("mem", float(i), v, target=target)) == two.on_sample(
+            Sample("mem", float(i), v, target=target)
+        )

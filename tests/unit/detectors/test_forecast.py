@@ -1,0 +1,150 @@
+"""Runway forecast on synthetic series with a known answer (time injected through sample ts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import detector_rule
+
+from watcher.detectors.forecast import RunwayDetector
+from watcher.model import Lifecycle, LifecycleKind, Sample, Target
+
+T0 = 1_714_557_600.0
+MiB = 2.0**20
+GiB = 2.0**30
+LIMIT = 2 * GiB
+TGT = Target("tfs-1", service="m")
+
+
+def _detector(**params: object) -> RunwayDetector:
+    p = {"limit": "memory_limit_bytes", "fraction": 0.95, "within": "120s", **params}
+    return RunwayDetector(detector_rule("forecast", "memory_working_set_bytes", **p))
+
+
+def _feed(d: RunwayDetector, t: float, value: float) -> list:  # type: ignore[type-arg]
+    d.on_sample(Sample("memory_limit_bytes", T0 + t, LIMIT, target=TGT))
+    return d.on_sample(Sample("memory_working_set_bytes", T0 + t, value, target=TGT))
+
+
+def leak(t: float, rng: np.random.Generator, rate: float = 2 * MiB, base: float = 1 * GiB) -> float:
+    """A linear leak with a 45 s GC sawtooth of 60 MiB and 5 MiB noise."""
+    return base + rate * t + 60 * MiB * ((t % 45.0) / 45.0) + float(rng.normal(0, 5 * MiB))
+
+
+def _leak_truth(rate: float = 2 * MiB, base: float = 1 * GiB) -> float:
+    """When the sampled sawtooth peaks (what an OOM killer sees) reach 95 % of the limit."""
+    return (0.95 * LIMIT - base - 60 * MiB * 40.0 / 45.0) / rate  # samples every 5 s: highest tooth 40/45
+
+
+def _run_leak(seed: int, rate: float) -> tuple[list[float], tuple[float, float] | None]:
+    """Relative ETA errors while 60-900 s remain, and (remaining, eta) when the rule first fires."""
+    rng = np.random.default_rng(seed)
+    d = _detector()
+    base = 0.3 * GiB
+    truth = _leak_truth(rate, base)
+    errors: list[float] = []
+    first_active: tuple[float, float] | None = None
+    for i in range(int(truth / 5)):
+        t = i * 5.0
+        obs = _feed(d, t, leak(t, rng, rate, base))
+        eta = d.eta(TGT.key, T0 + t)
+        remaining = truth - t
+        if eta is not None and 60 <= remaining <= 900:
+            errors.append(abs(eta - remaining) / remaining)
+        if obs and obs[0].active and first_active is None:
+            assert obs[0].eta_s is not None
+            first_active = (remaining, obs[0].eta_s)
+    return errors, first_active
+
+
+@pytest.mark.parametrize("rate_mib", [1.0, 2.0, 5.0])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_leak_with_sawtooth_and_noise_eta_within_15_percent(seed: int, rate_mib: float) -> None:
+    errors, first_active = _run_leak(seed, rate_mib * MiB)
+    assert errors, "never forecast"
+    assert max(errors) <= 0.15, max(errors)
+    assert first_active is not None
+    remaining, eta_s = first_active
+    assert abs(eta_s - remaining) / remaining <= 0.15
+    assert remaining >= 90  # fired with most of the 120 s horizon to spare
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_slow_leak_fires_with_an_eta_within_15_percent(seed: int) -> None:
+    """0.5 MiB/s under a 60 MiB sawtooth: noisier along the way, still right when it matters."""
+    _, first_active = _run_leak(seed, 0.5 * MiB)
+    assert first_active is not None
+    remaining, eta_s = first_active
+    assert abs(eta_s - remaining) / remaining <= 0.15
+
+
+def test_one_off_spike_does_not_fire() -> None:
+    rng = np.random.default_rng(7)
+    d = _detector()
+    for i in range(2000):
+        t = i * 5.0
+        value = 1 * GiB + float(rng.normal(0, 5 * MiB)) + 30 * MiB * ((t % 45.0) / 45.0)
+        if i == 500:
+            value = 1.9 * GiB  # one sample at 95 % of the limit
+        obs = _feed(d, t, value)
+        assert not any(o.active for o in obs), (i, obs)
+
+
+def test_restart_drop_resets_and_relearns() -> None:
+    rng = np.random.default_rng(3)
+    d = _detector()
+    for i in range(100):  # leak for 500 s
+        _feed(d, i * 5.0, leak(i * 5.0, rng))
+    assert d.eta(TGT.key, T0 + 495) is not None
+    # the container restarts: memory back to its model-loaded level, now flat
+    t = 500.0
+    obs = _feed(d, t, 0.6 * GiB)
+    assert d.eta(TGT.key, T0 + t) is None  # reset: no forecast from the old leak
+    assert not any(o.active for o in obs)
+    for i in range(1, 400):
+        obs = _feed(d, t + i * 5.0, 0.6 * GiB + float(rng.normal(0, 5 * MiB)))
+        assert not any(o.active for o in obs)
+    # and relearns a new leak
+    start = t + 400 * 5.0
+    fired = False
+    for i in range(300):
+        tt = start + i * 5.0
+        obs = _feed(d, tt, 0.6 * GiB + 4 * MiB * i * 5.0 + float(rng.normal(0, 5 * MiB)))
+        fired = fired or any(o.active for o in obs)
+    assert fired
+
+
+def test_lifecycle_restart_resets() -> None:
+    rng = np.random.default_rng(4)
+    d = _detector()
+    for i in range(100):
+        _feed(d, i * 5.0, leak(i * 5.0, rng))
+    assert d.eta(TGT.key, T0 + 495) is not None
+    d.on_lifecycle(Lifecycle(TGT, T0 + 500, LifecycleKind.RESTART))
+    assert d.eta(TGT.key, T0 + 500) is None
+
+
+def test_flat_noisy_series_never_fires_over_1e5_points() -> None:
+    rng = np.random.default_rng(11)
+    d = _detector()
+    noise = rng.normal(0, 20 * MiB, 100_000)
+    saw = 40 * MiB * ((np.arange(100_000) * 5.0 % 45.0) / 45.0)
+    values = 1.7 * GiB + noise + saw  # flat, near the limit: 85 % of it
+    d.on_sample(Sample("memory_limit_bytes", T0, LIMIT, target=TGT))
+    for i in range(100_000):
+        obs = d.on_sample(Sample("memory_working_set_bytes", T0 + i * 5.0, float(values[i]), target=TGT))
+        assert not any(o.active for o in obs), i
+
+
+def test_numeric_limit_and_generic_series() -> None:
+    """Any series towards a limit: open file descriptors towards 1024."""
+    rule = detector_rule("forecast", "open_fds", predicts="crash", limit=1024, within="5m")
+    d = RunwayDetector(rule)
+    fired = []
+    for i in range(500):
+        obs = d.on_sample(Sample("open_fds", T0 + i * 10.0, 100 + i * 2.0, target=TGT))
+        fired.extend(o for o in obs if o.active)
+    assert fired and fired[0].eta_s is not None
+    first = fired[0]
+    truth = (1024 - (100 + (first.ts - T0) * 0.2)) / 0.2
+    assert abs(first.eta_s - truth) <= 1e-6 * truth

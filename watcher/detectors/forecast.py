@@ -1,0 +1,255 @@
+"""Runway forecast: how many seconds until a series reaches its limit (memory, disk, fds, queues).
+
+How it avoids the three classic false alarms:
+
+* **Garbage-collection sawtooth**: the trend is fitted to an *upper envelope*: the maximum of each
+  ``bucket`` (and the time of that maximum), never to raw points. What kills a container is the
+  peak of the sawtooth, and the peaks rise only as fast as the leak.
+* **A one-off spike**: the envelope is fitted with Theil's estimator (median of the slopes of
+  bucket pairs half a window apart, median intercept), which one high bucket hardly moves; the
+  fit also needs ``min_confidence`` of those slopes to be positive before it may say "rising".
+* **The drop after a restart**: a value below ``(1 - reset_drop)`` of the last bucket's maximum,
+  or a Docker start/restart/die/oom event for the target, resets the series; it then relearns.
+
+The limit is a number or the name of a series giving it per target (``memory_limit_bytes`` from
+Docker stats), so the same detector serves any "series towards a limit". The arithmetic lives in
+:mod:`watcher.detectors.vectorized`, shared with the fleet-wide batch path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from watcher.detectors.base import Detector, DetectorConfigError, Observation, register
+from watcher.detectors.vectorized import capacity, runway_eta, theil_sen
+from watcher.model import Lifecycle, LifecycleKind, Sample, Target
+from watcher.rulepack.schema import AnyRule, Duration, StrictModel, register_detector_kind
+
+RESET_EVENTS = frozenset({LifecycleKind.START, LifecycleKind.RESTART, LifecycleKind.DIE, LifecycleKind.OOM})
+
+
+class RunwayParams(StrictModel):
+    """Params of ``forecast``: will ``series`` reach ``fraction * limit`` within ``within``?
+
+    A superset of the schema's built-in ``ForecastParams``, so ``forecast:`` shorthands and
+    existing ``detector: {kind: forecast}`` rules keep validating unchanged.
+    """
+
+    limit: float | str = Field(description="a number, or the series giving the limit per target")
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    within: Duration = Field(description="horizon: fire when the predicted time to the limit is shorter")
+    window: Duration = Field(default=600.0, description="history the trend is fitted on")
+    bucket: Duration = Field(default=30.0, description="envelope bucket: longer than a GC cycle")
+    min_buckets: int = Field(default=5, ge=3, description="closed buckets needed before forecasting")
+    min_confidence: float = Field(default=0.8, gt=0.5, le=1.0, description="share of rising pairwise slopes")
+    reset_drop: float = Field(default=0.4, gt=0, lt=1, description="a drop by this share resets (restart)")
+
+
+register_detector_kind("forecast", RunwayParams, replace=True)
+
+
+@dataclass(slots=True)
+class _Series:
+    """One target's envelope: closed buckets (time of max, max) and the open one."""
+
+    origin: float
+    cur_idx: int
+    cur_t: float
+    cur_max: float
+    buckets: list[tuple[float, float]] = field(default_factory=list)
+    last_max: float | None = None
+    slope: float | None = None
+    intercept: float = 0.0
+    confidence: float = 0.0
+    slope_lo: float = 0.0
+    slope_hi: float = 0.0
+    last_ts: float = 0.0
+    active: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "cur_idx": self.cur_idx,
+            "cur_t": self.cur_t,
+            "cur_max": self.cur_max,
+            "buckets": [list(b) for b in self.buckets],
+            "last_max": self.last_max,
+            "fit": None
+            if self.slope is None
+            else [self.slope, self.intercept, self.confidence, self.slope_lo, self.slope_hi],
+            "last_ts": self.last_ts,
+            "active": self.active,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Series:
+        s = cls(float(d["origin"]), int(d["cur_idx"]), float(d["cur_t"]), float(d["cur_max"]))
+        s.buckets = [(float(t), float(y)) for t, y in d.get("buckets", [])]
+        s.last_max = None if d.get("last_max") is None else float(d["last_max"])
+        fit = d.get("fit")
+        if fit is not None:
+            s.slope, s.intercept, s.confidence, s.slope_lo, s.slope_hi = (float(v) for v in fit)
+        s.last_ts = float(d.get("last_ts", 0.0))
+        s.active = bool(d.get("active", False))
+        return s
+
+
+def _fmt(value: float) -> str:
+    """Human units for bytes-like magnitudes, plain %g for small ones."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.4g}"
+
+
+@register("forecast")
+class RunwayDetector(Detector):
+    """Per target: a robust trend of the series' upper envelope, extrapolated to the limit."""
+
+    def __init__(self, rule: AnyRule) -> None:
+        super().__init__(rule)
+        spec = getattr(rule, "detector_spec", None)
+        if not callable(spec):
+            raise DetectorConfigError(f"rule {rule.id!r}: forecast needs a detector or forecast rule")
+        ds = spec()
+        if not ds.series:
+            raise DetectorConfigError(f"rule {rule.id!r}: forecast needs a series")
+        params = ds.parsed_params()
+        assert isinstance(params, RunwayParams)
+        self.params = params
+        self.series: str = ds.series
+        self.limit_series: str | None = params.limit if isinstance(params.limit, str) else None
+        self.limit_value: float | None = float(params.limit) if not isinstance(params.limit, str) else None
+        self.cap = capacity(params.window, params.bucket)
+        self._state: dict[str, _Series] = {}
+        self._limits: dict[str, float] = {}
+        self._targets: dict[str, Target] = {}
+
+    # -- signals -------------------------------------------------------------------------------
+    def on_lifecycle(self, event: Lifecycle) -> list[Observation]:
+        if event.kind not in RESET_EVENTS:
+            return []
+        st = self._state.pop(event.target.key, None)
+        if st is not None and st.active:
+            return [Observation(event.target, False, event.ts, evidence=f"reset by docker {event.kind.value}")]
+        return []
+
+    def on_sample(self, sample: Sample) -> list[Observation]:
+        if sample.target is None or sample.stale:
+            return []
+        key = sample.target.key
+        if sample.series == self.limit_series:
+            if sample.value > 0:
+                self._limits[key] = sample.value
+            return []
+        if sample.series != self.series:
+            return []
+        self._targets[key] = sample.target
+        return self.update(key, sample.ts, sample.value)
+
+    def update(self, key: str, ts: float, value: float) -> list[Observation]:
+        """The per-signal step (exactly what :class:`~watcher.detectors.vectorized.RunwayBatch` does)."""
+        p = self.params
+        idx = math.floor(ts / p.bucket)
+        st = self._state.get(key)
+        was_active = st.active if st is not None else False
+        if st is not None and st.last_max is not None and value < st.last_max * (1.0 - p.reset_drop):
+            st = None  # a restart (or a limit change): relearn
+        if st is None:
+            st = self._state[key] = _Series(origin=ts, cur_idx=idx, cur_t=ts, cur_max=value)
+        elif idx != st.cur_idx:
+            st.buckets.append((st.cur_t, st.cur_max))
+            st.last_max = st.cur_max
+            if len(st.buckets) > self.cap:
+                del st.buckets[0]
+            st.buckets = [b for b in st.buckets if b[0] >= ts - p.window]
+            self._refit(st)
+            st.cur_idx, st.cur_t, st.cur_max = idx, ts, value
+        elif value > st.cur_max:
+            st.cur_t, st.cur_max = ts, value
+        st.last_ts = ts
+        obs = self._observe(key, st, ts)
+        if obs is None:
+            st.active = False
+            if was_active:
+                return [Observation(self._targets[key], False, ts, evidence="forecast reset")]
+            return []
+        st.active = obs.active
+        return [obs]
+
+    def _refit(self, st: _Series) -> None:
+        if len(st.buckets) < self.params.min_buckets:
+            st.slope = None
+            return
+        t = np.array([[b[0] for b in st.buckets]]) - st.origin
+        y = np.array([[b[1] for b in st.buckets]])
+        fit = theil_sen(t, y, np.array([t.shape[1]]))
+        st.slope = float(fit.slope[0])
+        st.intercept = float(fit.intercept[0])
+        st.confidence = float(fit.confidence[0])
+        st.slope_lo = float(fit.slope_lo[0])
+        st.slope_hi = float(fit.slope_hi[0])
+
+    def limit_of(self, key: str) -> float | None:
+        return self.limit_value if self.limit_value is not None else self._limits.get(key)
+
+    def _observe(self, key: str, st: _Series, ts: float) -> Observation | None:
+        limit = self.limit_of(key)
+        if st.slope is None or limit is None:
+            return None
+        p = self.params
+        threshold = p.fraction * limit
+        level = st.intercept + st.slope * (ts - st.origin)
+        eta = runway_eta(level, st.slope, threshold)
+        active = eta == 0.0 or (st.confidence >= p.min_confidence and eta <= p.within)
+        evidence = ""
+        if active:
+            lo = runway_eta(level, st.slope_hi, threshold)
+            hi = runway_eta(level, st.slope_lo, threshold)
+            band = f"{lo:.0f}-{hi:.0f}s" if math.isfinite(hi) else f">{lo:.0f}s"
+            evidence = (
+                f"{self.series} at {_fmt(level)} rising {_fmt(st.slope)}/s reaches "
+                f"{p.fraction:.0%} of {_fmt(limit)} in ~{eta:.0f}s (band {band}, "
+                f"{st.confidence:.0%} of slopes rising)"
+            )
+        return Observation(
+            self._targets[key], active, ts, evidence=evidence, score=st.confidence, eta_s=eta if active else None
+        )
+
+    def eta(self, key: str, ts: float) -> float | None:
+        """The current forecast for a target (inf when not rising), or None with no fit yet."""
+        st = self._state.get(key)
+        limit = self.limit_of(key)
+        if st is None or st.slope is None or limit is None:
+            return None
+        level = st.intercept + st.slope * (ts - st.origin)
+        return runway_eta(level, st.slope, self.params.fraction * limit)
+
+    def on_tick(self, now: float) -> list[Observation]:
+        """Forget targets that stopped reporting for a whole window (bounded memory)."""
+        out: list[Observation] = []
+        for key in [k for k, s in self._state.items() if s.last_ts < now - self.params.window]:
+            st = self._state.pop(key)
+            if st.active:
+                out.append(Observation(self._targets[key], False, now, evidence=f"{self.series} stopped reporting"))
+        return out
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "series": {k: s.to_json() for k, s in self._state.items()},
+            "limits": dict(self._limits),
+        }
+
+    def restore(self, state: dict[str, Any], targets: dict[str, Target]) -> None:
+        for key, d in state.get("series", {}).items():
+            if key in targets:
+                self._targets[key] = targets[key]
+                self._state[key] = _Series.from_json(d)
+        for key, v in state.get("limits", {}).items():
+            self._limits[key] = float(v)

@@ -1,0 +1,1 @@
+"""Reproducible evaluations of the watcher's detectors against public benchmarks (no network)."""
