@@ -29,6 +29,8 @@ testbed_app = typer.Typer(
     no_args_is_help=True, help="The loopback-only test stack (simulator replicas, Nginx, Prometheus)."
 )
 app.add_typer(testbed_app, name="testbed")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluations: NAB (anomaly detection) and lead time.")
+app.add_typer(eval_app, name="eval")
 rules_app = typer.Typer(no_args_is_help=True, help="Rule packs: lint, test, schema, explain.")
 app.add_typer(rules_app, name="rules")
 
@@ -194,6 +196,24 @@ def testbed_clean() -> None:
     from watcher.testbed.replicas import remove_testbed_containers
 
     typer.echo(f"removed {remove_testbed_containers(docker.from_env())} container(s)")
+
+
+@eval_app.command("nab")
+def eval_nab(
+    data: Annotated[Path, typer.Option(help="the NAB data folder (data/, labels/, config/, results/)")] = Path(
+        "../shared/nab"
+    ),
+    out: Annotated[Path, typer.Option(help="results in NAB's layout go here")] = Path("nab-results"),
+    subset: Annotated[bool, typer.Option(help="a small fixed subset (CI)")] = False,
+    file: Annotated[list[str] | None, typer.Option(help="only these files (category/name.csv)")] = None,
+) -> None:
+    """Run the anomaly detector over the Numenta Anomaly Benchmark and score it for the three profiles."""
+    from watcher.eval.nab import main as nab_main
+
+    if not (data / "labels" / "combined_windows.json").is_file():
+        typer.echo(f"error: {data}: not a NAB data folder (labels/combined_windows.json missing)", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(nab_main(data, out, files=file, subset=subset))
 
 
 @app.command()

@@ -146,3 +146,17 @@ def test_subset_run_writes_nab_layout(tmp_path: Path) -> None:
     for p in nab.PROFILES:
         assert 0.0 <= report.scores[p].score <= 100.0
     assert "watcher (this run)" in report.format()
+
+
+@needs_nab
+def test_cli_subset_prints_the_three_profiles_beside_the_scoreboard(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from watcher.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "nab", "--data", str(NAB_DIR), "--out", str(tmp_path), "--subset"])
+    assert result.exit_code == 0, result.output
+    assert "reward_low_FP_rate" in result.stdout and "numentaTM" in result.stdout
+    assert list(tmp_path.glob("watcher/*/watcher_*.csv"))
+    bad = CliRunner().invoke(app, ["eval", "nab", "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "not a NAB data folder" in bad.output
