@@ -207,12 +207,14 @@ def run_phase(scenario: Scenario, with_watcher: bool, console: Console, live_vie
                 time.sleep(0.5)
             if live_view:
                 live.update(_view(label, scenario, bed, gen, t0, memory, watcher, log), refresh=True)
+        console.print()
         load = gen.result()
         if watcher is not None:
-            watcher.stop()
+            watcher.executor.wait(timeout_s=120)
             result.incidents = [i.to_json() for i in watcher.journal.incidents()]
             findings = [f.ts - wall0 for f in watcher.live.findings if not f.resolved]
             result.first_finding_s = min(findings) if findings else None
+            watcher.stop()
         events.stop()
         result.requests, result.failed, result.statuses = load.requests, load.failed, load.status_counts
         failures = [r.started_s for r in load.records if not r.ok]
