@@ -38,7 +38,6 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from watcher.actions.base import ActionError, Replica
+from watcher.fileutil import atomic_write
 
 __all__ = [
     "ContainerNginxReload",
@@ -364,26 +364,6 @@ class ContainerNginxReload:
 # ---------------------------------------------------------------------------------------- shifter
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` by rename so Nginx (or ``nginx -t``) never reads half a file."""
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except OSError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class NginxShifter:
     """A :class:`~watcher.actions.base.TrafficShifter` for open-source Nginx (see module doc)."""
 
@@ -454,12 +434,12 @@ class NginxShifter:
             # writing the file and the HUP left a file that is not what Nginx runs.
             for server in servers:
                 parsed.set_weight(server, weight)
-            _atomic_write(self.upstreams_file, parsed.render())
+            atomic_write(self.upstreams_file, parsed.render())
             try:
                 self.reload.test()
                 self._reload_and_confirm()
             except BaseException:
-                _atomic_write(self.upstreams_file, old_text)
+                atomic_write(self.upstreams_file, old_text)
                 raise
 
     def _reload_and_confirm(self) -> None:

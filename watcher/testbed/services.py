@@ -31,6 +31,7 @@ from typing import Any, Literal, Self
 
 import requests
 
+from watcher.fileutil import atomic_write
 from watcher.testbed.ports import LOOPBACK, port_is_open
 
 __all__ = [
@@ -138,21 +139,6 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(entry.name))
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via rename so a concurrent reader (nginx -t / a reload) never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _duration(seconds: float) -> str:
@@ -509,8 +495,8 @@ http {{
 
     def write_config(self) -> None:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.upstreams_conf_path, self.render_upstreams(self.upstreams, self.generation))
-        _atomic_write(self.conf_path, self.render_main())
+        atomic_write(self.upstreams_conf_path, self.render_upstreams(self.upstreams, self.generation))
+        atomic_write(self.conf_path, self.render_main())
         self.check_config()
 
     def check_config(self) -> None:
@@ -587,11 +573,11 @@ http {{
             if not self.running or self.pid is None:
                 raise ServiceError("nginx is not running")
             old = self.upstreams_conf_path.read_text()
-            _atomic_write(self.upstreams_conf_path, text)
+            atomic_write(self.upstreams_conf_path, text)
             try:
                 self.check_config()
             except NginxConfigError:
-                _atomic_write(self.upstreams_conf_path, old)
+                atomic_write(self.upstreams_conf_path, old)
                 raise
             old_workers = set(self.worker_pids())
             os.kill(self.pid, signal.SIGHUP)
@@ -703,9 +689,9 @@ class Prometheus(HostService):
     def write_config(self) -> None:
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         if self.rules_yaml is not None:
-            _atomic_write(self.workdir / "rules.yml", self.rules_yaml)
+            atomic_write(self.workdir / "rules.yml", self.rules_yaml)
         # JSON is valid YAML, and avoids a YAML-emitter dependency in this module.
-        _atomic_write(self.config_path, json.dumps(self.render_config(), indent=2) + "\n")
+        atomic_write(self.config_path, json.dumps(self.render_config(), indent=2) + "\n")
 
     def command(self) -> list[str]:
         return [
@@ -833,7 +819,7 @@ class Alertmanager(HostService):
 
     def write_config(self) -> None:
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.config_path, json.dumps(self.render_config(), indent=2) + "\n")
+        atomic_write(self.config_path, json.dumps(self.render_config(), indent=2) + "\n")
 
     def command(self) -> list[str]:
         return [
@@ -954,7 +940,7 @@ backend {self.backend}
     def write_config(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket from a previous run would fool is_ready
-        _atomic_write(self.config_path, self.render_config())
+        atomic_write(self.config_path, self.render_config())
         proc = subprocess.run(
             [self.binary_path(), "-c", "-q", "-f", str(self.config_path)],
             capture_output=True,
