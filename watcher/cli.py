@@ -123,7 +123,7 @@ def replay(
 
     from watcher.engine import finding_to_json
     from watcher.model import Signal, Target
-    from watcher.replay import ReplayInputError, read_jsonl, read_log_file
+    from watcher.replay import ReplayInputError, is_recording, read_jsonl, read_log_file
     from watcher.replay import replay as run_replay
 
     packs = _load_or_exit(pack or [])
@@ -132,7 +132,7 @@ def replay(
         if not path.is_file():
             typer.echo(f"error: {path}: no such file", err=True)
             raise typer.Exit(2)
-        streams.append(read_jsonl(path) if path.suffix == ".jsonl" else read_log_file(path, Target(container)))
+        streams.append(read_jsonl(path) if is_recording(path) else read_log_file(path, Target(container)))
     try:
         result = run_replay(packs, chain.from_iterable(streams), step_s=step)
     except ReplayInputError as exc:
@@ -214,6 +214,19 @@ def eval_nab(
         typer.echo(f"error: {data}: not a NAB data folder (labels/combined_windows.json missing)", err=True)
         raise typer.Exit(2)
     raise typer.Exit(nab_main(data, out, files=file, subset=subset))
+
+
+@eval_app.command("leadtime")
+def eval_leadtime(
+    recordings: Annotated[list[Path], typer.Argument(help="recordings of testbed runs (.jsonl / .jsonl.gz)")],
+    pack: Annotated[list[Path] | None, typer.Option(help="rule packs (default: the shipped ones)")] = None,
+    horizon: Annotated[float, typer.Option(help="a finding counts if it precedes the failure by at most this")] = 600.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
+) -> None:
+    """Per detector and pack: failures caught, median and worst lead time, false findings per hour."""
+    from watcher.eval.leadtime import main as leadtime_main
+
+    raise typer.Exit(leadtime_main(recordings, pack or None, horizon_s=horizon, json_out=json_out))
 
 
 @app.command()

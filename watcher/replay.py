@@ -15,6 +15,7 @@ or plain log files (one container each), whose lines carry their own timestamps.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,8 +74,14 @@ def signal_from_json(obj: dict[str, Any]) -> Signal:
     raise ValueError(f"unknown signal type {kind!r} (expected log, lifecycle or sample)")
 
 
+def is_recording(path: Path) -> bool:
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
 def read_jsonl(path: Path) -> Iterator[Signal]:
-    with path.open(encoding="utf-8", errors="replace") as f:
+    """Signals from a recording (``.jsonl`` or ``.jsonl.gz``); ``meta`` lines (ground truth) are skipped."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -82,6 +89,8 @@ def read_jsonl(path: Path) -> Iterator[Signal]:
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError("a signal is a JSON object")
+                if obj.get("type") == "meta":
+                    continue
                 yield signal_from_json(obj)
             except (ValueError, KeyError, TypeError) as exc:
                 raise ReplayInputError(f"{path}:{n}: {exc}") from None
