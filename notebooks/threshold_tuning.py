@@ -191,9 +191,11 @@ for ax, rows, label, shipped_of in (
         axes[0],
         runway_grid,
         lambda r: f"{r['within']}/{r['bucket']}/{r['fraction']}",
-        lambda r: r["within"] == shipped["within"]
-        and r["bucket"] == shipped["bucket"]
-        and r["fraction"] == float(shipped["fraction"]),
+        lambda r: (
+            r["within"] == shipped["within"]
+            and r["bucket"] == shipped["bucket"]
+            and r["fraction"] == float(shipped["fraction"])
+        ),
     ),
     (axes[1], alloc_grid, lambda r: f"count {r['count']}", lambda r: r["count"] == 3),
 ):
