@@ -207,9 +207,12 @@ def load_corpus(data_dir: Path, files: Sequence[str] | None = None) -> list[NabF
 
 
 def detect(values: FloatArray, ts: FloatArray, params: AnomalyParams | None = None) -> FloatArray:
-    """Run a fresh scorer over one file, one record at a time; only min/max are known in advance."""
+    """Run a fresh scorer over one file, one record at a time; only min/max are known in advance.
+
+    NAB also tells each detector its probationary length (SCORING.md §2); the scorer sizes its alarm
+    rest period from it, as NAB's CAD-OSE does."""
     p = params or AnomalyParams()
-    scorer = AnomalyScorer(p, float(values.min()), float(values.max()))
+    scorer = AnomalyScorer(p, float(values.min()), float(values.max()), probation=probation_rows(len(values)))
     out = np.empty(len(values), dtype=np.float64)
     for i, (t, v) in enumerate(zip(ts.tolist(), values.tolist(), strict=True)):
         out[i] = scorer.score(t, v)
