@@ -88,8 +88,11 @@ class Autoheal:
                 return
             for replica in list(self.bed.replicas):
                 try:
-                    health = replica.state().get("Health") or {}
-                    if health.get("Status") == "unhealthy":
+                    state = replica.state()
+                    health = state.get("Health") or {}
+                    # like docker-autoheal's /containers/json?filters=health=unhealthy: running ones only
+                    # (Docker also marks a container that exited "unhealthy")
+                    if state.get("Running") and health.get("Status") == "unhealthy":
                         self.restarts.append((time.time(), replica.name))
                         replica.container.restart(timeout=10)
                 except Exception:
@@ -201,7 +204,13 @@ def _merge(main: LoadResult, extra: list[LoadResult]) -> list[RequestRecord]:
 
 
 def run_one(
-    scenario: Scenario, strategy: str, seconds: float, workdir: Path, log: Any, watcher_stats_s: float = 0.0
+    scenario: Scenario,
+    strategy: str,
+    seconds: float,
+    workdir: Path,
+    log: Any,
+    watcher_stats_s: float = 0.0,
+    packs: list[str] | None = None,
 ) -> Run:
     started = time.monotonic()
     run = Run(scenario, strategy, seconds)
@@ -222,6 +231,8 @@ def run_one(
 
             store = workdir / f"watcher-{scenario.name}-{bed.run_id}.db"
             spec = HarnessSpec.for_testbed(bed, store, dry_run=False)
+            if packs:
+                spec.packs = list(packs)
             spec.packs, skipped = loadable_packs(spec.packs)
             if skipped:
                 run.notes.append((time.time(), f"rule packs that do not load, left out: {skipped}"))
@@ -344,7 +355,18 @@ def measure(run: Run, none_failure_s: float | None) -> dict[str, Any]:
     # count every restart once, as its "start"
     restarts = sum(1 for e in window if e[2] == "start" and e[0] >= t0)
     oom = [e for e in window if e[2] == "oom"]
-    death = [e for e in window if e[2] in ("oom", "die") and e[1] == faulty_name and e[0] >= run.fault_ts]
+    # the remediation's own restarts (docker restart: kill, die, stop, start) are not failures
+    remedial = [ts for ts, _name in run.autoheal] + [
+        s["started"] for i in run.incidents for s in i["steps"] if s["name"] in ("restart", "recreate")
+    ]
+    death = [
+        e
+        for e in window
+        if e[2] in ("oom", "die")
+        and e[1] == faulty_name
+        and e[0] >= run.fault_ts
+        and not (e[2] == "die" and any(t - 0.5 <= e[0] <= t + 20.0 for t in remedial))
+    ]
     if run.strategy == "watcher":
         acted = [i for i in run.incidents if _acted(i)]
         actions = len(acted)
@@ -576,13 +598,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="also feed the watcher Docker stats every S seconds (the harness does not; the foresight "
         "pack's memory-runway forecast needs them); default 0 = the harness as is",
     )
+    p.add_argument(
+        "--packs", nargs="+", default=None, metavar="PATH", help="rule packs for the watcher (default: rules/)"
+    )
     p.add_argument("--no-png", action="store_true", help="skip the PNG timelines")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of earlier runs, then exit")
     p.add_argument("--list", action="store_true", help="list the scenarios and their defaults, then exit")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.table:
+        earlier = [row for path in args.table for row in json.loads(Path(path).read_text())]
+        print(markdown_table(earlier))
+        return 0
     if args.list:
         for s in SCENARIOS.values():
             print(f"{s.name:15} {s.seconds:5.0f} s  {json.dumps(s.params)}  — {s.description}")
@@ -622,10 +652,11 @@ def main(argv: list[str] | None = None) -> int:
             none_failure: float | None = None
             for strategy in strategies:
                 log(f"== {name} x {strategy} ({length:g} s) params {json.dumps(scenario.params)}")
-                run = run_one(scenario, strategy, length, Path(tmp), log, args.watcher_stats)
+                run = run_one(scenario, strategy, length, Path(tmp), log, args.watcher_stats, args.packs)
                 row = measure(run, none_failure)
                 if strategy == "watcher":
                     row["watcher_stats_s"] = args.watcher_stats or None
+                    row["watcher_packs"] = args.packs or "shipped"
                 if strategy in ("none", "seed") and none_failure is None:
                     none_failure = row["failure_s"]
                 row["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

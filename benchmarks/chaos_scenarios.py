@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -150,8 +152,18 @@ def _fault(name: str) -> Callable[[Context], float]:
 
 
 def _hard_kill(ctx: Context) -> float:
-    ts = ctx.note(f"fault: docker kill -s {ctx.params['kill'].get('signal', 'SIGKILL')} replica {FAULTY}")
-    ctx.bed.replicas[FAULTY].kill(str(ctx.params["kill"].get("signal", "SIGKILL")))
+    """SIGKILL the replica's server process from the host (as the kernel or an operator's kill -9
+    would). ``kill.via=docker`` uses ``docker kill`` instead, which Docker counts as a manual stop:
+    no restart policy brings the container back."""
+    replica = ctx.bed.replicas[FAULTY]
+    sig = str(ctx.params["kill"].get("signal", "SIGKILL"))
+    if ctx.params["kill"].get("via", "pid") == "docker":
+        ts = ctx.note(f"fault: docker kill -s {sig} replica {FAULTY}")
+        replica.kill(sig)
+        return ts
+    pid = int(replica.state()["Pid"])  # the container's main process, started by this testbed
+    ts = ctx.note(f"fault: kill -{sig} {pid} (replica {FAULTY}'s server process)")
+    os.kill(pid, getattr(signal, sig))
     return ts
 
 
@@ -266,9 +278,9 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "hard-kill",
-            "replica 1 is SIGKILLed without warning (docker kill)",
+            "replica 1's server process is SIGKILLed without warning",
             45.0,
-            {"kill": {"signal": "SIGKILL"}},
+            {"kill": {"signal": "SIGKILL", "via": "pid"}},
             _hard_kill,
         ),
         Scenario(
