@@ -99,6 +99,11 @@ class Executor:
                 return None
             key = finding.target.key
             replica = self.fleet.replica(key)
+            held = self._held(key)
+            if held is not None and replica is not None and self.shifter.get_weight(replica) == 0:
+                reason = f"held drained by incident #{held}; release it by hand (restore its weight)"
+                self._refused(finding, Decision(None, reason), now)
+                return None
             if replica is None:
                 self._refused(finding, Decision(None, "replica has no load-balancer address/model label"), now)
                 return None
@@ -123,6 +128,13 @@ class Executor:
             self.policy.busy.add(key)
             self._futures[incident_id] = self._pool.submit(self._run, incident_id)
         return incident_id
+
+    def _held(self, key: str) -> int | None:
+        """The id of the latest incident of this replica if it ended HELD (kept drained on purpose)."""
+        latest = [i for i in self.journal.incidents(limit=50) if i.target == key and not i.dry_run]
+        if latest and latest[-1].state is IncidentState.HELD:
+            return latest[-1].id
+        return None
 
     def recover(self) -> list[int]:
         """Resume every incident left running by a watcher that died."""
@@ -251,6 +263,11 @@ class Executor:
             idle = self.shifter.wait_idle(replica, float(p.get("timeout_s", 30.0)))
             return "idle" if idle else "in-flight requests still running at the deadline; going on"
         if step.name in ("restart", "recreate"):
+            started = _docker_time(str(self.restarter.state(replica.target).get("started_at", "")))
+            if started > incident.opened:
+                # Docker's restart policy already brought it back after the incident opened (a crash
+                # or an OOM kill while drained): a second restart would only cost time and budget.
+                return "skipped: the container already restarted after the incident opened"
             _rule, defaults = self.rules.get(incident.rule_id, (None, Defaults()))
             self.policy.record_restart(incident.target, self.clock.now(), defaults.max_restarts.per)
             try:
