@@ -84,14 +84,14 @@ def _healthy(rng: random.Random, n: int) -> str:
     if pick < 0.45:
         ms = rng.randrange(3, 90)
         return (
-            f'172.18.0.1 - - [01/May/2024:{hms} +0000] "POST /v1/models/m:predict HTTP/1.1" '
+            f'127.0.0.1 - - [01/May/2024:{hms} +0000] "POST /v1/models/m:predict HTTP/1.1" '
             f'200 {rng.randrange(80, 400)} "-" "python-requests/2.31.0" '
             f"172.18.0.{rng.randrange(3, 6)}:8501 200 0.0{ms:02d}"
         )
     if pick < 0.55:
         return (
-            f'172.18.0.1 - - [01/May/2024:{hms} +0000] "GET /v1/models/m HTTP/1.1" '
-            f'200 {rng.randrange(150, 170)} "-" "curl/8.5.0" 172.18.0.3:8501 200 0.001'
+            f'127.0.0.1 - - [01/May/2024:{hms} +0000] "GET /v1/models/m HTTP/1.1" '
+            f'200 {rng.randrange(150, 170)} "-" "curl/8.5.0" 127.0.0.1:8501 200 0.001'
         )
     if pick < 0.8:
         return (
