@@ -86,7 +86,7 @@ def _healthy(rng: random.Random, n: int) -> str:
         return (
             f'127.0.0.1 - - [01/May/2024:{hms} +0000] "POST /v1/models/m:predict HTTP/1.1" '
             f'200 {rng.randrange(80, 400)} "-" "python-requests/2.31.0" '
-            f"172.18.0.{rng.randrange(3, 6)}:8501 200 0.0{ms:02d}"
+            f"127.0.0.1:{rng.randrange(8501, 8504)} 200 0.0{ms:02d}"
         )
     if pick < 0.55:
         return (
