@@ -222,6 +222,6 @@ def test_demo_phase_without_the_watcher_shows_the_oom(docker_client: docker.Dock
     from watcher.testbed.demo import Scenario, run_phase
 
     console = Console(file=io.StringIO(), width=140)
-    result = run_phase(Scenario("leak", "leak", seconds=30, memory_limit="128m"), False, console, live_view=False)
+    result = run_phase(Scenario("leak", "leak", seconds=45, memory_limit="128m"), False, console, live_view=False)
     assert result.oom_kills >= 1  # the seed design lets the kernel kill it
     assert result.failed > 0  # and clients see the RESOURCE_EXHAUSTED answers before that
