@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,8 +78,9 @@ def is_recording(path: Path) -> bool:
     return path.name.endswith((".jsonl", ".jsonl.gz"))
 
 
-def read_jsonl(path: Path) -> Iterator[Signal]:
-    """Signals from a recording (``.jsonl`` or ``.jsonl.gz``); ``meta`` lines (ground truth) are skipped."""
+def read_jsonl(path: Path, on_meta: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Signal]:
+    """Signals from a recording (``.jsonl`` or ``.jsonl.gz``). ``meta`` lines (ground truth) go to
+    ``on_meta`` (skipped without one); an error there is reported with file and line like any other."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
@@ -90,9 +91,11 @@ def read_jsonl(path: Path) -> Iterator[Signal]:
                 if not isinstance(obj, dict):
                     raise ValueError("a signal is a JSON object")
                 if obj.get("type") == "meta":
+                    if on_meta is not None:
+                        on_meta(obj)
                     continue
                 yield signal_from_json(obj)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
                 raise ReplayInputError(f"{path}:{n}: {exc}") from None
 
 

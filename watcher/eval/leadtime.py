@@ -22,19 +22,18 @@ Every recording is replayed through one fresh engine on a simulated clock. Then,
 
 from __future__ import annotations
 
-import gzip
 import json
 import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from watcher.model import Finding, Signal
-from watcher.replay import ReplayInputError, replay, signal_from_json
+from watcher.replay import ReplayInputError, read_jsonl, replay
 from watcher.rulepack.schema import RulePack
 
 DEFAULT_HORIZON_S = 600.0
@@ -70,12 +69,6 @@ class Recording:
         return sum(max(0.0, b - a) for a, b in self.healthy)
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return path.open(encoding="utf-8", errors="replace")
-
-
 def _recording_name(path: Path) -> str:
     name = path.name
     for suffix in (".gz", ".jsonl", ".json"):
@@ -99,27 +92,17 @@ def _parse_meta(obj: dict[str, Any]) -> tuple[list[Failure], list[tuple[float, f
 
 def read_recording(path: Path) -> Recording:
     """A recording with its ``meta`` header (``.jsonl`` or ``.jsonl.gz``); errors name file and line."""
-    signals: list[Signal] = []
     failures: list[Failure] = []
     healthy: list[tuple[float, float]] = []
     meta: dict[str, Any] = {}
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("a signal is a JSON object")
-                if obj.get("type") == "meta":
-                    found, spans = _parse_meta(obj)
-                    failures.extend(found)
-                    healthy.extend(spans)
-                    meta.update(obj)
-                    continue
-                signals.append(signal_from_json(obj))
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise ReplayInputError(f"{path}:{n}: {exc}") from None
+
+    def on_meta(obj: dict[str, Any]) -> None:
+        found, spans = _parse_meta(obj)
+        failures.extend(found)
+        healthy.extend(spans)
+        meta.update(obj)
+
+    signals: list[Signal] = list(read_jsonl(path, on_meta))
     return Recording(_recording_name(path), signals, sorted(failures, key=lambda x: x.ts), healthy, meta)
 
 

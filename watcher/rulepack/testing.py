@@ -68,6 +68,7 @@ from watcher.rulepack.loader import (
     LintError,
     RulePackError,
     _check_nodes,
+    _expand,
     _one_error,
     _yaml_error,
     load_packs,
@@ -279,16 +280,6 @@ def _number(text: str) -> float:
 
 
 # ------------------------------------------------------------------------------------- running
-
-
-def _expand(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()))
-        else:
-            files.append(path)
-    return files
 
 
 def run_rule_tests(paths: Sequence[Path]) -> list[TestResult]:

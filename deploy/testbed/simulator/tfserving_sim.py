@@ -207,26 +207,24 @@ M_GRAPH_RUN_TIME = "/tensorflow/core/graph_run_time_usecs"
 # --------------------------------------------------------------------------- memory helpers
 
 
-def proc_status_bytes(field: str) -> int:
+def _kib_field(path: str, field: str) -> int:
+    """A ``Name:   123 kB`` line of a /proc file, in bytes (0 when absent or unreadable)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def proc_status_bytes(field: str) -> int:
+    return _kib_field("/proc/self/status", field)
 
 
 def meminfo_bytes(field: str) -> int:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _kib_field("/proc/meminfo", field)
 
 
 def _read_int(path: str) -> int | None:
