@@ -299,7 +299,12 @@ def test_watcher_image_starts_and_answers_healthz(
                 break
             time.sleep(0.5)
         assert container.attrs["State"]["Health"]["Status"] == "healthy", container.attrs["State"]["Health"]
+        # the event stream may connect a moment after /healthz answers: wait (bounded) for readiness
+        deadline = time.monotonic() + 30
         ready = session.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+        while ready.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            ready = session.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
         assert ready.status_code == 200, ready.text  # sources connected through the proxy, store writable
     finally:
         session.close()
