@@ -59,6 +59,7 @@ from benchmarks.chaos_scenarios import (
     testbed_config,
 )
 from watcher.testbed.events import EventRecorder
+from watcher.testbed.harness import HarnessSpec
 from watcher.testbed.loadgen import LoadGenerator, LoadResult, RequestRecord, percentile
 from watcher.testbed.stack import Testbed
 
@@ -209,7 +210,7 @@ def run_one(
     seconds: float,
     workdir: Path,
     log: Any,
-    watcher_stats_s: float = 0.0,
+    watcher_stats_s: float | None = None,
     packs: list[str] | None = None,
 ) -> Run:
     started = time.monotonic()
@@ -227,7 +228,7 @@ def run_one(
         run.replica_names = [r.name for r in bed.replicas]
         events = EventRecorder(bed.client, bed.run_id).start()
         if strategy == "watcher":
-            from watcher.testbed.harness import HarnessSpec, Watcher
+            from watcher.testbed.harness import Watcher
 
             store = workdir / f"watcher-{scenario.name}-{bed.run_id}.db"
             spec = HarnessSpec.for_testbed(bed, store, dry_run=False)
@@ -237,21 +238,9 @@ def run_one(
             if skipped:
                 run.notes.append((time.time(), f"rule packs that do not load, left out: {skipped}"))
                 log(f"    WARNING: rule packs that do not load, left out: {skipped}")
+            if watcher_stats_s is not None:
+                spec.stats_interval_s = watcher_stats_s
             watcher = Watcher(spec)
-            if watcher_stats_s > 0:
-                # the harness follows logs, events and Nginx files only; the service also samples
-                # Docker stats, which the foresight pack's memory-runway forecast needs
-                import dataclasses
-
-                from watcher.live import LiveWatcher
-                from watcher.rulepack.loader import load_packs
-
-                watcher.live = LiveWatcher(
-                    dataclasses.replace(watcher.live.config, stats_interval_s=watcher_stats_s),
-                    load_packs([Path(p) for p in spec.packs]),
-                    watcher.store,
-                    on_finding=watcher.executor.on_finding,
-                )
             watcher.start()
         elif strategy == "autoheal":
             autoheal = Autoheal(bed).start()
@@ -593,10 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--watcher-stats",
         type=float,
-        default=0.0,
+        default=None,
         metavar="S",
-        help="also feed the watcher Docker stats every S seconds (the harness does not; the foresight "
-        "pack's memory-runway forecast needs them); default 0 = the harness as is",
+        help="Docker stats period of the watcher, 0 = off (default: the harness's, 2 s); the foresight "
+        "pack's memory-runway forecast reads them",
     )
     p.add_argument(
         "--packs", nargs="+", default=None, metavar="PATH", help="rule packs for the watcher (default: rules/)"
@@ -655,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_one(scenario, strategy, length, Path(tmp), log, args.watcher_stats, args.packs)
                 row = measure(run, none_failure)
                 if strategy == "watcher":
-                    row["watcher_stats_s"] = args.watcher_stats or None
+                    default_stats = HarnessSpec.__dataclass_fields__["stats_interval_s"].default
+                    row["watcher_stats_s"] = args.watcher_stats if args.watcher_stats is not None else default_stats
                     row["watcher_packs"] = args.packs or "shipped"
                 if strategy in ("none", "seed") and none_failure is None:
                     none_failure = row["failure_s"]

@@ -40,6 +40,7 @@ class LiveConfig:
     prometheus_url: str | None = None
     prometheus_target_label: str = "replica"
     prometheus_interval_s: float = 15.0
+    prometheus_window: str = "1m"  # replaces $window in series queries: at least 4 scrape intervals
     stats_interval_s: float | None = 5.0  # None: no Docker stats
     files: list[tuple[Path, Target]] = field(default_factory=list)  # host log files (e.g. nginx)
     tick_s: float = 1.0
@@ -47,6 +48,21 @@ class LiveConfig:
     rescan_s: float = 5.0
     backfill_s: float | None = 300.0
     batch: int = 512
+
+
+def prom_queries(packs: Sequence[RulePack], target_label: str, window: str) -> list[PromQuery]:
+    """The queries the packs need: each ``series:`` definition (its name is the series the detectors
+    read; the first pack to define a name wins, the loader reports duplicates) and each PromQL rule."""
+    queries: dict[str, PromQuery] = {}
+    for pack in packs:
+        for series in pack.series:
+            label = series.target_label or target_label
+            queries.setdefault(series.name, PromQuery(series.name, series.expr(window), target_label=label))
+    for pack in packs:
+        for rule in pack.rules:
+            if isinstance(rule, PromQLRule):
+                queries.setdefault(rule.id, PromQuery(rule.id, rule.promql, target_label=target_label))
+    return list(queries.values())
 
 
 class LiveWatcher:
@@ -88,12 +104,7 @@ class LiveWatcher:
             sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, **common))
         if cfg.files:
             sources.append(FileLogsSource(self.queue, self.store, [FileSpec(p, t) for p, t in cfg.files]))
-        queries = [
-            PromQuery(rule.id, rule.promql, target_label=cfg.prometheus_target_label)
-            for pack in packs
-            for rule in pack.rules
-            if isinstance(rule, PromQLRule)
-        ]
+        queries = prom_queries(packs, cfg.prometheus_target_label, cfg.prometheus_window)
         if queries and cfg.prometheus_url:
             sources.append(
                 PrometheusSource(self.queue, cfg.prometheus_url, queries, interval_s=cfg.prometheus_interval_s)

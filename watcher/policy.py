@@ -41,6 +41,7 @@ class GuardConfig:
     backoff_base_s: float = 30.0  # wait after the first restart in the window; doubles each time
     global_actions_per_minute: int = 10
     wait_available_s: float = 60.0
+    max_hold_s: float = 600.0  # a weight-only plan keeps the weight until its finding resolves, at most this long
     dry_run: bool = False
 
 
@@ -55,7 +56,8 @@ class ReplicaView:
 
 @dataclass(frozen=True)
 class Step:
-    name: str  # drain, wait_idle, weight, restart, recreate, wait_available, verify, alert, hold, restore
+    name: str  # drain, wait_idle, weight, await_resolved, restart, recreate, wait_available, verify, alert, hold,
+    # restore
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -82,12 +84,17 @@ class Silence:
         return all(fnmatch.fnmatchcase(labels.get(k, ""), v) for k, v in self.matchers.items())
 
 
-def plan_steps(rule: AnyRule, wait_available_s: float) -> list[Step]:
+def plan_steps(rule: AnyRule, wait_available_s: float, max_hold_s: float = 600.0) -> list[Step]:
     """The rule's ``then`` as ordered steps; a plan that takes traffic away ends by restoring it,
-    unless it says ``hold: drained``."""
+    unless it says ``hold: drained``.
+
+    A plan that only moves traffic (``{weight: 0}``, ``drain``) fixes nothing by itself, so it keeps the
+    weight until the rule's finding resolves (at most ``max_hold_s``) before restoring: restoring at
+    once would hand the sick replica its traffic back a moment later."""
     steps: list[Step] = []
     changes_weight = False
     holds = False
+    fixes = False
     for action in rule.then:
         if isinstance(action, DrainAction):
             steps.append(Step("drain"))
@@ -101,9 +108,11 @@ def plan_steps(rule: AnyRule, wait_available_s: float) -> list[Step]:
         elif isinstance(action, RestartAction):
             steps.append(Step("restart", {"stop_timeout_s": action.restart.stop_timeout}))
             steps.append(Step("wait_available", {"timeout_s": wait_available_s}))
+            fixes = True
         elif isinstance(action, RecreateAction):
             steps.append(Step("recreate"))
             steps.append(Step("wait_available", {"timeout_s": wait_available_s}))
+            fixes = True
         elif isinstance(action, VerifyAction):
             steps.append(Step("verify", {"settle_s": action.verify.settle}))
         elif isinstance(action, AlertAction):
@@ -117,8 +126,17 @@ def plan_steps(rule: AnyRule, wait_available_s: float) -> list[Step]:
     if holds:
         steps.append(Step("hold"))
     elif changes_weight:
+        if not fixes:
+            steps.append(Step("await_resolved", {"timeout_s": max_hold_s}))
         steps.append(Step("restore"))
     return steps
+
+
+def hold_steps() -> list[Step]:
+    """What a finding that comes back within the cooldown gets: out of rotation, kept there, alert.
+    The first plan did not fix the replica, and repeating it is what the cooldown forbids; leaving
+    a replica that keeps failing in rotation is worse than holding it (capacity rails still apply)."""
+    return [Step("drain"), Step("hold")]
 
 
 def takes_capacity(steps: list[Step]) -> bool:
@@ -197,7 +215,7 @@ class Policy:
             return Decision(None, "finding is resolved")
         if now - finding.ts > self.config.fresh_s:
             return Decision(None, f"finding is {now - finding.ts:.0f}s old (fresh for {self.config.fresh_s:.0f}s)")
-        steps = plan_steps(rule, self.config.wait_available_s)
+        steps = plan_steps(rule, self.config.wait_available_s, self.config.max_hold_s)
         if not steps:
             return Decision(None, "rule has no actions")
         if self.paused:
@@ -213,8 +231,12 @@ class Policy:
         if key in self.busy:
             return Decision(None, "an incident is already in progress for this replica")
         last = self.last_action.get(f"{key}|{finding.rule_id}")
+        reason = "planned"
         if last is not None and now - last < defaults.cooldown:
-            return Decision(None, f"cooldown: acted {now - last:.0f}s ago (cooldown {defaults.cooldown:.0f}s)")
+            cooling = f"cooldown: acted {now - last:.0f}s ago (cooldown {defaults.cooldown:.0f}s)"
+            if not takes_capacity(steps):
+                return Decision(None, cooling)
+            steps, reason = hold_steps(), f"recurred within the {cooling}: holding drained"
         recent = [t for t in self.actions if now - t < 60.0]
         if len(recent) >= self.config.global_actions_per_minute:
             return Decision(None, f"fleet rate limit: {len(recent)} actions in the last minute")
@@ -238,7 +260,7 @@ class Policy:
                     return Decision(
                         None, f"backing off: next restart allowed {wait - (now - window[-1]):.0f}s from now"
                     )
-        return Decision(steps, "planned", dry_run=self.config.dry_run)
+        return Decision(steps, reason, dry_run=self.config.dry_run)
 
     def _capacity(self, key: str, service: str | None, defaults: Defaults, fleet: dict[str, ReplicaView]) -> str | None:
         if service is None:

@@ -84,11 +84,18 @@ class Executor:
         self._lock = threading.Lock()
         self._futures: dict[int, Future[None]] = {}
         self.refusals: list[tuple[str, str, str]] = []  # (target, rule, reason), for status and tests
+        self._resolved: dict[tuple[str, str], float] = {}  # (target, rule) -> when its finding last resolved
+        self._resolved_cv = threading.Condition()
 
     # -- entry points ------------------------------------------------------------------------------
     def on_finding(self, finding: Finding) -> int | None:
         """Decide and, if planned, start the incident. Returns the incident id (also for dry runs)."""
-        if finding.resolved or finding.rule_id not in self.rules:
+        if finding.resolved:
+            with self._resolved_cv:
+                self._resolved[(finding.target.key, finding.rule_id)] = finding.ts
+                self._resolved_cv.notify_all()
+            return None
+        if finding.rule_id not in self.rules:
             return None
         rule, defaults = self.rules[finding.rule_id]
         now = self.clock.now()
@@ -259,9 +266,12 @@ class Executor:
             self.shifter.set_weight(replica, int(p["weight"]))
             return f"weight {p['weight']}"
         if step.name == "wait_idle":
-            time.sleep(float(p.get("settle_s", 0.0)))
+            if not getattr(self.shifter, "confirms_idle", False):
+                time.sleep(float(p.get("settle_s", 0.0)))  # a blind LB: give it time to notice the weight
             idle = self.shifter.wait_idle(replica, float(p.get("timeout_s", 30.0)))
             return "idle" if idle else "in-flight requests still running at the deadline; going on"
+        if step.name == "await_resolved":
+            return self._await_resolved(incident, float(p.get("timeout_s", 600.0)))
         if step.name in ("restart", "recreate"):
             started = _docker_time(str(self.restarter.state(replica.target).get("started_at", "")))
             if started > incident.opened:
@@ -298,6 +308,18 @@ class Executor:
             self.shifter.set_weight(replica, weight)
             return f"weight {weight} restored"
         raise StepFailed(f"unknown step {step.name!r}", hold=False)
+
+    def _await_resolved(self, incident: Incident, timeout_s: float) -> str:
+        """Keep the weight until the finding that opened the incident resolves (bounded)."""
+        key = (incident.target, incident.rule_id)
+        deadline = time.monotonic() + timeout_s
+        with self._resolved_cv:
+            while self._resolved.get(key, float("-inf")) < incident.opened:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"finding still firing after {timeout_s:.0f}s; restoring anyway"
+                self._resolved_cv.wait(timeout=min(left, 1.0))
+        return "finding resolved"
 
     def _verify(self, incident: Incident, replica: Replica, settle_s: float) -> str:
         time.sleep(settle_s)

@@ -29,6 +29,10 @@ rules:
     match: {log: 'note'}
     predicts: latency
     then: [alert]
+  - id: shed
+    match: {log: '500'}
+    predicts: http_5xx
+    then: [{weight: 0}]
 """
 
 REPLICAS = [Target(f"tfs-{i}", service="m") for i in range(3)]
@@ -41,7 +45,12 @@ def rules(tmp_path: Path) -> tuple[dict[str, object], Defaults]:
 
 
 def finding(target: Target, rule: str, ts: float, resolved: bool = False) -> Finding:
-    predicts = {"oom": Predicts.OOM, "load": Predicts.LOAD_FAILURE, "note": Predicts.LATENCY}[rule]
+    predicts = {
+        "oom": Predicts.OOM,
+        "load": Predicts.LOAD_FAILURE,
+        "note": Predicts.LATENCY,
+        "shed": Predicts.HTTP_5XX,
+    }[rule]
     return Finding(target=target, rule_id=rule, predicts=predicts, ts=ts, resolved=resolved)
 
 
@@ -57,6 +66,31 @@ def test_plans_follow_the_playbook(tmp_path: Path) -> None:
     ]
     assert [s.name for s in plan_steps(by_id["load"], 60)] == ["alert", "hold"]  # type: ignore[arg-type]
     assert not takes_capacity(plan_steps(by_id["note"], 60))  # type: ignore[arg-type]
+    # moving traffic alone fixes nothing: the weight stays until the finding resolves (bounded)
+    shed = plan_steps(by_id["shed"], 60, max_hold_s=300)  # type: ignore[arg-type]
+    assert [s.name for s in shed] == ["weight", "await_resolved", "restore"]
+    assert shed[1].params == {"timeout_s": 300}
+
+
+def test_a_finding_back_within_the_cooldown_holds_instead_of_repeating(tmp_path: Path) -> None:
+    by_id, defaults = rules(tmp_path)
+    policy = Policy(None)
+    fleet = {f"local/tfs-{i}": ReplicaView(f"local/tfs-{i}", "m", True) for i in range(3)}
+    key = REPLICAS[0].key
+    first = policy.decide(finding(REPLICAS[0], "oom", 100.0), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
+    assert first.steps is not None and any(s.name == "restart" for s in first.steps)
+    policy.record_action(key, "oom", 100.0)
+    again = policy.decide(finding(REPLICAS[0], "oom", 130.0), by_id["oom"], defaults, fleet, 130.0)  # type: ignore[arg-type]
+    assert again.steps is not None and [s.name for s in again.steps] == ["drain", "hold"]
+    assert "recurred" in again.reason
+    # an alert-only rule is simply cooled down
+    policy.record_action(key, "note", 100.0)
+    note = policy.decide(finding(REPLICAS[0], "note", 130.0), by_id["note"], defaults, fleet, 130.0)  # type: ignore[arg-type]
+    assert note.steps is None and note.reason.startswith("cooldown")
+    # and the hold still respects capacity
+    fleet["local/tfs-1"] = ReplicaView("local/tfs-1", "m", False)
+    full = policy.decide(finding(REPLICAS[0], "oom", 131.0), by_id["oom"], defaults, fleet, 131.0)  # type: ignore[arg-type]
+    assert full.steps is None and "unavailable" in full.reason
 
 
 def test_never_the_last_healthy_replica(tmp_path: Path) -> None:
@@ -110,7 +144,7 @@ def test_restart_budget_backoff_then_breaker_escalates_once(tmp_path: Path) -> N
 events = st.lists(
     st.tuples(
         st.integers(min_value=0, max_value=2),  # replica
-        st.sampled_from(["oom", "load", "note"]),  # rule
+        st.sampled_from(["oom", "load", "note", "shed"]),  # rule
         st.floats(min_value=0, max_value=400),  # seconds since the previous event
         st.booleans(),  # does a running incident finish before this event
         st.booleans(),  # is some other replica failing on its own (down)

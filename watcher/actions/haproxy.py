@@ -75,6 +75,9 @@ class HAProxyShifter:
         self._sleep = sleep
         self._lock = threading.Lock()
 
+    # ``wait_idle`` reads the server's current sessions (scur): exact, so a drain needs no settle time
+    confirms_idle = True
+
     # -- runtime API --------------------------------------------------------------------------
     def command(self, cmd: str) -> str:
         """Send one runtime-API command (one connection per command) and return the reply."""

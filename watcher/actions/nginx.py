@@ -391,6 +391,12 @@ class NginxShifter:
         self._sleep = sleep
         self._lock = threading.Lock()
 
+    @property
+    def confirms_idle(self) -> bool:
+        """``wait_idle`` sees the replica's requests end (access log quiet, old workers gone), so a
+        drain needs no blind settle time; without the access log it only sees the workers."""
+        return self.access_log is not None
+
     # -- reading ----------------------------------------------------------------------------
     def _read(self) -> tuple[str, UpstreamFile]:
         try:

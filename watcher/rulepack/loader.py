@@ -374,17 +374,18 @@ def _model_at(raw_loc: Sequence[int | str]) -> type[BaseModel] | None:
 # ----------------------------------------------------------------------------- across files
 
 
-def _rule_id_nodes(root: yaml.Node | None) -> list[tuple[str, yaml.Node]]:
+def _keyed_nodes(root: yaml.Node | None, section: str, key: str) -> list[tuple[str, yaml.Node]]:
+    """(value, node) of ``key`` in every item of the list ``section`` (rule ids, series names)."""
     if root is None:
         return []
-    _, rules_node = _child(root, "rules")
-    if not isinstance(rules_node, yaml.SequenceNode):
+    _, list_node = _child(root, section)
+    if not isinstance(list_node, yaml.SequenceNode):
         return []
     found: list[tuple[str, yaml.Node]] = []
-    for item in rules_node.value:
-        _, id_node = _child(item, "id")
-        if isinstance(id_node, yaml.ScalarNode) and id_node.value:
-            found.append((id_node.value, id_node))
+    for item in list_node.value:
+        _, value_node = _child(item, key)
+        if isinstance(value_node, yaml.ScalarNode) and value_node.value:
+            found.append((value_node.value, value_node))
     return found
 
 
@@ -393,6 +394,7 @@ def _duplicate_errors(parsed: Sequence[_Parsed]) -> list[LintError]:
     errors: list[LintError] = []
     first_id: dict[str, tuple[str, yaml.Node]] = {}
     first_pack: dict[str, tuple[str, yaml.Node]] = {}
+    first_series: dict[str, tuple[str, yaml.Node]] = {}
     for p in parsed:
         if p.root is not None:
             _, name_node = _child(p.root, "pack")
@@ -408,7 +410,15 @@ def _duplicate_errors(parsed: Sequence[_Parsed]) -> list[LintError]:
                     )
                 else:
                     first_pack[name_node.value] = (p.file, name_node)
-        for rule_id, node in _rule_id_nodes(p.root):
+        for series, node in _keyed_nodes(p.root, "series", "name"):
+            if series in first_series:
+                other_file, other = first_series[series]
+                errors.append(
+                    _at(p.file, node, f"series {series!r} defined twice: also at {_where(other_file, other)}")
+                )
+            else:
+                first_series[series] = (p.file, node)
+        for rule_id, node in _keyed_nodes(p.root, "rules", "id"):
             if rule_id in first_id:
                 other_file, other = first_id[rule_id]
                 errors.append(

@@ -358,7 +358,9 @@ class ForecastSpec(StrictModel):
 
 
 class DrainParams(StrictModel):
-    wait: Duration = Field(default=5.0, description="settle time after weight 0 so the LB notices")
+    wait: Duration = Field(
+        default=5.0, description="settle time after weight 0, for load balancers that cannot confirm idleness"
+    )
     max_inflight_wait: Duration = Field(default=30.0, description="give up waiting for in-flight requests")
 
 
@@ -730,12 +732,37 @@ CHECK_DUPLICATE_IDS = "check_duplicate_ids"
 """Validation-context key: the loader turns the in-pack id check off and does it across files."""
 
 
+SERIES_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+WINDOW_PLACEHOLDER = "$window"
+
+
+class SeriesDef(StrictModel):
+    """A named series computed by Prometheus, one sample per target and query interval.
+
+    Detectors and threshold rules name series (``error_ratio``, ``latency_p99_seconds``,
+    ``memory_working_set_bytes``); this is where a series that no Docker stats give comes from.
+    ``$window`` in the query is replaced by the configured rate window (``prometheus_window``),
+    because a sound window depends on the scrape interval of the deployment, not on the rule.
+    """
+
+    name: str = Field(pattern=SERIES_NAME_PATTERN, max_length=128)
+    promql: str = Field(min_length=1, max_length=4096)
+    description: str = ""
+    target_label: str | None = Field(
+        default=None, description="label naming the container (default: the configured prometheus_target_label)"
+    )
+
+    def expr(self, window: str) -> str:
+        return self.promql.replace(WINDOW_PLACEHOLDER, window)
+
+
 class RulePack(StrictModel):
     """One YAML file: a named set of rules and the guard-rail defaults for their plans."""
 
     pack: str = Field(pattern=NAME_PATTERN, max_length=64)
     description: str = ""
     defaults: Defaults = Field(default_factory=Defaults)
+    series: list[SeriesDef] = Field(default_factory=list, description="PromQL-defined series the rules read")
     rules: list[Rule] = Field(min_length=1)
 
     _source: str | None = PrivateAttr(default=None)
@@ -765,6 +792,14 @@ class RulePack(StrictModel):
                     "duplicate_id", f"duplicate rule id {rule.id!r} (rules[{seen[rule.id]}] and rules[{index}])"
                 )
             seen[rule.id] = index
+        names: dict[str, int] = {}
+        for index, series in enumerate(self.series):
+            if series.name in names:
+                raise PydanticCustomError(
+                    "duplicate_series",
+                    f"series {series.name!r} defined twice (series[{names[series.name]}] and series[{index}])",
+                )
+            names[series.name] = index
         return self
 
     @property

@@ -4,7 +4,10 @@ Memory is reported as cAdvisor and ``docker stats`` do: the *working set* (usage
 page cache) is what the kernel's OOM killer weighs against the limit, while raw usage includes
 cache the kernel would drop first; forecasting raw usage would predict OOMs that never come.
 
-``container.stats(stream=False)`` blocks for about one CPU sampling period (1-2 s), so each
+``container.stats(stream=False)`` blocks for about one CPU sampling period (1-2 s): it waits for a
+second CPU reading to fill ``precpu_stats``, which this source never uses (it reports the cumulative
+CPU counter). So it asks for ``one_shot`` (API 1.41+), which answers from the daemon's latest
+reading (at most about 1 s old, often at once), and falls back on older engines. Each
 round fans out over a small thread pool and the scheduler never overlaps rounds (``max_instances=1``,
 coalesced): a slow engine delays samples, it does not pile up threads.
 """
@@ -17,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import docker
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from watcher.model import Sample, Target
@@ -67,6 +71,7 @@ class DockerStatsSource(Source):
         self.interval_s = interval_s
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
+        self._one_shot = True
         self._scheduler: BackgroundScheduler | None = None
         self.rounds = 0
 
@@ -124,10 +129,20 @@ class DockerStatsSource(Source):
         self.rounds += 1
         return samples
 
+    def _stats(self, container: Any) -> dict[str, Any]:
+        if self._one_shot:
+            try:
+                result: dict[str, Any] = container.stats(stream=False, one_shot=True)
+                return result
+            except docker.errors.InvalidVersion:
+                self._one_shot = False  # engine older than API 1.41
+        result = container.stats(stream=False)
+        return result
+
     def _one(self, engine: str, container: Any) -> list[Sample]:
         if self.stopping:
             return []
-        stats = container.stats(stream=False)
+        stats = self._stats(container)
         labels = container.labels or {}
         target = Target(container=container.name, engine=engine, service=labels.get(self.service_label))
         ts = time.time()

@@ -57,6 +57,12 @@ class HarnessSpec:
     guard: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] | None = None  # override every pack's guard-rail defaults (tests)
     packs: list[str] = field(default_factory=lambda: [str(RULES)])
+    # what the service watches besides logs and events: Docker stats (memory runway) and the
+    # testbed's Prometheus (error ratio, latency); the testbed scrapes every second, so a 10 s window
+    stats_interval_s: float = 2.0  # 0: off
+    prometheus_url: str | None = None
+    prometheus_interval_s: float = 1.0
+    prometheus_window: str = "10s"
 
     @classmethod
     def for_testbed(cls, bed: Any, store: Path, **kwargs: Any) -> HarnessSpec:
@@ -69,6 +75,7 @@ class HarnessSpec:
             haproxy_socket=str(bed.haproxy.socket_path) if bed.haproxy else None,
             haproxy_backend=bed.config.model,
             alertmanager_url=f"http://127.0.0.1:{bed.alertmanager.port}" if bed.alertmanager else None,
+            prometheus_url=bed.prometheus.url if getattr(bed, "prometheus", None) is not None else None,
             **kwargs,
         )
 
@@ -116,7 +123,15 @@ class Watcher:
         if spec.nginx_dir:
             nginx_dir = Path(spec.nginx_dir)
             files = [(nginx_dir / "access.log", Target("nginx")), (nginx_dir / "error.log", Target("nginx"))]
-        config = LiveConfig(label_selector=selector, stats_interval_s=None, files=files, rescan_s=1.0)
+        config = LiveConfig(
+            label_selector=selector,
+            stats_interval_s=spec.stats_interval_s or None,
+            prometheus_url=spec.prometheus_url,
+            prometheus_interval_s=spec.prometheus_interval_s,
+            prometheus_window=spec.prometheus_window,
+            files=files,
+            rescan_s=1.0,
+        )
         self.live = LiveWatcher(config, packs, self.store, on_finding=self.executor.on_finding)
 
     @staticmethod

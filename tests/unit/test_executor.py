@@ -1,0 +1,187 @@
+"""The executor's plan for a rule that only moves traffic: the weight stays until the finding resolves.
+
+The integration tests (tests/integration/test_remediation.py) run whole incidents on real Nginx and
+Docker; these pin the timing rules with in-memory stand-ins for the load balancer and Docker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from watcher.actions.base import Alert, Replica
+from watcher.journal import IncidentState, Journal
+from watcher.model import Finding, Predicts, Target
+from watcher.policy import GuardConfig, Policy, ReplicaView
+from watcher.remediation import Executor
+from watcher.rulepack.loader import load_packs
+from watcher.store import Store
+
+PACK = """
+pack: p
+defaults: {cooldown: 10m, max_restarts: {count: 3, per: 1h}, max_unavailable: 1, min_healthy: 1}
+rules:
+  - id: slow
+    match: {log: 'upstream timed out'}
+    predicts: latency
+    then: [{weight: 0}]
+"""
+TARGETS = [Target(f"tfs-{i}", service="m") for i in range(3)]
+
+
+class FakeFleet:
+    def __init__(self, shifter: FakeShifter) -> None:
+        self.shifter = shifter
+
+    def replica(self, key: str) -> Replica | None:
+        for t in TARGETS:
+            if t.key == key:
+                return Replica(t, f"127.0.0.1:85{t.container[-1]}0", "http://127.0.0.1", "m")
+        return None
+
+    def views(self, refresh: bool = True) -> dict[str, ReplicaView]:
+        return {t.key: ReplicaView(t.key, "m", self.shifter.weights.get(t.key, 1) > 0) for t in TARGETS}
+
+
+class FakeShifter:
+    confirms_idle = True
+
+    def __init__(self) -> None:
+        self.weights: dict[str, int] = {}
+        self.history: list[tuple[str, int]] = []
+
+    def set_weight(self, replica: Replica, weight: int) -> None:
+        self.weights[replica.target.key] = weight
+        self.history.append((replica.target.key, weight))
+
+    def get_weight(self, replica: Replica) -> int:
+        return self.weights.get(replica.target.key, 2)
+
+    def wait_idle(self, replica: Replica, timeout_s: float) -> bool:
+        return True
+
+    def original_weight(self, replica: Replica) -> int:
+        return 2
+
+
+class NoDocker:
+    def restart(self, target: Target, stop_timeout_s: float) -> dict[str, Any]:
+        raise AssertionError("a weight-only plan restarts nothing")
+
+    def recreate(self, target: Target, stop_timeout_s: float = 10.0) -> dict[str, Any]:
+        raise AssertionError("a weight-only plan recreates nothing")
+
+    def state(self, target: Target) -> dict[str, Any]:
+        return {"started_at": ""}
+
+
+class FakeVerifier:
+    def served_version(self, replica: Replica) -> str | None:
+        return "2"
+
+
+class Alerts:
+    def __init__(self) -> None:
+        self.fired: list[Alert] = []
+
+    def fire(self, alert: Alert) -> None:
+        self.fired.append(alert)
+
+    def resolve(self, alert: Alert) -> None:
+        return None
+
+
+def make(tmp_path: Path, max_hold_s: float = 30.0) -> tuple[Executor, FakeShifter, Alerts, Journal]:
+    (tmp_path / "p.yaml").write_text(PACK)
+    [pack] = load_packs([tmp_path / "p.yaml"])
+    store = Store(tmp_path / "w.db")
+    shifter = FakeShifter()
+    alerts = Alerts()
+    journal = Journal(store)
+    executor = Executor(
+        Policy(store, GuardConfig(max_hold_s=max_hold_s)),
+        journal,
+        FakeFleet(shifter),  # type: ignore[arg-type]
+        shifter,
+        NoDocker(),
+        FakeVerifier(),  # type: ignore[arg-type]
+        alerts,
+        {r.id: (r, pack.defaults) for r in pack.rules},
+    )
+    return executor, shifter, alerts, journal
+
+
+def slow(target: Target, resolved: bool = False) -> Finding:
+    return Finding(target=target, rule_id="slow", predicts=Predicts.LATENCY, ts=time.time(), resolved=resolved)
+
+
+def wait_until(predicate: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_weight_stays_zero_until_the_finding_resolves_then_comes_back(tmp_path: Path) -> None:
+    executor, shifter, _alerts, journal = make(tmp_path)
+    incident = executor.on_finding(slow(TARGETS[1]))
+    assert incident is not None
+    wait_until(lambda: shifter.weights.get(TARGETS[1].key) == 0)
+    time.sleep(0.5)
+    assert shifter.weights[TARGETS[1].key] == 0, "restored while the finding still fires"
+    executor.on_finding(slow(TARGETS[1], resolved=True))
+    executor.wait(5)
+    assert shifter.history == [(TARGETS[1].key, 0), (TARGETS[1].key, 2)]
+    found = journal.incident(incident)
+    assert found is not None and found.state is IncidentState.RESOLVED
+    assert any(s.detail == "finding resolved" for s in found.steps)
+
+
+def test_a_finding_that_never_resolves_is_restored_after_the_bound(tmp_path: Path) -> None:
+    executor, shifter, _alerts, journal = make(tmp_path, max_hold_s=0.5)
+    incident = executor.on_finding(slow(TARGETS[1]))
+    executor.wait(5)
+    assert shifter.weights[TARGETS[1].key] == 2
+    found = journal.incident(incident or -1)
+    assert found is not None and any("still firing" in s.detail for s in found.steps)
+
+
+def test_recurrence_within_the_cooldown_holds_the_replica_drained(tmp_path: Path) -> None:
+    executor, shifter, alerts, journal = make(tmp_path)
+    first = executor.on_finding(slow(TARGETS[1]))
+    wait_until(lambda: shifter.weights.get(TARGETS[1].key) == 0)
+    executor.on_finding(slow(TARGETS[1], resolved=True))
+    executor.wait(5)
+    assert shifter.weights[TARGETS[1].key] == 2
+    second = executor.on_finding(slow(TARGETS[1]))  # it came back a moment later: the cooldown is 10 m
+    executor.wait(5)
+    assert second is not None and second != first
+    held = journal.incident(second)
+    assert held is not None and held.state is IncidentState.HELD
+    assert shifter.weights[TARGETS[1].key] == 0
+    assert any(a.labels.get("incident") == str(second) for a in alerts.fired)
+    # held drained: a third finding starts nothing until an operator restores the weight
+    assert executor.on_finding(slow(TARGETS[1])) is None
+
+
+def test_recurrence_never_drains_below_capacity(tmp_path: Path) -> None:
+    executor, shifter, _alerts, _journal = make(tmp_path)
+    shifter.weights[TARGETS[0].key] = 0  # one replica is already out of rotation
+    executor.on_finding(slow(TARGETS[1]))
+    executor.on_finding(slow(TARGETS[1], resolved=True))
+    executor.wait(5)
+    # max_unavailable 1: the first finding was refused for capacity; so is the recurrence
+    assert executor.on_finding(slow(TARGETS[1])) is None
+    assert shifter.weights.get(TARGETS[1].key, 2) == 2
+    assert all("unavailable" in why for _t, _r, why in executor.refusals)
+
+
+def test_resolution_reaches_a_waiting_playbook_across_threads(tmp_path: Path) -> None:
+    executor, shifter, _alerts, _journal = make(tmp_path)
+    executor.on_finding(slow(TARGETS[2]))
+    wait_until(lambda: shifter.weights.get(TARGETS[2].key) == 0)
+    threading.Thread(target=executor.on_finding, args=(slow(TARGETS[2], resolved=True),)).start()
+    executor.wait(5)
+    assert shifter.weights[TARGETS[2].key] == 2
