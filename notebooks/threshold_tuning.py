@@ -80,7 +80,8 @@ FORESIGHT = (RULES / "foresight.yaml").read_text()
 TFSERVING = (RULES / "tfserving.yaml").read_text()
 FORECAST_LINE = re.compile(
     r"^(?P<indent> +)detector: \{kind: forecast, series: (?P<series>[\w]+), params: \{limit: (?P<limit>[\w]+), "
-    r"fraction: (?P<fraction>[0-9.]+), within: (?P<within>\w+), bucket: (?P<bucket>\w+)\}\}$",
+    r"fraction: (?P<fraction>[0-9.]+), within: (?P<within>\w+), bucket: (?P<bucket>\w+)"
+    r"(?P<rest>(?:, \w+: [\w.]+)*)\}\}$",
     re.M,
 )
 shipped = FORECAST_LINE.search(FORESIGHT)
@@ -92,7 +93,7 @@ def runway_line(within: str, bucket: str, fraction: float) -> str:
     g = shipped.groupdict()
     return (
         f"{g['indent']}detector: {{kind: forecast, series: {g['series']}, params: {{limit: {g['limit']}, "
-        f"fraction: {fraction}, within: {within}, bucket: {bucket}}}}}"
+        f"fraction: {fraction}, within: {within}, bucket: {bucket}{g['rest']}}}}}"
     )
 
 

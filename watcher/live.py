@@ -86,6 +86,7 @@ class LiveWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._by_name: dict[str, Target] = {}  # container name -> the watched container's Target
         self.sources: list[Source] = self._make_sources(packs)
         self._clients = make_clients(config.engines)
 
@@ -107,7 +108,13 @@ class LiveWatcher:
         queries = prom_queries(packs, cfg.prometheus_target_label, cfg.prometheus_window)
         if queries and cfg.prometheus_url:
             sources.append(
-                PrometheusSource(self.queue, cfg.prometheus_url, queries, interval_s=cfg.prometheus_interval_s)
+                PrometheusSource(
+                    self.queue,
+                    cfg.prometheus_url,
+                    queries,
+                    interval_s=cfg.prometheus_interval_s,
+                    resolve=self._resolve_series,
+                )
             )
         return sources
 
@@ -134,9 +141,17 @@ class LiveWatcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _resolve_series(self, query: PromQuery, labels: Mapping[str, str]) -> Target | None:
+        """A Prometheus series names its container by a label; the Target is the watched container's
+        own (engine, service), so peers compare by service and the capacity rails see the service.
+        Series of containers the watcher does not watch are dropped."""
+        name = labels.get(query.target_label, "")
+        return self._by_name.get(name.lstrip("/"))
+
     def refresh_upstreams(self) -> None:
-        """Map load-balancer addresses to replicas from the containers' upstream label."""
+        """Map load-balancer addresses (and container names) to the watched replicas."""
         mapping: dict[str, Target] = {}
+        by_name: dict[str, Target] = {}
         for engine, client in self._clients.items():
             try:
                 containers = client.containers.list()
@@ -144,10 +159,15 @@ class LiveWatcher:
                 continue
             for c in containers:
                 labels = c.labels or {}
+                if not matches_selector(labels, self.config.label_selector):
+                    continue
+                target = Target(c.name, engine=engine, service=labels.get(self.config.service_label))
+                by_name.setdefault(c.name, target)
                 address = labels.get(self.config.upstream_label)
-                if address and matches_selector(labels, self.config.label_selector):
-                    mapping[address] = Target(c.name, engine=engine, service=labels.get(self.config.service_label))
+                if address:
+                    mapping[address] = target
         self.engine.upstreams = mapping
+        self._by_name = by_name
 
     # -- the engine thread ------------------------------------------------------------------------
     def _run(self) -> None:

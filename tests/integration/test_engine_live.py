@@ -6,16 +6,18 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 import requests
 
 from watcher.live import LiveConfig, LiveWatcher
-from watcher.model import Predicts, Target
+from watcher.model import Predicts, Sample, Target
 from watcher.rulepack.loader import load_packs
 from watcher.store import Store
 from watcher.testbed.events import EventRecorder
+from watcher.testbed.loadgen import LoadGenerator
 from watcher.testbed.stack import Testbed, TestbedConfig
 
 pytestmark = pytest.mark.integration
@@ -87,3 +89,46 @@ def test_failed_load_and_5xx_burst_are_attributed_to_their_replicas(bed: Testbed
         (Predicts.LOAD_FAILURE, r1.name),
         (Predicts.HTTP_5XX, r0.name),
     }, firing
+
+
+def test_prometheus_series_flag_the_slow_replica_as_a_member_of_its_service(bed: Testbed, tmp_path: Path) -> None:
+    """The foresight pack's series come from the testbed's real Prometheus (TF Serving's own latency
+    histogram and request counters); a replica that turns slow is the one flagged, as a replica of
+    its service (what peer comparison and the capacity rails need), before any request times out."""
+    assert bed.prometheus is not None
+    config = LiveConfig(
+        label_selector=(f"serving-watcher.testbed={bed.run_id}",),
+        stats_interval_s=None,
+        prometheus_url=bed.prometheus.url,
+        prometheus_interval_s=1.0,
+        prometheus_window="10s",
+        rescan_s=1.0,
+        backfill_s=0,
+    )
+    slow = bed.replicas[2]
+    seen: list[Sample] = []
+    load = LoadGenerator(bed.url, "half_plus_two", rate_per_s=15, duration_s=60, timeout_s=5, instances=[1.0])
+    with LiveWatcher(config, load_packs([RULES / "foresight.yaml"]), Store(tmp_path / "w.db")) as live:
+        original = live.engine.feed_batch
+
+        def spy(signals: list[Any]) -> list[Any]:
+            seen.extend(s for s in signals if isinstance(s, Sample))
+            return original(signals)
+
+        live.engine.feed_batch = spy  # type: ignore[method-assign]
+        load.start()
+        try:
+            time.sleep(15)  # every replica has a latency and error history
+            slow.set_faults({"latency_creep": {"start_ms": 400, "end_ms": 400, "over_s": 1}})
+            flagged = live.wait_for(lambda f: f.predicts is Predicts.LATENCY and not f.resolved, 40)
+        finally:
+            load.stop()
+    assert flagged.target.container == slow.name
+    assert flagged.target.service == "half_plus_two"
+    assert {f.target.container for f in live.findings if not f.resolved} == {slow.name}
+    names = {s.series for s in seen}
+    assert {"error_ratio", "latency_p99_seconds"} <= names, names
+    ratios = [s.value for s in seen if s.series == "error_ratio"]
+    assert ratios and max(ratios) == 0.0  # no request failed on the server's side
+    assert {s.target.service for s in seen if s.target is not None} == {"half_plus_two"}
+    assert load.result(5).failed == 0
