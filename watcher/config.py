@@ -9,6 +9,7 @@ the setting (and the file) and say what was expected — never a traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
     log_files: dict[str, Path] = Field(default_factory=dict, description="target name -> host log file to follow")
     prometheus_url: str | None = None
     prometheus_target_label: str = "replica"
+    prometheus_interval_s: float = Field(default=15.0, gt=0, description="how often the packs' queries run")
+    prometheus_window: str = Field(
+        default="1m", description="rate window replacing $window in series queries (>= 4 scrape intervals)"
+    )
     stats_interval_s: float = Field(default=5.0, ge=0, description="Docker stats period; 0 = off")
     # memory
     store: Path = Path("watcher.db")
@@ -62,6 +67,13 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("prometheus_window")
+    @classmethod
+    def _promql_duration(cls, value: str) -> str:
+        if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", value):
+            raise ValueError(f"expected a PromQL duration such as 30s, 1m or 1m30s, got {value!r}")
+        return value
 
     @field_validator("api_listen")
     @classmethod

@@ -26,21 +26,17 @@ from prometheus_client.registry import Collector
 
 from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
 from watcher.actions.base import ActionError, Alert, Alerter, TrafficShifter
-from watcher.actions.docker import DockerRestarter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxReload, NginxShifter
-from watcher.actions.verify import Verifier
 from watcher.api import Api
+from watcher.assembly import assemble, rules_of
 from watcher.config import Settings
-from watcher.fleet import Fleet
-from watcher.journal import Journal
-from watcher.live import LiveConfig, LiveWatcher
+from watcher.live import LiveConfig
 from watcher.model import Finding, Predicts, Target
-from watcher.policy import GuardConfig, Policy
-from watcher.remediation import Executor, ExecutorConfig
+from watcher.policy import GuardConfig
+from watcher.remediation import ExecutorConfig
 from watcher.rulepack.loader import RulePackError, load_packs
-from watcher.rulepack.schema import AnyRule, Defaults, RulePack
-from watcher.store import Store
+from watcher.rulepack.schema import RulePack
 
 log = logging.getLogger("watcher")
 FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
@@ -111,45 +107,17 @@ class _NoShifter:
         return 1
 
 
-def rules_of(packs: Iterable[RulePack]) -> dict[str, tuple[AnyRule, Defaults]]:
-    return {rule.id: (rule, pack.defaults) for pack in packs for rule in pack.rules}
-
-
 class Service:
     def __init__(self, settings: Settings, packs: list[RulePack]) -> None:
         self.settings = settings
         self.packs = packs
         self.started = time.time()
-        self.store = Store(settings.store)
-        self.journal = Journal(self.store)
-        self.policy = Policy(self.store, GuardConfig(dry_run=settings.dry_run))
-        self.policy.set_dry_run(settings.dry_run)  # the configuration at start wins over a stored toggle
         self.clients: dict[str, docker.DockerClient] = {
             name: docker.DockerClient(base_url=url) if url else docker.from_env()
             for name, url in settings.engines.items()
         }
         self.shifter = self._shifter()
-        self.fleet = Fleet(
-            self.clients,
-            settings.label_selector,
-            weight_of=self.shifter.get_weight,
-            service_label=settings.service_label,
-            upstream_label=settings.upstream_label,
-            model_label=settings.model_label,
-        )
         self.alerter = self._alerter()
-        self.executor = Executor(
-            self.policy,
-            self.journal,
-            self.fleet,
-            self.shifter,
-            DockerRestarter(self.clients),
-            Verifier(),
-            self.alerter,
-            rules_of(packs),
-            ExecutorConfig(model_repo=settings.model_repo, pinned_versions=dict(settings.pinned_versions)),
-            on_event=self._on_event,
-        )
         live_config = LiveConfig(
             engines=self.clients,
             label_selector=tuple(settings.label_selector),
@@ -157,10 +125,29 @@ class Service:
             upstream_label=settings.upstream_label,
             prometheus_url=settings.prometheus_url,
             prometheus_target_label=settings.prometheus_target_label,
+            prometheus_interval_s=settings.prometheus_interval_s,
+            prometheus_window=settings.prometheus_window,
             stats_interval_s=settings.stats_interval_s or None if not settings.prometheus_url else None,
             files=[(path, Target(name)) for name, path in settings.log_files.items()],
         )
-        self.live = LiveWatcher(live_config, packs, self.store, on_finding=self._on_finding)
+        parts = assemble(
+            store=settings.store,
+            clients=self.clients,
+            packs=packs,
+            live_config=live_config,
+            shifter=self.shifter,
+            alerter=self.alerter,
+            guard=GuardConfig(dry_run=settings.dry_run),
+            executor_config=ExecutorConfig(
+                model_repo=settings.model_repo, pinned_versions=dict(settings.pinned_versions)
+            ),
+            model_label=settings.model_label,
+            on_finding=self._on_finding,
+            on_event=self._on_event,
+        )
+        self.store, self.journal, self.policy = parts.store, parts.journal, parts.policy
+        self.fleet, self.executor, self.live = parts.fleet, parts.executor, parts.live
+        self.policy.set_dry_run(settings.dry_run)  # the configuration at start wins over a stored toggle
         self._metrics()
         self.live.on_batch = self._on_batch
         self.api = Api(
@@ -237,6 +224,7 @@ class Service:
         fields = {"target": key, "rule": finding.rule_id, "predicts": finding.predicts.value, "eta_s": finding.eta_s}
         log.info("finding resolved" if finding.resolved else "finding", extra={"fields": fields})
         if finding.resolved:
+            self.executor.on_finding(finding)  # a plan that only moved traffic waits for this
             return
         if finding.pack == FAILURE_PACK and finding.predicts in FAILURES:
             first = self._first_finding.pop(key, None)

@@ -126,7 +126,9 @@ def test_findings_and_actions_on_status_and_metrics(bed: Testbed, tmp_path: Path
         assert incident["predicts"] == "http_5xx" and incident["state"] == "resolved", incident
         metrics = w.get("/metrics").text
         assert 'watcher_findings_total{predicts="http_5xx"' in metrics
-        assert 'watcher_actions_total{outcome="done",step="weight"}' in metrics
+        # a replica serving 500s is drained, restarted (which clears the injected fault) and restored
+        assert 'watcher_actions_total{outcome="done",step="drain"}' in metrics
+        assert 'watcher_actions_total{outcome="done",step="restart"}' in metrics
         assert "watcher_lines_total" in metrics and "watcher_queue_depth" in metrics
         # the heartbeat reaches Alertmanager
         assert bed.alertmanager is not None

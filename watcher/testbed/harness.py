@@ -21,19 +21,15 @@ import docker
 
 from watcher.actions.alerts import AlertmanagerAlerter
 from watcher.actions.base import TrafficShifter
-from watcher.actions.docker import DockerRestarter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import HostNginxReload, NginxShifter
-from watcher.actions.verify import Verifier
-from watcher.fleet import Fleet
-from watcher.journal import Journal
-from watcher.live import LiveConfig, LiveWatcher
+from watcher.assembly import assemble, rules_of
+from watcher.live import LiveConfig
 from watcher.model import Target
-from watcher.policy import GuardConfig, Policy
-from watcher.remediation import Executor, ExecutorConfig
+from watcher.policy import GuardConfig
+from watcher.remediation import ExecutorConfig
 from watcher.rulepack.loader import load_packs
-from watcher.rulepack.schema import AnyRule, Defaults
-from watcher.store import Store
+from watcher.rulepack.schema import Defaults
 from watcher.testbed.images import REPO_ROOT
 from watcher.testbed.replicas import TESTBED_LABEL
 
@@ -94,45 +90,34 @@ class Watcher:
     def __init__(self, spec: HarnessSpec) -> None:
         self.spec = spec
         client = docker.from_env()
-        clients = {"local": client}
         selector = (f"{TESTBED_LABEL}={spec.run_id}",)
         self.shifter = self._shifter(spec)
-        self.store = Store(spec.store)
-        self.journal = Journal(self.store)
-        self.policy = Policy(self.store, GuardConfig(dry_run=spec.dry_run, **spec.guard))
         packs = load_packs([Path(p) for p in spec.packs])
-        rules: dict[str, tuple[AnyRule, Defaults]] = {}
-        for pack in packs:
-            defaults = Defaults.model_validate(spec.defaults) if spec.defaults is not None else pack.defaults
-            for rule in pack.rules:
-                rules[rule.id] = (rule, defaults)
-        self.fleet = Fleet(clients, selector, weight_of=self.shifter.get_weight)
-        alerter = AlertmanagerAlerter(spec.alertmanager_url) if spec.alertmanager_url else _NoAlerts()
-        self.executor = Executor(
-            self.policy,
-            self.journal,
-            self.fleet,
-            self.shifter,
-            DockerRestarter(clients),
-            Verifier(),
-            alerter,
-            rules,
-            ExecutorConfig(model_repo=Path(spec.model_repo)),
-        )
         files: list[tuple[Path, Target]] = []
         if spec.nginx_dir:
             nginx_dir = Path(spec.nginx_dir)
             files = [(nginx_dir / "access.log", Target("nginx")), (nginx_dir / "error.log", Target("nginx"))]
-        config = LiveConfig(
-            label_selector=selector,
-            stats_interval_s=spec.stats_interval_s or None,
-            prometheus_url=spec.prometheus_url,
-            prometheus_interval_s=spec.prometheus_interval_s,
-            prometheus_window=spec.prometheus_window,
-            files=files,
-            rescan_s=1.0,
+        parts = assemble(
+            store=Path(spec.store),
+            clients={"local": client},
+            packs=packs,
+            live_config=LiveConfig(
+                label_selector=selector,
+                stats_interval_s=spec.stats_interval_s or None,
+                prometheus_url=spec.prometheus_url,
+                prometheus_interval_s=spec.prometheus_interval_s,
+                prometheus_window=spec.prometheus_window,
+                files=files,
+                rescan_s=1.0,
+            ),
+            shifter=self.shifter,
+            alerter=AlertmanagerAlerter(spec.alertmanager_url) if spec.alertmanager_url else _NoAlerts(),
+            guard=GuardConfig(dry_run=spec.dry_run, **spec.guard),
+            executor_config=ExecutorConfig(model_repo=Path(spec.model_repo)),
+            rules=rules_of(packs, Defaults.model_validate(spec.defaults) if spec.defaults is not None else None),
         )
-        self.live = LiveWatcher(config, packs, self.store, on_finding=self.executor.on_finding)
+        self.store, self.journal, self.policy = parts.store, parts.journal, parts.policy
+        self.fleet, self.executor, self.live = parts.fleet, parts.executor, parts.live
 
     @staticmethod
     def _shifter(spec: HarnessSpec) -> TrafficShifter:

@@ -1,0 +1,89 @@
+"""One watcher, assembled: store, journal, policy, fleet, executor and live driver, wired together.
+
+The service (``watcher run``) and the testbed harness (integration tests, chaos benchmark, demo)
+run the same watcher; only what surrounds it differs (the API and metrics, the load balancer's
+location, which alerts go where). Building it in one place keeps the two from drifting apart: a
+callback the executor needs (resolved findings, for instance) is wired for both or for neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from watcher.actions.base import Alerter, TrafficShifter
+from watcher.actions.docker import DockerRestarter
+from watcher.actions.verify import Verifier
+from watcher.fleet import Fleet
+from watcher.journal import Journal
+from watcher.live import LiveConfig, LiveWatcher
+from watcher.model import Finding
+from watcher.policy import GuardConfig, Policy
+from watcher.remediation import Executor, ExecutorConfig
+from watcher.rulepack.schema import AnyRule, Defaults, RulePack
+from watcher.store import Store
+
+Rules = dict[str, tuple[AnyRule, Defaults]]
+
+
+def rules_of(packs: Sequence[RulePack], defaults: Defaults | None = None) -> Rules:
+    """Rule id -> (rule, the guard-rail defaults its plans run under: its pack's, or ``defaults``)."""
+    return {rule.id: (rule, defaults or pack.defaults) for pack in packs for rule in pack.rules}
+
+
+@dataclass
+class Assembly:
+    store: Store
+    journal: Journal
+    policy: Policy
+    fleet: Fleet
+    executor: Executor
+    live: LiveWatcher
+
+
+def assemble(
+    *,
+    store: Path,
+    clients: Mapping[str, docker.DockerClient],
+    packs: Sequence[RulePack],
+    live_config: LiveConfig,
+    shifter: TrafficShifter,
+    alerter: Alerter,
+    guard: GuardConfig,
+    executor_config: ExecutorConfig,
+    rules: Rules | None = None,
+    model_label: str = "watcher.model",
+    on_finding: Callable[[Finding], object] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> Assembly:
+    """Every finding, resolved ones included, reaches the executor (``on_finding`` defaults to it):
+    a plan that only moves traffic waits for its finding to resolve."""
+    opened = Store(store)
+    journal = Journal(opened)
+    policy = Policy(opened, guard)
+    fleet = Fleet(
+        clients,
+        live_config.label_selector,
+        weight_of=shifter.get_weight,
+        service_label=live_config.service_label,
+        upstream_label=live_config.upstream_label,
+        model_label=model_label,
+    )
+    executor = Executor(
+        policy,
+        journal,
+        fleet,
+        shifter,
+        DockerRestarter(clients),
+        Verifier(),
+        alerter,
+        rules if rules is not None else rules_of(packs),
+        executor_config,
+        on_event=on_event,
+    )
+    live = LiveWatcher(live_config, packs, opened, on_finding=on_finding or executor.on_finding)
+    return Assembly(opened, journal, policy, fleet, executor, live)
