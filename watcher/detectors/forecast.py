@@ -10,6 +10,10 @@ How it avoids the three classic false alarms:
   fit also needs ``min_confidence`` of those slopes to be positive before it may say "rising".
 * **The drop after a restart**: a value below ``(1 - reset_drop)`` of the last bucket's maximum,
   or a Docker start/restart/die/oom event for the target, resets the series; it then relearns.
+* **The first cycle of a sawtooth** (or a model loading after a start), seen by a detector with no
+  history yet: its rise is a leak's rise until the drop comes. ``min_rise_steps`` asks for that many
+  consecutive bucket-to-bucket rises, each at least a quarter of the fitted slope over a bucket: a
+  rise that lasts longer than a GC cycle's growth phase, which a leak's does and a sawtooth's does not.
 
 The limit is a number or the name of a series giving it per target (``memory_limit_bytes`` from
 Docker stats), so the same detector serves any "series towards a limit". The arithmetic lives in
@@ -18,6 +22,7 @@ Docker stats), so the same detector serves any "series towards a limit". The ari
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from watcher.detectors.base import Detector, DetectorConfigError, Observation, register
-from watcher.detectors.vectorized import capacity, runway_eta, theil_sen
+from watcher.detectors.vectorized import RISE_STEP_SHARE, capacity, runway_eta, theil_sen
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
 from watcher.rulepack.schema import AnyRule, Duration, StrictModel, register_detector_kind
 
@@ -48,6 +53,9 @@ class RunwayParams(StrictModel):
     min_buckets: int = Field(default=5, ge=3, description="closed buckets needed before forecasting")
     min_confidence: float = Field(default=0.8, gt=0.5, le=1.0, description="share of rising pairwise slopes")
     reset_drop: float = Field(default=0.4, gt=0, lt=1, description="a drop by this share resets (restart)")
+    min_rise_steps: int = Field(
+        default=0, ge=0, description="consecutive rising bucket steps required (a rise longer than a GC cycle's)"
+    )
 
 
 register_detector_kind("forecast", RunwayParams, replace=True)
@@ -195,6 +203,17 @@ class RunwayDetector(Detector):
         st.slope_lo = float(fit.slope_lo[0])
         st.slope_hi = float(fit.slope_hi[0])
 
+    def _sustained(self, st: _Series) -> bool:
+        """The last ``min_rise_steps`` steps between closed buckets each rose by a share of the trend."""
+        n = self.params.min_rise_steps
+        if n == 0:
+            return True
+        if st.slope is None or st.slope <= 0.0 or len(st.buckets) < n + 1:
+            return False
+        need = RISE_STEP_SHARE * st.slope * self.params.bucket
+        ys = [y for _t, y in st.buckets[-(n + 1) :]]
+        return all(b - a >= need for a, b in itertools.pairwise(ys))
+
     def limit_of(self, key: str) -> float | None:
         return self.limit_value if self.limit_value is not None else self._limits.get(key)
 
@@ -206,7 +225,7 @@ class RunwayDetector(Detector):
         threshold = p.fraction * limit
         level = st.intercept + st.slope * (ts - st.origin)
         eta = runway_eta(level, st.slope, threshold)
-        active = eta == 0.0 or (st.confidence >= p.min_confidence and eta <= p.within)
+        active = eta == 0.0 or (st.confidence >= p.min_confidence and eta <= p.within and self._sustained(st))
         evidence = ""
         if active:
             lo = runway_eta(level, st.slope_hi, threshold)

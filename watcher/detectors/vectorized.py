@@ -124,6 +124,8 @@ def runway_eta(level: float, slope: float, threshold: float) -> float:
 
 # --------------------------------------------------------------------------------- runway (batch)
 
+RISE_STEP_SHARE = 0.25  # a "rising step" (min_rise_steps) gains at least this share of slope x bucket
+
 
 class RunwayBatch:
     """The runway forecast of :class:`~watcher.detectors.forecast.RunwayDetector` for S series.
@@ -143,9 +145,11 @@ class RunwayBatch:
         reset_drop: float,
         min_confidence: float,
         within: float,
+        min_rise_steps: int = 0,
     ) -> None:
         self.n = n
         self.bucket = bucket
+        self.min_rise_steps = min_rise_steps
         self.window = window
         self.min_buckets = min_buckets
         self.reset_drop = reset_drop
@@ -164,10 +168,13 @@ class RunwayBatch:
         self.slope = np.full(n, np.nan)
         self.intercept = np.full(n, np.nan)
         self.confidence = np.full(n, np.nan)
+        self.sustained = np.ones(n, dtype=bool) if min_rise_steps == 0 else np.zeros(n, dtype=bool)
 
     def reset(self, mask: BOOL) -> None:
         """Forget the rows in ``mask`` (a restart): they relearn from their next sample."""
         self.bvalid[mask] = False
+        if self.min_rise_steps:
+            self.sustained[mask] = False
         for arr in (self.cur_t, self.cur_max, self.last_max, self.origin, self.slope, self.intercept, self.confidence):
             arr[mask] = np.nan
 
@@ -212,6 +219,17 @@ class RunwayBatch:
         self.slope = np.where(rows, np.where(enough, fit.slope, np.nan), self.slope)
         self.intercept = np.where(rows, np.where(enough, fit.intercept, np.nan), self.intercept)
         self.confidence = np.where(rows, np.where(enough, fit.confidence, np.nan), self.confidence)
+        m = self.min_rise_steps
+        if m:
+            if m + 1 > self.cap:
+                self.sustained = np.where(rows, False, self.sustained)
+                return
+            last_y = self.by[:, order][:, -(m + 1) :]
+            last_valid = self.bvalid[:, order][:, -(m + 1) :].all(axis=1)
+            with np.errstate(invalid="ignore"):
+                need = RISE_STEP_SHARE * fit.slope * self.bucket
+                ok = last_valid & (fit.slope > 0.0) & (np.diff(last_y, axis=1) >= need[:, None]).all(axis=1)
+            self.sustained = np.where(rows, enough & ok, self.sustained)
 
     def _observe(self, ts: float, thresholds: F64) -> tuple[BOOL, F64, F64]:
         level = self.intercept + self.slope * (ts - self.origin)
@@ -221,7 +239,9 @@ class RunwayBatch:
             )
         known = ~np.isnan(self.slope) & ~np.isnan(thresholds)
         eta = np.where(known, eta, np.nan)
-        active = known & ((eta == 0.0) | ((self.confidence >= self.min_confidence) & (eta <= self.within)))
+        active = known & (
+            (eta == 0.0) | ((self.confidence >= self.min_confidence) & (eta <= self.within) & self.sustained)
+        )
         return active, eta, self.confidence
 
 

@@ -148,3 +148,58 @@ def test_numeric_limit_and_generic_series() -> None:
     first = fired[0]
     truth = (1024 - (100 + (first.ts - T0) * 0.2)) / 0.2
     assert abs(first.eta_s - truth) <= 1e-6 * truth
+
+
+def _first_cycle(t: float, phase: float) -> float:
+    """The chaos benchmark's GC sawtooth from a cold start: 4 MiB/s for 12 s up to +48 MiB, held
+    until the 15 s half-period ends, then freed; 30 MiB baseline, as the simulator under 256 MiB."""
+    u = (t - phase) % 30.0 if t >= phase else -1.0
+    grown = 0.0 if u < 0 or u >= 15.0 else min(4 * MiB * u, 48 * MiB)
+    return 30 * MiB + grown
+
+
+SHIPPED_RUNWAY = {"fraction": 0.9, "bucket": "5s", "reset_drop": 0.9, "min_rise_steps": 4}
+
+
+@pytest.mark.parametrize("phase", [5.0, 6.3, 7.9, 9.1])
+def test_sawtooth_at_a_leaks_rate_never_fires_even_from_a_cold_start(phase: float) -> None:
+    """The shipped memory-runway params: 10 minutes of a sawtooth that grows as fast as the 4 MiB/s
+    leak below, sampled every 2 s under a 256 MiB limit, and not one active observation."""
+    d = RunwayDetector(
+        detector_rule("forecast", "memory_working_set_bytes", limit=256 * MiB, within="120s", **SHIPPED_RUNWAY)
+    )
+    for i in range(300):
+        t = i * 2.0
+        for obs in d.on_sample(Sample("memory_working_set_bytes", T0 + t, _first_cycle(t, phase), target=TGT)):
+            assert not obs.active, (t, obs.evidence)
+
+
+@pytest.mark.parametrize("phase", [5.0, 6.3, 7.9, 9.1])
+def test_leak_at_the_same_rate_fires_30_s_before_the_limit(phase: float) -> None:
+    d = RunwayDetector(
+        detector_rule("forecast", "memory_working_set_bytes", limit=256 * MiB, within="120s", **SHIPPED_RUNWAY)
+    )
+    oom_at = phase + (256 - 30) / 4.0  # the kernel kills at the limit
+    fired = None
+    for i in range(int(oom_at / 2.0)):
+        t = i * 2.0
+        value = 30 * MiB + max(0.0, t - phase) * 4 * MiB
+        obs = d.on_sample(Sample("memory_working_set_bytes", T0 + t, value, target=TGT))
+        if obs and obs[0].active:
+            fired = t
+            break
+    assert fired is not None
+    assert oom_at - fired >= 30.0, f"fired {oom_at - fired:.1f} s before the kill"
+
+
+def test_the_two_tests_above_use_the_shipped_parameters() -> None:
+    from pathlib import Path
+
+    from watcher.rulepack.loader import load_packs
+
+    [pack] = load_packs([Path(__file__).resolve().parents[3] / "rules" / "foresight.yaml"])
+    spec = pack.rule("memory-runway").detector_spec()  # type: ignore[attr-defined]
+    params = spec.parsed_params()
+    for key, value in SHIPPED_RUNWAY.items():
+        expected = 5.0 if key == "bucket" else value
+        assert getattr(params, key) == expected, key

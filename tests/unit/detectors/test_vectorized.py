@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from conftest import detector_rule
 
 from watcher.detectors.change import ChangeDetector, ChangeParams
@@ -32,12 +33,17 @@ def _fleet_memory(steps: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(rows) + rng.normal(0, 3 * MiB, (len(rows), steps))
 
 
-def test_runway_per_signal_equals_vectorized() -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"bucket": "10s", "min_rise_steps": 3, "reset_drop": 0.9}],
+    ids=["defaults", "sustained-rise"],
+)
+def test_runway_per_signal_equals_vectorized(extra: dict[str, object]) -> None:
     rng = np.random.default_rng(0)
     values = _fleet_memory(600, rng)
     n, steps = values.shape
     limit = 2048 * MiB
-    rule = detector_rule("forecast", "mem", limit=limit, fraction=0.95, within="2m")
+    rule = detector_rule("forecast", "mem", limit=limit, fraction=0.95, within="2m", **extra)
     d = RunwayDetector(rule)
     p = d.params
     assert isinstance(p, RunwayParams)
@@ -49,6 +55,7 @@ def test_runway_per_signal_equals_vectorized() -> None:
         reset_drop=p.reset_drop,
         min_confidence=p.min_confidence,
         within=p.within,
+        min_rise_steps=p.min_rise_steps,
     )
     targets = [Target(f"r{i}") for i in range(n)]
     thresholds = np.full(n, 0.95 * limit)
