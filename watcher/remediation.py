@@ -39,6 +39,11 @@ class ExecutorConfig:
     alert_name: str = "ServingWatcher"
 
 
+class Interrupted(Exception):
+    """The watcher is stopping while a step waits for something only a running watcher can see:
+    the step stays journalled as intent, and the next start resumes the incident there."""
+
+
 class StepFailed(Exception):
     def __init__(self, message: str, hold: bool) -> None:
         super().__init__(message)
@@ -86,6 +91,7 @@ class Executor:
         self.refusals: list[tuple[str, str, str]] = []  # (target, rule, reason), for status and tests
         self._resolved: dict[tuple[str, str], float] = {}  # (target, rule) -> when its finding last resolved
         self._resolved_cv = threading.Condition()
+        self._stopping = False  # set by interrupt_waits(); guarded by _resolved_cv
 
     # -- entry points ------------------------------------------------------------------------------
     def on_finding(self, finding: Finding) -> int | None:
@@ -165,7 +171,15 @@ class Executor:
                 raise TimeoutError(f"{len(pending)} incident(s) still running after {timeout_s}s")
             time.sleep(0.1)
 
+    def interrupt_waits(self) -> None:
+        """Release steps that wait for findings (the engine is stopping, none will arrive); their
+        incidents stay open in the journal for the next start to resume."""
+        with self._resolved_cv:
+            self._stopping = True
+            self._resolved_cv.notify_all()
+
     def shutdown(self) -> None:
+        self.interrupt_waits()
         self._pool.shutdown(wait=True, cancel_futures=False)
 
     # -- running a plan -----------------------------------------------------------------------------
@@ -211,6 +225,9 @@ class Executor:
             self._event("step", {"incident": incident.id, "step": step.name, "target": incident.target})
             try:
                 detail = self._do(step, incident, replica)
+            except Interrupted:
+                self._event("interrupted", {"incident": incident.id, "step": step.name, "target": incident.target})
+                return
             except StepFailed as exc:
                 self.journal.outcome(step_id, StepStatus.FAILED, self.clock.now(), str(exc))
                 self._finish_failure(incident, replica, exc)
@@ -315,6 +332,8 @@ class Executor:
         deadline = time.monotonic() + timeout_s
         with self._resolved_cv:
             while self._resolved.get(key, float("-inf")) < incident.opened:
+                if self._stopping:
+                    raise Interrupted(f"stopping while waiting for {incident.rule_id} to resolve")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return f"finding still firing after {timeout_s:.0f}s; restoring anyway"

@@ -392,6 +392,7 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
         self.live.stop()
+        self.executor.interrupt_waits()  # no finding will resolve any more
         try:
             self.executor.wait(self.settings.shutdown_grace_s)
         except TimeoutError:

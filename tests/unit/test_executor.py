@@ -185,3 +185,25 @@ def test_resolution_reaches_a_waiting_playbook_across_threads(tmp_path: Path) ->
     threading.Thread(target=executor.on_finding, args=(slow(TARGETS[2], resolved=True),)).start()
     executor.wait(5)
     assert shifter.weights[TARGETS[2].key] == 2
+
+
+def test_stopping_leaves_a_waiting_incident_open_and_the_next_watcher_finishes_it(tmp_path: Path) -> None:
+    executor, shifter, _alerts, journal = make(tmp_path)
+    incident = executor.on_finding(slow(TARGETS[1]))
+    assert incident is not None
+    wait_until(lambda: shifter.weights.get(TARGETS[1].key) == 0)
+    executor.shutdown()  # returns at once: the wait is interrupted, not run to its bound
+    still = journal.incident(incident)
+    assert still is not None and still.state is IncidentState.RUNNING
+    assert shifter.weights[TARGETS[1].key] == 0  # traffic stays away while nobody watches
+
+    successor, _shifter, _a, journal2 = make(tmp_path)
+    successor.shifter = shifter
+    successor.fleet = FakeFleet(shifter)  # type: ignore[assignment]
+    assert successor.recover() == [incident]
+    time.sleep(0.3)
+    successor.on_finding(slow(TARGETS[1], resolved=True))
+    successor.wait(5)
+    assert shifter.weights[TARGETS[1].key] == 2
+    done = journal2.incident(incident)
+    assert done is not None and done.state is IncidentState.RESOLVED

@@ -140,6 +140,7 @@ class Watcher:
 
     def stop(self) -> None:
         self.live.stop()
+        self.executor.interrupt_waits()  # no finding will resolve any more
         self.executor.wait(timeout_s=120)
         self.executor.shutdown()
         self.store.close()
