@@ -52,6 +52,29 @@ def test_spike_alarms_once() -> None:
     assert len(alarms) <= 3
 
 
+def _daily_square_wave(days: int, skipped_day: int, step: float = 900.0) -> tuple[list[float], int]:
+    """15-min points, high from 08:00 to 18:00; on ``skipped_day`` the rise does not come (NAB's art_daily_nojump)."""
+    per_day = int(86400 / step)
+    rng = random.Random(5)
+    values = []
+    for i in range(per_day * days):
+        hour = (i % per_day) * 24 / per_day
+        high = 8 <= hour < 18 and i // per_day != skipped_day
+        values.append(20.0 + (10.0 if high else 0.0) + rng.gauss(0.0, 0.5))
+    return values, skipped_day * per_day + per_day // 3
+
+
+def test_skipped_daily_rise_alarms_once_through_the_seasonal_channel() -> None:
+    values, onset = _daily_square_wave(12, 9)
+    scorer = AnomalyScorer(PARAMS, None, None)
+    alarms = [i for i, v in enumerate(values) if scorer.score(900.0 * i, v) >= PARAMS.threshold]
+    assert any(onset <= i <= onset + 3 for i in alarms), "a missing daily rise must alarm when it is due"
+    assert not any(i > onset + 3 for i in alarms), "one alarm; the next normal day does not page"
+    # Every single value is an ordinary one: without the seasonal channel nothing sees it.
+    blind = AnomalyScorer(PARAMS.model_copy(update={"seasonal_periods": ()}), None, None)
+    assert all(blind.score(900.0 * i, v) < PARAMS.threshold for i, v in enumerate(values) if i >= onset - 5)
+
+
 def test_scores_are_always_in_unit_interval() -> None:
     rng = random.Random(3)
     values = [rng.choice([0.0, 1e9, -1e9, rng.gauss(0, 1), 5.0]) for _ in range(3000)]
@@ -66,17 +89,19 @@ def test_constant_series_never_alarms() -> None:
 
 
 def test_state_round_trip_gives_identical_future_scores() -> None:
-    values = _noise(1200) + [v + 5.0 for v in _noise(300, seed=4)]
+    # 15-min steps, so the daily seasonal profile (96 points) is live at the split, and it is mid-day.
+    values, _ = _daily_square_wave(12, 9)
     straight = AnomalyScorer(PARAMS, None, None)
-    expected = [straight.score(float(i), v) for i, v in enumerate(values)]
+    expected = [straight.score(900.0 * i, v) for i, v in enumerate(values)]
     first = AnomalyScorer(PARAMS, None, None)
-    for i, v in enumerate(values[:1100]):
-        first.score(float(i), v)
+    for i, v in enumerate(values[:900]):
+        first.score(900.0 * i, v)
     state = json.loads(json.dumps(first.state()))
+    assert state["seasonal"][0]["p"] == 96 and state["seasonal"][1]["p"] == 672
     second = AnomalyScorer(PARAMS, None, None)
     second.restore(state)
-    resumed = [second.score(float(i), v) for i, v in enumerate(values) if i >= 1100]
-    assert resumed == expected[1100:]
+    resumed = [second.score(900.0 * i, v) for i, v in enumerate(values) if i >= 900]
+    assert resumed == expected[900:]
 
 
 def _rule(threshold: float = 0.5) -> DetectorRule:
