@@ -15,13 +15,14 @@ and at the end the testbed is torn down. Strategies differ only in what acts on 
   because it is the design we were given (its HEALTHCHECK, restart policy, Nginx passive checks);
 - ``autoheal``: the seed plus a docker-autoheal loop here (every 5 s, restart with a 10 s stop
   timeout every container whose ``State.Health.Status`` is ``unhealthy``);
-- ``watcher``: the seed plus ``watcher.testbed.harness.Watcher`` (engine, shipped rule packs,
-  default guard rails, real Nginx/Docker/Alertmanager actions) running in-process.
+- ``watcher``: the seed plus ``watcher.testbed.harness.Watcher`` (the service's assembly: engine,
+  shipped rule packs, default guard rails, Docker logs/events/stats every 2 s, the testbed's
+  Prometheus every second, real Nginx/Docker/Alertmanager actions) running in-process.
 
 Writes the JSON (a list, one object per scenario x strategy), a markdown table next to it
 (``PATH`` with ``.md``) and one PNG timeline per scenario (``PATH`` stem + ``-<scenario>.png``).
 Durations: see ``--list``; the default full run (all 8 scenarios x 4 strategies) is about
-80 minutes, ``--quick`` about 2.5 minutes.
+80 minutes (healthy-noise alone 40), ``--quick`` about 2.5 minutes.
 """
 
 from __future__ import annotations
