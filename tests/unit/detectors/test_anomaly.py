@@ -89,19 +89,22 @@ def test_constant_series_never_alarms() -> None:
 
 
 def test_state_round_trip_gives_identical_future_scores() -> None:
-    # 15-min steps, so the daily seasonal profile (96 points) is live at the split, and it is mid-day.
+    # 15-min steps, so the daily seasonal profile (96 points) is live at the split, and it is mid-day;
+    # the resonance channel's blocks are 10 points, so the split is mid-block.
     values, _ = _daily_square_wave(12, 9)
     straight = AnomalyScorer(PARAMS, None, None)
     expected = [straight.score(900.0 * i, v) for i, v in enumerate(values)]
     first = AnomalyScorer(PARAMS, None, None)
-    for i, v in enumerate(values[:900]):
+    for i, v in enumerate(values[:905]):
         first.score(900.0 * i, v)
     state = json.loads(json.dumps(first.state()))
     assert state["seasonal"][0]["p"] == 96 and state["seasonal"][1]["p"] == 672
+    # the resonance memory has categories and the split falls inside one of its blocks
+    assert state["resonance"]["w"] and len(state["resonance"]["block"]) == 5
     second = AnomalyScorer(PARAMS, None, None)
     second.restore(state)
-    resumed = [second.score(900.0 * i, v) for i, v in enumerate(values) if i >= 900]
-    assert resumed == expected[900:]
+    resumed = [second.score(900.0 * i, v) for i, v in enumerate(values) if i >= 905]
+    assert resumed == expected[905:]
 
 
 def _rule(threshold: float = 0.5) -> DetectorRule:
