@@ -1,7 +1,9 @@
 """The whole watcher (live driver + policy + executor) wired to a running testbed.
 
 Integration tests, the chaos benchmark and the demo all watch the testbed the same way: the
-replicas' logs and Docker events, Nginx's access and error logs (host files here), the real Nginx
+replicas' logs, Docker events and stats, the testbed's Prometheus (the packs' ``series:``), Nginx's
+access and error logs (host files here), assembled as ``watcher run`` assembles it
+(:mod:`watcher.assembly`), with the real Nginx
 (or HAProxy) as the traffic shifter, real Docker restarts, verification against the testbed's
 model repository and alerts to its Alertmanager. ``python -m watcher.testbed.harness SPEC.json``
 runs it in a separate process, so a test can SIGKILL a watcher mid-playbook.
