@@ -324,6 +324,41 @@ class _ContextMemory:
         return (1.0 - pct_active + pct_added) / 2.0
 
 
+class _Record:
+    """The largest value counted so far in one series, and how many were counted.
+
+    A channel whose raw scale differs from series to series (a seasonal residual's z, a resonance
+    mismatch) scores a value by its ratio r to that record, ``weight · (1 - r^-power)`` for r > 1, so
+    every series sets its own bar, which one corpus-wide threshold needs. Values are counted only
+    after the warm-up (the first ones meet empty models and are no fair yardstick), and records only
+    score once ``min_records`` values were counted."""
+
+    __slots__ = ("best", "count", "min_records")
+
+    def __init__(self, min_records: int) -> None:
+        self.min_records = min_records
+        self.best = 0.0
+        self.count = 0
+
+    def score(self, value: float, counted: bool, weight: float, power: float) -> float:
+        out = 0.0
+        if self.best > 0 and self.count >= self.min_records:
+            r = value / self.best
+            if r > 1.0:
+                out = weight * (1.0 - r**-power)
+        if counted:
+            self.best = max(self.best, value)
+            if value > 0:
+                self.count += 1
+        return out
+
+    def state(self) -> list[float]:
+        return [self.best, self.count]
+
+    def restore(self, state: list[Any]) -> None:
+        self.best, self.count = float(state[0]), int(state[1])
+
+
 class _Seasonal:
     """One period's profile (daily or weekly) and the record ratio of its residuals.
 
@@ -342,7 +377,6 @@ class _Seasonal:
         self.period_s = period_s
         self.alpha = params.seasonal_alpha
         self.max_points = params.seasonal_max_points
-        self.min_records = params.seasonal_min_records
         self.t0: float | None = None
         self.x0 = 0.0
         self.dt = 0.0
@@ -351,8 +385,7 @@ class _Seasonal:
         self.res_mean = 0.0
         self.res_var = 0.0
         self.res_count = 0
-        self.z_max = 0.0
-        self.z_count = 0
+        self.records = _Record(params.seasonal_min_records)  # of the residual z-scores
 
     def _start(self, ts: float) -> None:
         assert self.t0 is not None
@@ -392,16 +425,6 @@ class _Seasonal:
         self.base[ph] = b + self.alpha * (x - b)
         return out
 
-    def record(self, z: float, counted: bool) -> float:
-        """z over the largest z before it (0 until ``min_records`` z's were counted); counts this one
-        only when ``counted`` (after the warm-up, whose first residuals are not a fair yardstick)."""
-        r = z / self.z_max if self.z_max > 0 and self.z_count >= self.min_records else 0.0
-        if counted:
-            self.z_max = max(self.z_max, z)
-            if z > 0:
-                self.z_count += 1
-        return r
-
     def state(self) -> dict[str, Any]:
         return {
             "t0": self.t0,
@@ -410,7 +433,7 @@ class _Seasonal:
             "p": self.p,
             "base": list(self.base),
             "res": [self.res_mean, self.res_var, self.res_count],
-            "z": [self.z_max, self.z_count],
+            "z": self.records.state(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -422,7 +445,7 @@ class _Seasonal:
             float(state["res"][1]),
             int(state["res"][2]),
         )
-        self.z_max, self.z_count = float(state["z"][0]), int(state["z"][1])
+        self.records.restore(state["z"])
 
 
 class AnomalyScorer:
@@ -469,8 +492,7 @@ class AnomalyScorer:
             params.resonance_beta,
             params.resonance_max_categories,
         )
-        self.res_max = 0.0  # largest mismatch counted so far (the record)
-        self.res_count = 0  # mismatches counted
+        self.res_record = _Record(params.resonance_min_records)  # of the resonance mismatches
         self.since_resonance = 1 << 62  # points since the last resonance score ≥ resonance_rest_level
         self.since_alarm = 1 << 62  # points since another channel's score reached the threshold
 
@@ -583,9 +605,9 @@ class AnomalyScorer:
         if self.seasonal:
             floor = self.p.var_floor * (self.hi - self.lo)
             for model in self.seasonal:
-                r = model.record(model.z(ts, value, floor), counted=self.n >= self.p.learning)
-                if r > 1.0:
-                    seasonal = max(seasonal, self.p.seasonal_weight * (1.0 - r**-self.p.seasonal_power))
+                z = model.z(ts, value, floor)
+                score = model.records.score(z, self.n >= self.p.learning, self.p.seasonal_weight, self.p.seasonal_power)
+                seasonal = max(seasonal, score)
         resonance = self._resonance(x)
         self.n += 1
         # Rest period of the context channel: after a context score at or above rest_level the
@@ -623,16 +645,7 @@ class AnomalyScorer:
         m = self.resonance.step(x)
         if m is None:
             return 0.0
-        out = 0.0
-        if self.res_max > 0 and self.res_count >= self.p.resonance_min_records:
-            r = m / self.res_max
-            if r > 1.0:
-                out = self.p.resonance_weight * (1.0 - r**-self.p.resonance_power)
-        if self.n >= self.p.learning:
-            self.res_max = max(self.res_max, m)
-            if m > 0:
-                self.res_count += 1
-        return out
+        return self.res_record.score(m, self.n >= self.p.learning, self.p.resonance_weight, self.p.resonance_power)
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state; :meth:`restore` of it gives identical future scores."""
@@ -657,7 +670,7 @@ class AnomalyScorer:
             "seasonal": [m.state() for m in self.seasonal],
             "since_seasonal": self.since_seasonal,
             "resonance": self.resonance.state(),
-            "res_record": [self.res_max, self.res_count],
+            "res_record": self.res_record.state(),
             "since_resonance": self.since_resonance,
             "since_alarm": self.since_alarm,
         }
@@ -690,7 +703,7 @@ class AnomalyScorer:
         self.since_seasonal = int(state.get("since_seasonal", 1 << 62))
         if "resonance" in state:
             self.resonance.restore(state["resonance"])
-            self.res_max, self.res_count = float(state["res_record"][0]), int(state["res_record"][1])
+            self.res_record.restore(state["res_record"])
             self.since_resonance = int(state["since_resonance"])
             self.since_alarm = int(state["since_alarm"])
 
