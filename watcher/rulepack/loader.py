@@ -389,44 +389,34 @@ def _keyed_nodes(root: yaml.Node | None, section: str, key: str) -> list[tuple[s
     return found
 
 
+# What must be unique across all packs loaded together: (list section or None for the root, key,
+# message with {value} and {where}).
+_UNIQUE: tuple[tuple[str | None, str, str], ...] = (
+    (None, "pack", "duplicate pack name {value!r}: also at {where}"),
+    ("series", "name", "series {value!r} defined twice: also at {where}"),
+    ("rules", "id", "duplicate rule id {value!r}: also defined at {where}"),
+)
+
+
 def _duplicate_errors(parsed: Sequence[_Parsed]) -> list[LintError]:
-    """Rule ids (and pack names) must be unique across all packs loaded together."""
+    """Pack names, series names and rule ids must be unique across all packs loaded together."""
     errors: list[LintError] = []
-    first_id: dict[str, tuple[str, yaml.Node]] = {}
-    first_pack: dict[str, tuple[str, yaml.Node]] = {}
-    first_series: dict[str, tuple[str, yaml.Node]] = {}
+    first: dict[tuple[str, str], tuple[str, yaml.Node]] = {}
     for p in parsed:
-        if p.root is not None:
-            _, name_node = _child(p.root, "pack")
-            if isinstance(name_node, yaml.ScalarNode) and name_node.value:
-                if name_node.value in first_pack:
-                    other_file, other = first_pack[name_node.value]
-                    errors.append(
-                        _at(
-                            p.file,
-                            name_node,
-                            f"duplicate pack name {name_node.value!r}: also at {_where(other_file, other)}",
-                        )
-                    )
-                else:
-                    first_pack[name_node.value] = (p.file, name_node)
-        for series, node in _keyed_nodes(p.root, "series", "name"):
-            if series in first_series:
-                other_file, other = first_series[series]
-                errors.append(
-                    _at(p.file, node, f"series {series!r} defined twice: also at {_where(other_file, other)}")
-                )
-            else:
-                first_series[series] = (p.file, node)
-        for rule_id, node in _keyed_nodes(p.root, "rules", "id"):
-            if rule_id in first_id:
-                other_file, other = first_id[rule_id]
-                errors.append(
-                    _at(p.file, node, f"duplicate rule id {rule_id!r}: also defined at {_where(other_file, other)}")
-                )
-            else:
-                first_id[rule_id] = (p.file, node)
+        for section, key, message in _UNIQUE:
+            for value, node in _root_key_node(p.root, key) if section is None else _keyed_nodes(p.root, section, key):
+                seen = first.setdefault((key, value), (p.file, node))
+                if seen[1] is not node:
+                    errors.append(_at(p.file, node, message.format(value=value, where=_where(*seen))))
     return errors
+
+
+def _root_key_node(root: yaml.Node | None, key: str) -> list[tuple[str, yaml.Node]]:
+    """(value, node) of a scalar ``key`` at the top of a pack, if it is there and not empty."""
+    if root is None:
+        return []
+    _, node = _child(root, key)
+    return [(node.value, node)] if isinstance(node, yaml.ScalarNode) and node.value else []
 
 
 def _where(file: str, node: yaml.Node) -> str:

@@ -108,6 +108,18 @@ def test_duplicate_pack_names_across_files(tmp_path: Path) -> None:
     assert [str(e) for e in lint([a, b])] == [f"{b}:1:7: duplicate pack name 'p': also at {a}:1:7"]
 
 
+def test_duplicate_series_names_across_files(tmp_path: Path) -> None:
+    series = "series:\n  - {name: error_ratio, promql: 'vector(0)'}\n"
+    a = _write(tmp_path, "a.yaml", GOOD.replace("rules:", series + "rules:"))
+    b = _write(
+        tmp_path,
+        "b.yaml",
+        GOOD.replace("pack: p", "pack: q").replace("id: a", "id: b").replace("rules:", series + "rules:"),
+    )
+    [error] = lint([a, b])
+    assert str(error).startswith(f"{b}:") and f"series 'error_ratio' defined twice: also at {a}:" in str(error)
+
+
 def test_durations_in_files_must_have_units_but_code_may_use_seconds() -> None:
     errors = lint_text(GOOD.replace("predicts: crash", "predicts: crash\n    for: 30"))
     assert len(errors) == 1 and "invalid duration 30" in errors[0].message
