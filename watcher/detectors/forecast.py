@@ -22,7 +22,6 @@ Docker stats), so the same detector serves any "series towards a limit". The ari
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from watcher.detectors.base import Detector, DetectorConfigError, Observation, register
-from watcher.detectors.vectorized import RISE_STEP_SHARE, capacity, runway_eta, theil_sen
+from watcher.detectors.vectorized import capacity, rising_steps, runway_eta, theil_sen
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
 from watcher.rulepack.schema import AnyRule, Duration, StrictModel, register_detector_kind
 
@@ -208,11 +207,10 @@ class RunwayDetector(Detector):
         n = self.params.min_rise_steps
         if n == 0:
             return True
-        if st.slope is None or st.slope <= 0.0 or len(st.buckets) < n + 1:
+        if st.slope is None:
             return False
-        need = RISE_STEP_SHARE * st.slope * self.params.bucket
-        ys = [y for _t, y in st.buckets[-(n + 1) :]]
-        return all(b - a >= need for a, b in itertools.pairwise(ys))
+        y = np.array([[b[1] for b in st.buckets]])
+        return bool(rising_steps(y, np.ones(y.shape, dtype=bool), np.array([st.slope]), self.params.bucket, n)[0])
 
     def limit_of(self, key: str) -> float | None:
         return self.limit_value if self.limit_value is not None else self._limits.get(key)

@@ -127,6 +127,20 @@ def runway_eta(level: float, slope: float, threshold: float) -> float:
 RISE_STEP_SHARE = 0.25  # a "rising step" (min_rise_steps) gains at least this share of slope x bucket
 
 
+def rising_steps(y: F64, valid: BOOL, slope: F64, bucket: float, steps: int) -> BOOL:
+    """Per row (points in time order, valid ones a suffix): did each of the last ``steps`` steps between
+    points rise by at least ``RISE_STEP_SHARE`` of ``slope`` x ``bucket``? (``min_rise_steps``: a rise
+    that lasts longer than a GC cycle's growth phase.)"""
+    if steps + 1 > y.shape[1]:
+        return np.zeros(y.shape[0], dtype=bool)
+    last_valid = valid[:, -(steps + 1) :].all(axis=1)
+    with np.errstate(invalid="ignore"):
+        need = RISE_STEP_SHARE * slope * bucket
+        rose = (np.diff(y[:, -(steps + 1) :], axis=1) >= need[:, None]).all(axis=1)
+        result: BOOL = last_valid & (slope > 0.0) & rose
+    return result
+
+
 class RunwayBatch:
     """The runway forecast of :class:`~watcher.detectors.forecast.RunwayDetector` for S series.
 
@@ -219,16 +233,8 @@ class RunwayBatch:
         self.slope = np.where(rows, np.where(enough, fit.slope, np.nan), self.slope)
         self.intercept = np.where(rows, np.where(enough, fit.intercept, np.nan), self.intercept)
         self.confidence = np.where(rows, np.where(enough, fit.confidence, np.nan), self.confidence)
-        m = self.min_rise_steps
-        if m:
-            if m + 1 > self.cap:
-                self.sustained = np.where(rows, False, self.sustained)
-                return
-            last_y = self.by[:, order][:, -(m + 1) :]
-            last_valid = self.bvalid[:, order][:, -(m + 1) :].all(axis=1)
-            with np.errstate(invalid="ignore"):
-                need = RISE_STEP_SHARE * fit.slope * self.bucket
-                ok = last_valid & (fit.slope > 0.0) & (np.diff(last_y, axis=1) >= need[:, None]).all(axis=1)
+        if self.min_rise_steps:
+            ok = rising_steps(self.by[:, order], self.bvalid[:, order], fit.slope, self.bucket, self.min_rise_steps)
             self.sustained = np.where(rows, enough & ok, self.sustained)
 
     def _observe(self, ts: float, thresholds: F64) -> tuple[BOOL, F64, F64]:
