@@ -645,8 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_one(scenario, strategy, length, Path(tmp), log, args.watcher_stats, args.packs)
                 row = measure(run, none_failure)
                 if strategy == "watcher":
-                    default_stats = HarnessSpec.__dataclass_fields__["stats_interval_s"].default
-                    row["watcher_stats_s"] = args.watcher_stats if args.watcher_stats is not None else default_stats
+                    stats = args.watcher_stats
+                    row["watcher_stats_s"] = stats if stats is not None else HarnessSpec.stats_interval_s
                     row["watcher_packs"] = args.packs or "shipped"
                 if strategy in ("none", "seed") and none_failure is None:
                     none_failure = row["failure_s"]
