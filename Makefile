@@ -31,7 +31,7 @@ docker: system
 	@scripts/ensure-docker.sh
 
 images: docker venv
-	@$(VENV)/bin/watcher testbed images
+	@$(PY) -m testbed images
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -49,10 +49,10 @@ integration: setup
 test: lint typecheck unit integration
 
 demo: setup
-	$(VENV)/bin/watcher demo
+	$(PY) -m testbed demo
 
 testbed: setup
-	$(VENV)/bin/watcher testbed up --keep
+	$(PY) -m testbed up --keep
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ and at the end the testbed is torn down. Strategies differ only in what acts on 
   because it is the design we were given (its HEALTHCHECK, restart policy, Nginx passive checks);
 - ``autoheal``: the seed plus a docker-autoheal loop here (every 5 s, restart with a 10 s stop
   timeout every container whose ``State.Health.Status`` is ``unhealthy``);
-- ``watcher``: the seed plus ``watcher.testbed.harness.Watcher`` (the service's assembly: engine,
+- ``watcher``: the seed plus ``testbed.harness.Watcher`` (the service's assembly: engine,
   shipped rule packs, default guard rails, Docker logs/events/stats every 2 s, the testbed's
   Prometheus every second, real Nginx/Docker/Alertmanager actions) running in-process.
 
@@ -59,10 +59,10 @@ from benchmarks.chaos_scenarios import (
     parse_set,
     testbed_config,
 )
-from watcher.testbed.events import EventRecorder
-from watcher.testbed.harness import HarnessSpec
-from watcher.testbed.loadgen import LoadGenerator, LoadResult, RequestRecord, percentile
-from watcher.testbed.stack import Testbed
+from testbed.events import EventRecorder
+from testbed.harness import HarnessSpec
+from testbed.loadgen import LoadGenerator, LoadResult, RequestRecord, percentile
+from testbed.stack import Testbed
 
 AUTOHEAL_INTERVAL_S = 5.0
 SAMPLE_INTERVAL_S = 1.0
@@ -229,7 +229,7 @@ def run_one(
         run.replica_names = [r.name for r in bed.replicas]
         events = EventRecorder(bed.client, bed.run_id).start()
         if strategy == "watcher":
-            from watcher.testbed.harness import Watcher
+            from testbed.harness import Watcher
 
             store = workdir / f"watcher-{scenario.name}-{bed.run_id}.db"
             spec = HarnessSpec.for_testbed(bed, store, dry_run=False)

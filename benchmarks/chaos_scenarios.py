@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from watcher.testbed.stack import MODELS_DIR, Testbed, TestbedConfig
+from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 
 MODEL = "half_plus_two"
 SMOKE = {v: json.loads((MODELS_DIR / MODEL / v / "smoke.json").read_text()) for v in ("1", "2")}
@@ -199,7 +199,7 @@ def _noise_start(ctx: Context) -> float:
 
 def _noise_background(ctx: Context) -> None:
     """GC sawtooth (leak for half a period up to max_mb, then free it) and load bursts."""
-    from watcher.testbed.loadgen import LoadGenerator
+    from testbed.loadgen import LoadGenerator
 
     saw = ctx.params.get("sawtooth", {})
     jit = ctx.params.get("jitter", {})

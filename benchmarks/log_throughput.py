@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watcher.matcher import PatternSet, PatternSpec
+from watcher.rules import SHIPPED_RULES
 
 REPRESENTATIVE: list[PatternSpec] = [
     PatternSpec("tfs.oom", "Resource exhausted: OOM when allocating"),
@@ -231,7 +232,7 @@ def run(patterns: Sequence[PatternSpec] = REPRESENTATIVE, lines: int = 1_000_000
     return result
 
 
-RULES_DIR = Path(__file__).resolve().parents[1] / "rules"
+RULES_DIR = SHIPPED_RULES
 
 
 def pack_patterns(packs_dir: Path = RULES_DIR) -> list[PatternSpec]:

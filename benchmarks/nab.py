@@ -1,7 +1,7 @@
 """The full Numenta Anomaly Benchmark run: all 58 files, three profiles, beside the published scores.
 
 Too slow for every CI run (a few minutes on two cores), so it is a benchmark target; CI runs
-``watcher eval nab --subset``. ``python -m benchmarks.nab [--data ../shared/nab] [--out DIR] [-j N]``
+``python -m testbed eval nab --subset``. ``python -m benchmarks.nab [--data ../shared/nab] [--out DIR] [-j N]``
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from watcher.eval.nab import run_nab
+from testbed.eval.nab import run_nab
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "nab"
 

@@ -24,7 +24,7 @@
 # 1. replays the recordings through the engine (`watcher.replay.replay`) over a grid of detector
 #    parameters: the **memory runway forecast** (`within` horizon and envelope `bucket`) and the
 #    TF Serving **allocator-warning rule** (`count` of warnings within a minute);
-# 2. scores every candidate with `watcher.eval.leadtime` (failures caught, median lead time,
+# 2. scores every candidate with `testbed.eval.leadtime` (failures caught, median lead time,
 #    false findings per hour on healthy stretches) and plots lead time against false alarms;
 # 3. plots the memory series with the chosen candidate's findings and the OOM kill marked;
 # 4. writes the chosen thresholds into a **copy** of the rule packs and shows the YAML diff
@@ -37,6 +37,7 @@ import difflib
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,12 +45,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from watcher.eval.leadtime import ALL, iter_series, read_recording, score_findings
 from watcher.replay import replay
 from watcher.rulepack.loader import load_packs
+from watcher.rules import SHIPPED_RULES
 
 REPO = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists())
-RULES = REPO / "rules"
+sys.path.insert(0, str(REPO))  # the evaluations live in the checkout's testbed/, not in the installed package
+from testbed.eval.leadtime import ALL, iter_series, read_recording, score_findings  # noqa: E402
+
+RULES = SHIPPED_RULES
 RECORDINGS = REPO / "recordings"
 OUT = Path(os.environ.get("THRESHOLD_TUNING_OUT") or tempfile.mkdtemp(prefix="threshold-tuning-"))
 OUT.mkdir(parents=True, exist_ok=True)

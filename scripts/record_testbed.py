@@ -53,14 +53,14 @@ from typing import IO, Any
 
 import requests
 
+from testbed.loadgen import LoadGenerator, RequestRecord, percentile
+from testbed.replicas import TESTBED_LABEL, Replica
+from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 from watcher.model import Lifecycle, LifecycleKind, LogRecord, Sample, Signal, Target
 from watcher.sources.base import SignalQueue
 from watcher.sources.docker_events import DockerEventsSource
 from watcher.sources.docker_logs import DockerLogsSource
 from watcher.store import Store
-from watcher.testbed.loadgen import LoadGenerator, RequestRecord, percentile
-from watcher.testbed.replicas import TESTBED_LABEL, Replica
-from watcher.testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 
 RATE_PER_S = 10.0
 WINDOW_S = 5.0  # error_ratio / latency_p99_seconds resolution

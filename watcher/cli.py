@@ -1,15 +1,12 @@
-"""The ``watcher`` command.
+"""The ``watcher`` command: run the watcher, replay recordings, author and test rule packs, read incidents.
 
-Commands for the watcher itself (run, replay, rules) arrive with their issues; what exists now is
-the testbed every test, benchmark and demo stands on, and the demo.
+The testbed, the demo and the evaluations are not part of the product: ``python -m testbed`` in a
+checkout (see :mod:`testbed.cli`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,21 +22,15 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="serving-watcher: catch model servers before they fail."
 )
-testbed_app = typer.Typer(
-    no_args_is_help=True, help="The loopback-only test stack (simulator replicas, Nginx, Prometheus)."
-)
-app.add_typer(testbed_app, name="testbed")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluations: NAB (anomaly detection) and lead time.")
-app.add_typer(eval_app, name="eval")
 rules_app = typer.Typer(no_args_is_help=True, help="Rule packs: lint, test, schema, explain.")
 app.add_typer(rules_app, name="rules")
 
-REPO_RULES = Path(__file__).resolve().parents[1] / "rules"
-
 
 def _default_packs() -> list[Path]:
-    """The shipped packs: beside the package in a checkout, else packaged data."""
-    return sorted(REPO_RULES.glob("*.yaml"))
+    """The shipped packs (package data)."""
+    from watcher.rules import shipped_packs
+
+    return shipped_packs()
 
 
 def _load_or_exit(paths: list[Path]) -> list[RulePack]:
@@ -108,7 +99,7 @@ def rules_test(
     """Run promtool-style rule tests (inputs over time -> expected findings)."""
     from watcher.rulepack.testing import main as run_tests
 
-    raise typer.Exit(run_tests(paths or [REPO_RULES / "tests"]))
+    raise typer.Exit(run_tests(paths or None))
 
 
 @app.command()
@@ -147,86 +138,6 @@ def replay(
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
-
-
-@testbed_app.command("images")
-def testbed_images() -> None:
-    """Build the base and simulator images if their inputs changed (tags are input hashes)."""
-    from watcher.testbed.images import ImageBuildError, ensure_images
-
-    try:
-        for role, image in ensure_images().items():
-            typer.echo(f"{role:9} {image.tag} ({'built' if image.built else 'up to date'})")
-    except ImageBuildError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-
-
-@testbed_app.command("up")
-def testbed_up(
-    replicas: Annotated[int, typer.Option(min=1, max=8, help="number of simulator replicas")] = 3,
-    memory: Annotated[str, typer.Option(help="memory limit per replica")] = "256m",
-    haproxy: Annotated[bool, typer.Option(help="also start HAProxy in front of the replicas")] = False,
-    keep: Annotated[bool, typer.Option(help="keep running until Ctrl-C (for exploring by hand)")] = False,
-) -> None:
-    """Start the testbed, print its addresses as JSON, then tear it down (with --keep: on Ctrl-C)."""
-    from watcher.testbed.stack import Testbed, TestbedConfig
-
-    weights = (3, 2, 1, 1, 1, 1, 1, 1)[:replicas]
-    bed = Testbed(TestbedConfig(replicas=replicas, weights=weights, memory_limit=memory, with_haproxy=haproxy))
-    bed.up()
-    try:
-        typer.echo(json.dumps(bed.describe(), indent=2))
-        if keep:
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            typer.echo("testbed running; Ctrl-C tears it down", err=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
-    finally:
-        bed.down()
-        typer.echo("testbed torn down", err=True)
-
-
-@testbed_app.command("clean")
-def testbed_clean() -> None:
-    """Remove containers left by any testbed run (e.g. after a killed test session)."""
-    import docker
-
-    from watcher.testbed.replicas import remove_testbed_containers
-
-    typer.echo(f"removed {remove_testbed_containers(docker.from_env())} container(s)")
-
-
-@eval_app.command("nab")
-def eval_nab(
-    data: Annotated[Path, typer.Option(help="the NAB data folder (data/, labels/, config/, results/)")] = Path(
-        "../shared/nab"
-    ),
-    out: Annotated[Path, typer.Option(help="results in NAB's layout go here")] = Path("nab-results"),
-    subset: Annotated[bool, typer.Option(help="a small fixed subset (CI)")] = False,
-    file: Annotated[list[str] | None, typer.Option(help="only these files (category/name.csv)")] = None,
-) -> None:
-    """Run the anomaly detector over the Numenta Anomaly Benchmark and score it for the three profiles."""
-    from watcher.eval.nab import main as nab_main
-
-    if not (data / "labels" / "combined_windows.json").is_file():
-        typer.echo(f"error: {data}: not a NAB data folder (labels/combined_windows.json missing)", err=True)
-        raise typer.Exit(2)
-    raise typer.Exit(nab_main(data, out, files=file, subset=subset))
-
-
-@eval_app.command("leadtime")
-def eval_leadtime(
-    recordings: Annotated[list[Path], typer.Argument(help="recordings of testbed runs (.jsonl / .jsonl.gz)")],
-    pack: Annotated[list[Path] | None, typer.Option(help="rule packs (default: the shipped ones)")] = None,
-    horizon: Annotated[float, typer.Option(help="a finding counts if it precedes the failure by at most this")] = 600.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
-) -> None:
-    """Per detector and pack: failures caught, median and worst lead time, false findings per hour."""
-    from watcher.eval.leadtime import main as leadtime_main
-
-    raise typer.Exit(leadtime_main(recordings, pack or None, horizon_s=horizon, json_out=json_out))
 
 
 @app.command()
@@ -289,19 +200,6 @@ def incidents(
             took = f"{step['duration_s']:.1f}s" if step["duration_s"] is not None else "..."
             detail = f" - {step['detail']}" if step["detail"] else ""
             typer.echo(f"    {step['idx']:>2} {step['name']:<15} {step['status']:<8} {took:>7}{detail}")
-
-
-@app.command()
-def demo(
-    scenario: Annotated[str, typer.Option(help="leak (default), error-ramp or stale-version")] = "leak",
-) -> None:
-    """The leak-to-OOM (or another) scenario on the testbed, without and then with serving-watcher."""
-    from watcher.testbed.demo import SCENARIOS, run_demo
-
-    if scenario not in SCENARIOS:
-        typer.echo(f"error: unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}", err=True)
-        raise typer.Exit(2)
-    raise typer.Exit(run_demo(scenario))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-SHIPPED_RULES = Path(__file__).resolve().parents[1] / "rules"
+from watcher.rules import SHIPPED_RULES
 
 
 class ConfigError(ValueError):

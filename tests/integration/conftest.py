@@ -10,7 +10,7 @@ import docker
 import pytest
 import requests
 
-from watcher.testbed.images import ensure_images
+from testbed.images import ensure_images
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,6 +16,7 @@ import docker
 import pytest
 import requests
 
+from testbed.stack import Testbed, TestbedConfig
 from watcher.actions import (
     ActionError,
     Alert,
@@ -28,7 +29,6 @@ from watcher.actions import (
     Verifier,
 )
 from watcher.model import Target
-from watcher.testbed.stack import Testbed, TestbedConfig
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ import docker
 import pytest
 import requests
 
-from watcher.testbed.images import base_tag
-from watcher.testbed.ports import free_port, port_is_open
+from testbed.images import base_tag
+from testbed.ports import free_port, port_is_open
 
 pytestmark = pytest.mark.integration
 
@@ -186,14 +186,13 @@ def test_socket_proxy_allows_only_the_watchers_calls(docker_client: docker.Docke
 
 
 def _context(tmp: Path) -> Path:
-    """A minimal build context: the package sources, rules, the Dockerfile and a wheelhouse."""
+    """A minimal build context: the package (its rule packs are package data), the Dockerfile, a wheelhouse."""
     ctx = tmp / "ctx"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     ctx.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, ctx / name)
     shutil.copytree(REPO / "watcher", ctx / "watcher", ignore=ignore)
-    shutil.copytree(REPO / "rules", ctx / "rules", ignore=ignore)
     (ctx / "deploy").mkdir()
     shutil.copy(DEPLOY / "Dockerfile", ctx / "deploy" / "Dockerfile")
     return ctx

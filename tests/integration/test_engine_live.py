@@ -12,17 +12,18 @@ import docker
 import pytest
 import requests
 
+from testbed.events import EventRecorder
+from testbed.loadgen import LoadGenerator
+from testbed.stack import Testbed, TestbedConfig
 from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Predicts, Sample, Target
 from watcher.rulepack.loader import load_packs
+from watcher.rules import SHIPPED_RULES
 from watcher.store import Store
-from watcher.testbed.events import EventRecorder
-from watcher.testbed.loadgen import LoadGenerator
-from watcher.testbed.stack import Testbed, TestbedConfig
 
 pytestmark = pytest.mark.integration
 
-RULES = Path(__file__).resolve().parents[2] / "rules"
+RULES = SHIPPED_RULES
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def bed(docker_client: docker.DockerClient) -> Iterator[Testbed]:
 def watcher(bed: Testbed, tmp_path: Path) -> Iterator[LiveWatcher]:
     assert bed.nginx is not None
     config = LiveConfig(
-        label_selector=(f"serving-watcher.testbed={bed.run_id}",),
+        label_selector=(f"serving-testbed={bed.run_id}",),
         stats_interval_s=None,
         files=[(bed.nginx.access_log_path, Target("nginx")), (bed.nginx.error_log_path, Target("nginx"))],
         rescan_s=1.0,
@@ -97,7 +98,7 @@ def test_prometheus_series_flag_the_slow_replica_as_a_member_of_its_service(bed:
     its service (what peer comparison and the capacity rails need), before any request times out."""
     assert bed.prometheus is not None
     config = LiveConfig(
-        label_selector=(f"serving-watcher.testbed={bed.run_id}",),
+        label_selector=(f"serving-testbed={bed.run_id}",),
         stats_interval_s=None,
         prometheus_url=bed.prometheus.url,
         prometheus_interval_s=1.0,

@@ -16,12 +16,12 @@ from pathlib import Path
 import docker
 import pytest
 
+from testbed.events import EventRecorder
+from testbed.harness import HarnessSpec, Watcher, write_spec
+from testbed.loadgen import LoadGenerator
+from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 from watcher.journal import IncidentState
 from watcher.model import Finding, Predicts
-from watcher.testbed.events import EventRecorder
-from watcher.testbed.harness import HarnessSpec, Watcher, write_spec
-from watcher.testbed.loadgen import LoadGenerator
-from watcher.testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +166,7 @@ def test_sigkilled_watcher_finishes_the_playbook_after_restart(bed: Testbed, tmp
     sick = bed.replicas[0]
     spec = HarnessSpec.for_testbed(bed, tmp_path / "w.db")
     spec_file = write_spec(spec, tmp_path / "spec.json")
-    proc = subprocess.Popen([sys.executable, "-m", "watcher.testbed.harness", str(spec_file)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.harness", str(spec_file)], stdout=subprocess.PIPE)
     events = EventRecorder(bed.client, bed.run_id).start()
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"watching"

@@ -17,14 +17,15 @@ import docker
 import pytest
 import requests
 
-from watcher.testbed.loadgen import LoadGenerator
-from watcher.testbed.ports import free_port
-from watcher.testbed.replicas import TESTBED_LABEL
-from watcher.testbed.stack import Testbed, TestbedConfig
+from testbed.loadgen import LoadGenerator
+from testbed.ports import free_port
+from testbed.replicas import TESTBED_LABEL
+from testbed.stack import Testbed, TestbedConfig
+from watcher.rules import SHIPPED_RULES
 
 pytestmark = pytest.mark.integration
 
-RULES = Path(__file__).resolve().parents[2] / "rules"
+RULES = SHIPPED_RULES
 TOKEN = "test-token-123"
 
 

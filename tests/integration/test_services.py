@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import requests
 
-from watcher.testbed.loadgen import LoadGenerator
-from watcher.testbed.ports import free_port
-from watcher.testbed.services import (
+from testbed.loadgen import LoadGenerator
+from testbed.ports import free_port
+from testbed.services import (
     Alertmanager,
     BinaryNotFoundError,
     HAProxy,

@@ -13,6 +13,10 @@ from typing import Any
 import docker
 import pytest
 
+from testbed.images import ensure_images
+from testbed.ports import free_ports
+from testbed.replicas import TESTBED_LABEL, remove_testbed_containers
+from testbed.stack import Testbed, TestbedConfig
 from watcher.model import Lifecycle, LifecycleKind, LogRecord, Sample, Target
 from watcher.sources.base import Envelope, SignalQueue
 from watcher.sources.docker_events import DockerEventsSource
@@ -20,10 +24,6 @@ from watcher.sources.docker_logs import DockerLogsSource
 from watcher.sources.docker_stats import DockerStatsSource
 from watcher.sources.prometheus import PrometheusSource, PromQuery
 from watcher.store import Store
-from watcher.testbed.images import ensure_images
-from watcher.testbed.ports import free_ports
-from watcher.testbed.replicas import TESTBED_LABEL, remove_testbed_containers
-from watcher.testbed.stack import Testbed, TestbedConfig
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import docker
 import pytest
 import requests
 
-from watcher.testbed.events import EventRecorder
-from watcher.testbed.replicas import TESTBED_LABEL
-from watcher.testbed.stack import Testbed, TestbedConfig
+from testbed.events import EventRecorder
+from testbed.replicas import TESTBED_LABEL
+from testbed.stack import Testbed, TestbedConfig
 
 pytestmark = pytest.mark.integration
 
@@ -219,7 +219,7 @@ def test_demo_phase_without_the_watcher_shows_the_oom(docker_client: docker.Dock
 
     from rich.console import Console
 
-    from watcher.testbed.demo import Scenario, run_phase
+    from testbed.demo import Scenario, run_phase
 
     console = Console(file=io.StringIO(), width=140)
     result = run_phase(Scenario("leak", "leak", seconds=45, memory_limit="128m"), False, console, live_view=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
+from testbed.cli import app as testbed_app
 from watcher import __version__
 from watcher.cli import app
 
@@ -16,13 +17,22 @@ def test_version() -> None:
     assert result.stdout.strip() == __version__
 
 
-def test_help_lists_the_testbed_and_demo() -> None:
+def test_product_help_lists_its_commands_and_not_the_testbed() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "testbed" in result.stdout and "demo" in result.stdout
+    for command in ("run", "replay", "rules", "incidents"):
+        assert command in result.stdout
+    assert "testbed" not in result.stdout and "demo" not in result.stdout
+
+
+def test_testbed_help_lists_the_stack_the_demo_and_the_evaluations() -> None:
+    result = runner.invoke(testbed_app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("up", "images", "clean", "demo", "eval"):
+        assert command in result.stdout
 
 
 def test_bad_option_is_a_usage_error_not_a_traceback() -> None:
-    result = runner.invoke(app, ["testbed", "up", "--replicas", "0"])
+    result = runner.invoke(testbed_app, ["up", "--replicas", "0"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from watcher.testbed import images
+from testbed import images
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from watcher.testbed.loadgen import LoadGenerator, LoadResult, RequestRecord, outputs_match, percentile
+from testbed.loadgen import LoadGenerator, LoadResult, RequestRecord, outputs_match, percentile
 
 
 class _Server(ThreadingHTTPServer):

@@ -17,9 +17,10 @@ from watcher.engine import Engine
 from watcher.rulepack.loader import lint, load_packs
 from watcher.rulepack.schema import MatchRule, schema_json
 from watcher.rulepack.testing import expand_values, load_rule_test_file, main, run_rule_tests
+from watcher.rules import SHIPPED_RULES
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "rules"
+RULES = SHIPPED_RULES
 TESTS = RULES / "tests"
 PACKS = sorted(RULES.glob("*.yaml"))
 SCHEMA_FILE = RULES / "schema" / "rulepack.json"

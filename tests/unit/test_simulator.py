@@ -1,4 +1,4 @@
-"""Black-box tests of deploy/testbed/simulator/tfserving_sim.py.
+"""Black-box tests of testbed/simulator/tfserving_sim.py.
 
 Each test starts the simulator as a real subprocess on free loopback ports with a
 temporary copy of models/ and checks what a client (or a log/metrics scraper) sees.
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SIM = REPO / "deploy" / "testbed" / "simulator" / "tfserving_sim.py"
+SIM = REPO / "testbed" / "simulator" / "tfserving_sim.py"
 MODELS = REPO / "models"
 MODEL = "half_plus_two"
 

@@ -1,7 +1,7 @@
 """General-purpose streaming anomaly scoring for metric series (rule kind ``detector: {kind: anomaly}``).
 
 The same class, with the same defaults, scores every metric stream in production and runs the
-Numenta Anomaly Benchmark (``watcher eval nab``, ``python -m benchmarks.nab``), so the benchmark
+Numenta Anomaly Benchmark (``python -m testbed eval nab``, ``python -m benchmarks.nab``), so the benchmark
 figure is the figure of what actually runs. The two settings differ in what is known in advance: NAB
 gives each file's min/max and its probationary length; a live metric gives neither.
 

@@ -74,9 +74,10 @@ from watcher.rulepack.loader import (
     load_packs,
 )
 from watcher.rulepack.schema import STRICT_DURATIONS, Duration, RulePack
+from watcher.rules import SHIPPED_RULE_TESTS
 
 T0 = 1_714_557_600.0  # 2024-05-01T10:00:00Z: test time 0s (an epoch far from 0 catches "ts or 0" bugs)
-DEFAULT_TESTS_DIR = Path(__file__).resolve().parents[2] / "rules" / "tests"
+DEFAULT_TESTS_DIR = SHIPPED_RULE_TESTS
 MAX_STEPS = 1_000_000  # evaluation steps per test: a typo like `until: 1y` at 1s must not hang CI
 
 
@@ -516,10 +517,9 @@ def report(results: Sequence[TestResult], out: TextIO, *, verbose: bool = False)
 
 
 def main(paths: Sequence[Path] | None = None, *, out: TextIO | None = None, verbose: bool = False) -> int:
-    """``watcher rules test [PATH...]``: default ``rules/tests`` (of the cwd, else of this checkout)."""
+    """``watcher rules test [PATH...]``: default the shipped packs' tests (package data)."""
     if not paths:
-        local = Path("rules/tests")
-        paths = [local if local.is_dir() else DEFAULT_TESTS_DIR]
+        paths = [DEFAULT_TESTS_DIR]
     missing = [p for p in paths if not p.exists()]
     stream = out if out is not None else sys.stdout
     if missing:

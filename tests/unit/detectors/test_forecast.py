@@ -8,6 +8,7 @@ from conftest import detector_rule
 
 from watcher.detectors.forecast import RunwayDetector
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
+from watcher.rules import SHIPPED_RULES
 
 T0 = 1_714_557_600.0
 MiB = 2.0**20
@@ -193,11 +194,10 @@ def test_leak_at_the_same_rate_fires_30_s_before_the_limit(phase: float) -> None
 
 
 def test_the_two_tests_above_use_the_shipped_parameters() -> None:
-    from pathlib import Path
 
     from watcher.rulepack.loader import load_packs
 
-    [pack] = load_packs([Path(__file__).resolve().parents[3] / "rules" / "foresight.yaml"])
+    [pack] = load_packs([SHIPPED_RULES / "foresight.yaml"])
     spec = pack.rule("memory-runway").detector_spec()  # type: ignore[attr-defined]
     params = spec.parsed_params()
     for key, value in SHIPPED_RUNWAY.items():

@@ -18,16 +18,16 @@ from typing import Any
 
 import docker
 
-from watcher.testbed.images import REPO_ROOT, ensure_images
-from watcher.testbed.ports import free_ports
-from watcher.testbed.replicas import (
+from testbed.images import REPO_ROOT, ensure_images
+from testbed.ports import free_ports
+from testbed.replicas import (
     TESTBED_LABEL,
     Replica,
     ReplicaSpec,
     remove_testbed_containers,
     start_replica,
 )
-from watcher.testbed.services import Alertmanager, HAProxy, Nginx, Prometheus, ScrapeTarget, Upstream
+from testbed.services import Alertmanager, HAProxy, Nginx, Prometheus, ScrapeTarget, Upstream
 
 MODELS_DIR = REPO_ROOT / "models"
 

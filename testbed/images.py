@@ -18,8 +18,8 @@ from pathlib import Path
 import docker
 from docker.errors import ImageNotFound
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SIMULATOR_DIR = REPO_ROOT / "deploy" / "testbed" / "simulator"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIMULATOR_DIR = REPO_ROOT / "testbed" / "simulator"
 
 BASE_REPOSITORY = "serving-watcher/base"
 SIMULATOR_REPOSITORY = "serving-watcher/tfsim"

@@ -1,4 +1,4 @@
-"""``watcher eval nab``: the production anomaly detector on the Numenta Anomaly Benchmark, scored here.
+"""``python -m testbed eval nab``: the production anomaly detector on the Numenta Anomaly Benchmark, scored here.
 
 Why score it ourselves: the benchmark's value lies in comparing with the published scoreboard, and
 NAB's own scorer is not in the data folder (and needs no network if re-implemented). This module
@@ -435,7 +435,7 @@ def run_nab(
 
 
 def main(data: Path, out: Path, files: list[str] | None = None, subset: bool = False) -> int:
-    """CLI entry (``watcher eval nab``): run, print the table, return the exit status."""
+    """CLI entry (``python -m testbed eval nab``): run, print the table, return the exit status."""
     chosen: Sequence[str] | None = list(SUBSET) if subset else files
     report = run_nab(data, out, files=chosen)
     print(report.format())

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from watcher.config import SHIPPED_RULES
-from watcher.eval import leadtime
-from watcher.eval.leadtime import ALL, Failure, evaluate, read_recording, score_findings
+from testbed.eval import leadtime
+from testbed.eval.leadtime import ALL, Failure, evaluate, read_recording, score_findings
 from watcher.model import Finding, Predicts, Target
 from watcher.replay import ReplayInputError
 from watcher.rulepack.loader import load_packs
+from watcher.rules import SHIPPED_RULES
 
 RECORDINGS = Path(__file__).resolve().parents[3] / "recordings"
 LEAKS = ("leak-4mb", "leak-8mb")

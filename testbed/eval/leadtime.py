@@ -1,4 +1,4 @@
-"""``watcher eval leadtime``: how early the rule packs see a failure coming, on recorded testbed runs.
+"""``python -m testbed eval leadtime``: how early the rule packs see a failure coming, on recorded testbed runs.
 
 A recording (``scripts/record_testbed.py``) is the replay format of :mod:`watcher.replay` — JSON
 lines of ``log``, ``lifecycle`` and ``sample`` signals, optionally gzipped — headed by one ``meta``
@@ -330,12 +330,12 @@ def main(
     json_out: Path | None = None,
     console: Console | None = None,
 ) -> int:
-    """``watcher eval leadtime RECORDING... [--pack P]``: replay, score, print the tables.
+    """``python -m testbed eval leadtime RECORDING... [--pack P]``: replay, score, print the tables.
 
     Returns 0, or 2 when an input cannot be read (the message names file and line).
     """
-    from watcher.config import SHIPPED_RULES
     from watcher.rulepack.loader import RulePackError, load_packs
+    from watcher.rules import SHIPPED_RULES
 
     if console is None:
         console = Console()

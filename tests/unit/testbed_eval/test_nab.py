@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from watcher.eval import nab
-from watcher.eval.nab import DEFAULT_PROFILES, CostProfile, probation_rows, row_weights, score_corpus
+from testbed.eval import nab
+from testbed.eval.nab import DEFAULT_PROFILES, CostProfile, probation_rows, row_weights, score_corpus
 
 NAB_DIR = Path(__file__).resolve().parents[4] / "shared" / "nab"
 needs_nab = pytest.mark.skipif(not (NAB_DIR / "labels").exists(), reason="NAB data not in ../shared/nab")
@@ -152,7 +152,7 @@ def test_subset_run_writes_nab_layout(tmp_path: Path) -> None:
 def test_cli_subset_prints_the_three_profiles_beside_the_scoreboard(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from watcher.cli import app
+    from testbed.cli import app
 
     result = CliRunner().invoke(app, ["eval", "nab", "--data", str(NAB_DIR), "--out", str(tmp_path), "--subset"])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""`watcher demo` / `make demo`: the failure serving-watcher exists to prevent, shown live, twice.
+"""`python -m testbed demo` / `make demo`: the failure serving-watcher exists to prevent, shown live, twice.
 
 Three TF-Serving replicas behind Nginx take steady traffic while one of them goes bad (by default
 it leaks memory towards its container limit). The scenario runs first as the seed design runs it
@@ -25,12 +25,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from testbed.events import EventRecorder
+from testbed.harness import HarnessSpec, Watcher
+from testbed.loadgen import LoadGenerator
+from testbed.replicas import Replica
+from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 from watcher.actions.nginx import UpstreamFile
-from watcher.testbed.events import EventRecorder
-from watcher.testbed.harness import HarnessSpec, Watcher
-from watcher.testbed.loadgen import LoadGenerator
-from watcher.testbed.replicas import Replica
-from watcher.testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 
 RATE = 20.0
 FAULT_AT_S = 5.0

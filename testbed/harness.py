@@ -5,7 +5,7 @@ replicas' logs, Docker events and stats, the testbed's Prometheus (the packs' ``
 access and error logs (host files here), assembled as ``watcher run`` assembles it
 (:mod:`watcher.assembly`), with the real Nginx
 (or HAProxy) as the traffic shifter, real Docker restarts, verification against the testbed's
-model repository and alerts to its Alertmanager. ``python -m watcher.testbed.harness SPEC.json``
+model repository and alerts to its Alertmanager. ``python -m testbed.harness SPEC.json``
 runs it in a separate process, so a test can SIGKILL a watcher mid-playbook.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 
 import docker
 
+from testbed.replicas import TESTBED_LABEL
 from watcher.actions.alerts import AlertmanagerAlerter
 from watcher.actions.base import TrafficShifter
 from watcher.actions.haproxy import HAProxyShifter
@@ -32,10 +33,9 @@ from watcher.policy import GuardConfig
 from watcher.remediation import ExecutorConfig
 from watcher.rulepack.loader import load_packs
 from watcher.rulepack.schema import Defaults
-from watcher.testbed.images import REPO_ROOT
-from watcher.testbed.replicas import TESTBED_LABEL
+from watcher.rules import SHIPPED_RULES
 
-RULES = REPO_ROOT / "rules"
+RULES = SHIPPED_RULES
 
 
 @dataclass

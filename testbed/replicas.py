@@ -18,7 +18,7 @@ import docker
 import requests
 from docker.models.containers import Container
 
-TESTBED_LABEL = "serving-watcher.testbed"
+TESTBED_LABEL = "serving-testbed"
 
 
 def _session() -> requests.Session:

@@ -14,7 +14,7 @@ from typing import Any
 
 import docker
 
-from watcher.testbed.replicas import TESTBED_LABEL
+from testbed.replicas import TESTBED_LABEL
 
 
 @dataclass(frozen=True)
