@@ -279,7 +279,7 @@ def run_one(
         run.notes = ctx.notes
         if watcher is not None:
             try:
-                watcher.executor.wait(timeout_s=60)
+                watcher.wait(timeout_s=60)
             except TimeoutError as exc:
                 run.notes.append((time.time(), f"watcher: {exc}"))
             with watcher.live._lock:

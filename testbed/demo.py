@@ -197,7 +197,7 @@ def run_phase(scenario: Scenario, with_watcher: bool, console: Console, live_vie
                         code = f" exit {e.attributes.get('exitCode')}" if e.action == "die" else ""
                         log.append(f"{e.ts - wall0:5.1f}s docker {e.action}{code} {e.container.rsplit('-', 1)[-1]}")
                 if watcher is not None:
-                    for f in watcher.live.findings[seen_findings:]:
+                    for f in list(watcher.live.findings)[seen_findings:]:
                         seen_findings += 1
                         if not f.resolved:
                             who = f.target.container.rsplit("-", 1)[-1]
@@ -210,7 +210,7 @@ def run_phase(scenario: Scenario, with_watcher: bool, console: Console, live_vie
         console.print()
         load = gen.result()
         if watcher is not None:
-            watcher.executor.wait(timeout_s=120)
+            watcher.wait(timeout_s=120)
             result.incidents = [i.to_json() for i in watcher.journal.incidents()]
             findings = [f.ts - wall0 for f in watcher.live.findings if not f.resolved]
             result.first_finding_s = min(findings) if findings else None

@@ -120,6 +120,7 @@ class Watcher:
         )
         self.store, self.journal, self.policy = parts.store, parts.journal, parts.policy
         self.fleet, self.executor, self.live = parts.fleet, parts.executor, parts.live
+        self.parts, self.decisions = parts, parts.decisions
 
     @staticmethod
     def _shifter(spec: HarnessSpec) -> TrafficShifter:
@@ -136,15 +137,16 @@ class Watcher:
         return NginxShifter(d / "upstreams.conf", reload, access_log=d / "access.log", quiet_s=0.3)
 
     def start(self) -> Watcher:
-        self.executor.recover()
-        self.live.start()
+        self.parts.start()
         return self
 
+    def wait(self, timeout_s: float = 120.0) -> None:
+        """Until the findings so far are decided and every incident they opened has finished."""
+        self.decisions.drain(timeout_s)
+        self.executor.wait(timeout_s)
+
     def stop(self) -> None:
-        self.live.stop()
-        self.executor.interrupt_waits()  # no finding will resolve any more
-        self.executor.wait(timeout_s=120)
-        self.executor.shutdown()
+        self.parts.stop(grace_s=120)
         self.store.close()
 
     def __enter__(self) -> Watcher:

@@ -1,4 +1,4 @@
-"""One watcher, assembled: store, journal, policy, fleet, executor and live driver, wired together.
+"""One watcher, assembled: store, journal, policy, fleet, executor, decision thread and live driver.
 
 The service (``watcher run``) and the testbed harness (integration tests, chaos benchmark, demo)
 run the same watcher; only what surrounds it differs (the API and metrics, the load balancer's
@@ -8,6 +8,7 @@ callback the executor needs (resolved findings, for instance) is wired for both 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import docker
 from watcher.actions.base import Alerter, TrafficShifter
 from watcher.actions.docker import DockerRestarter
 from watcher.actions.verify import Verifier
+from watcher.decisions import Decisions
 from watcher.fleet import Fleet
 from watcher.journal import Journal
 from watcher.live import LiveConfig, LiveWatcher
@@ -28,6 +30,7 @@ from watcher.rulepack.schema import AnyRule, Defaults, RulePack
 from watcher.store import Store
 
 Rules = dict[str, tuple[AnyRule, Defaults]]
+log = logging.getLogger("watcher")
 
 
 def rules_of(packs: Sequence[RulePack], defaults: Defaults | None = None) -> Rules:
@@ -42,7 +45,30 @@ class Assembly:
     policy: Policy
     fleet: Fleet
     executor: Executor
+    decisions: Decisions
     live: LiveWatcher
+
+    def start(self) -> None:
+        """Resume incidents a dead watcher left open, then decide, then read (in that order, so no
+        finding meets a half-started watcher)."""
+        resumed = self.executor.recover()
+        if resumed:
+            log.info("resuming incidents left running", extra={"fields": {"incidents": resumed}})
+        self.decisions.start()
+        self.live.start()
+
+    def stop(self, grace_s: float) -> None:
+        """Stop reading, decide what was already found, release steps that wait for findings (none
+        will come), give running steps ``grace_s`` and hand the rest to the journal. The store stays
+        open for the caller (the API may still answer while it stops)."""
+        self.live.stop()
+        self.decisions.stop()
+        self.executor.interrupt_waits()
+        try:
+            self.executor.wait(grace_s)
+        except TimeoutError:
+            log.warning("playbook steps still running at shutdown; the journal hands them to the next start")
+        self.executor.shutdown()
 
 
 def assemble(
@@ -60,8 +86,9 @@ def assemble(
     on_finding: Callable[[Finding], object] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Assembly:
-    """Every finding, resolved ones included, reaches the executor (``on_finding`` defaults to it):
-    a plan that only moves traffic waits for its finding to resolve."""
+    """Every finding, resolved ones included, goes from the engine thread to the decision thread,
+    which hands it to ``on_finding`` (default: the executor): a plan that only moves traffic waits
+    for its finding to resolve."""
     opened = Store(store)
     journal = Journal(opened)
     policy = Policy(opened, guard)
@@ -85,5 +112,6 @@ def assemble(
         executor_config,
         on_event=on_event,
     )
-    live = LiveWatcher(live_config, packs, opened, on_finding=on_finding or executor.on_finding)
-    return Assembly(opened, journal, policy, fleet, executor, live)
+    decisions = Decisions(on_finding or executor.on_finding)
+    live = LiveWatcher(live_config, packs, opened, on_finding=decisions.submit)
+    return Assembly(opened, journal, policy, fleet, executor, decisions, live)

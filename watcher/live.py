@@ -3,14 +3,16 @@
 Sources read Docker and Prometheus in their own threads and put envelopes in the bounded queue;
 this driver's single engine thread takes batches, feeds the engine, commits the batch's cursors
 *after* processing (at-least-once, deduplicated by cursor: nothing lost, nothing repeated),
-ticks the engine every second and checkpoints its state. Findings go to the store and to the
-``on_finding`` callback (the policy, when the remediation issue lands).
+ticks the engine every second and checkpoints its state. Findings go to the ``on_finding`` callback,
+which only enqueues them for the decision thread (:mod:`watcher.decisions`): this thread never waits
+on Docker, a load balancer or a model server to decide what to do.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +84,8 @@ class LiveWatcher:
         self.on_finding = on_finding
         self.on_batch: Callable[[int, float], None] | None = None  # (signals, seconds): detector update cost
         self._reload: list[RulePack] | None = None
-        self.findings: list[Finding] = []
+        # the latest findings, for status and tests; bounded: a watcher runs for months
+        self.findings: deque[Finding] = deque(maxlen=10_000)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -147,6 +147,7 @@ class Service:
         )
         self.store, self.journal, self.policy = parts.store, parts.journal, parts.policy
         self.fleet, self.executor, self.live = parts.fleet, parts.executor, parts.live
+        self.parts, self.decisions = parts, parts.decisions
         self.policy.set_dry_run(settings.dry_run)  # the configuration at start wins over a stored toggle
         self._metrics()
         self.live.on_batch = self._on_batch
@@ -242,12 +243,30 @@ class Service:
 
     # -- API ---------------------------------------------------------------------------------------
     def _health(self) -> tuple[bool, dict[str, Any]]:
-        return self.live.alive, {"uptime_s": round(time.time() - self.started, 1)}
+        alive = {"engine": self.live.alive, "decisions": self.decisions.alive}
+        return all(alive.values()), {"uptime_s": round(time.time() - self.started, 1), "threads": alive}
 
     def _ready(self) -> tuple[bool, dict[str, Any]]:
         sources = {s.name: s.connected for s in self.live.sources}
         writable = self.store.writable()
-        return all(sources.values()) and writable and self.live.alive, {"sources": sources, "store_writable": writable}
+        healthy, _ = self._health()
+        return all(sources.values()) and writable and healthy, {"sources": sources, "store_writable": writable}
+
+    def _policy_view(self) -> dict[str, Any]:
+        """Read on the decision thread, which owns the policy (a read from the API thread could see
+        a dict mid-update)."""
+        policy = self.policy
+        now = time.time()
+        return {
+            "dry_run": policy.config.dry_run,
+            "paused": policy.paused,
+            "silences": [
+                {"matchers": dict(s.matchers), "until": s.until, "comment": s.comment}
+                for s in policy.silences
+                if s.until > now
+            ],
+            "breakers": {k: dict(v) for k, v in policy.breakers.items()},
+        }
 
     def status(self) -> dict[str, Any]:
         engine = self.live.engine
@@ -272,18 +291,14 @@ class Service:
             }
             for key, t in sorted(engine.targets.items())
         }
+        try:
+            policy: dict[str, Any] = self.decisions.call(self._policy_view, timeout_s=5.0)
+        except (TimeoutError, RuntimeError) as exc:
+            policy = {"unavailable": str(exc)}
         return {
             "targets": targets,
-            "policy": {
-                "dry_run": self.policy.config.dry_run,
-                "paused": self.policy.paused,
-                "silences": [
-                    {"matchers": s.matchers, "until": s.until, "comment": s.comment}
-                    for s in self.policy.silences
-                    if s.until > time.time()
-                ],
-                "breakers": self.policy.breakers,
-            },
+            "policy": policy,
+            "decisions": self.decisions.stats(),
             "recent_incidents": [i.to_json() for i in self.journal.incidents(limit=20)],
             **self.live.status(),
         }
@@ -296,24 +311,24 @@ class Service:
         if duration <= 0:
             raise ValueError("duration_s must be positive")
         now = time.time()
-        self.policy.silence(
-            {str(k): str(v) for k, v in matchers.items()}, now + duration, str(body.get("comment", "")), now
-        )
+        clean = {str(k): str(v) for k, v in matchers.items()}
+        comment = str(body.get("comment", ""))
+        self.decisions.call(lambda: self.policy.silence(clean, now + duration, comment, now))
         return {"silenced": matchers, "until": now + duration}
 
     def _m_pause(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.policy.set_paused(True, time.time())
+        self.decisions.call(lambda: self.policy.set_paused(True, time.time()))
         return {"paused": True}
 
     def _m_resume(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.policy.set_paused(False, time.time())
+        self.decisions.call(lambda: self.policy.set_paused(False, time.time()))
         return {"paused": False}
 
     def _m_dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
         enabled = body.get("enabled")
         if not isinstance(enabled, bool):
             raise ValueError("enabled: true or false")
-        self.policy.set_dry_run(enabled, time.time())
+        self.decisions.call(lambda: self.policy.set_dry_run(enabled, time.time()))
         return {"dry_run": enabled}
 
     # -- reload ------------------------------------------------------------------------------------
@@ -345,10 +360,7 @@ class Service:
 
     # -- run ---------------------------------------------------------------------------------------
     def start(self) -> Service:
-        resumed = self.executor.recover()
-        if resumed:
-            log.info("resuming incidents left running", extra={"fields": {"incidents": resumed}})
-        self.live.start()
+        self.parts.start()
         self.api.start()
         threading.Thread(target=self._background, name="housekeeping", daemon=True).start()
         log.info(
@@ -391,13 +403,7 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
-        self.live.stop()
-        self.executor.interrupt_waits()  # no finding will resolve any more
-        try:
-            self.executor.wait(self.settings.shutdown_grace_s)
-        except TimeoutError:
-            log.warning("playbook steps still running at shutdown; the journal hands them to the next start")
-        self.executor.shutdown()
+        self.parts.stop(self.settings.shutdown_grace_s)
         self.api.stop()
         self.store.close()
         log.info("stopped")

@@ -148,7 +148,7 @@ def test_restart_loop_backs_off_then_trips_the_breaker_and_alerts_once(bed: Test
             f = Finding(target.target, "docker-die-crash", Predicts.CRASH, ts=time.time())
             iid = w.executor.on_finding(f)
             outcomes.append("acted" if iid else w.executor.refusals[-1][2].split(":")[0])
-            w.executor.wait(120)
+            w.wait(120)
             time.sleep(1.0)
         restarts = [i for i in w.journal.incidents() if any(s.name == "restart" for s in i.steps)]
         assert len(restarts) == 2, outcomes
@@ -189,7 +189,7 @@ def test_sigkilled_watcher_finishes_the_playbook_after_restart(bed: Testbed, tmp
         sick.clear_faults()
         [incident] = journal.incidents(open_only=True)  # left running by the dead watcher
         with Watcher(spec) as w:  # a new watcher on the same store resumes it
-            w.executor.wait(120)
+            w.wait(120)
             done = w.journal.incident(incident.id)
             assert done is not None
             replica = w.fleet.replica(incident.target)
