@@ -166,6 +166,7 @@ class Service:
             settings.api_token.get_secret_value() if settings.api_token else None,
         )
         self._stop = threading.Event()
+        self.exit_code = 0  # 1 when the service stopped itself because an essential thread died
         self._first_finding: dict[str, float] = {}
         self._pack_mtimes = self._mtimes()
 
@@ -377,9 +378,18 @@ class Service:
         return self
 
     def _background(self) -> None:
+        """Heartbeat and pack reload; and liveness: when an essential thread (engine, decisions) has
+        died, the heartbeat stops (the dead man's switch pages) and the process ends with status 1,
+        so the container's restart policy starts a fresh watcher and the journal hands it the rest."""
         last_beat = 0.0
         while not self._stop.wait(min(self.settings.reload_poll_s, 1.0)):
             now = time.time()
+            healthy, detail = self._health()
+            if not healthy:
+                log.error("an essential thread died; stopping", extra={"fields": detail})
+                self.exit_code = 1
+                self._stop.set()
+                return
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat(now)
                 last_beat = now
@@ -412,11 +422,15 @@ class Service:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
+        return self.serve()
+
+    def serve(self) -> int:
+        """Start, run until stopped (a signal, or an essential thread that died), stop; the exit status."""
         self.start()
         while not self._stop.wait(0.5):
             pass
         self.stop()
-        return 0
+        return self.exit_code
 
 
 class _LiveCollector(Collector):

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +213,46 @@ def test_sigterm_mid_incident_then_restart_finishes_it(bed: Testbed, tmp_path: P
             assert "down" not in upstreams.split("{", 1)[1]  # nothing left drained and forgotten
     finally:
         again.stop()
+
+
+def test_a_dead_essential_thread_fails_healthz_stops_the_heartbeat_and_ends_the_process(tmp_path: Path) -> None:
+    """In-process, so the test can end the decision thread as a bug would; the process-level
+    behaviour is the same call: ``run_forever`` returns 1 and the container restarts."""
+    from watcher.config import Settings
+    from watcher.rulepack.loader import load_packs
+    from watcher.service import Service
+
+    sent: list[str] = []
+    settings = Settings(
+        store=tmp_path / "watcher.db",
+        api_listen=f"127.0.0.1:{free_port()}",
+        label_selector=["serving-watcher.test=nothing-matches"],
+        stats_interval_s=0,
+        heartbeat_s=0.2,
+        reload_poll_s=0.2,
+    )
+    service = Service(settings, load_packs([RULES / "docker.yaml"]))
+    service.alerter = type(
+        "Recording", (), {"fire": lambda _s, a: sent.append(a.name), "resolve": lambda _s, a: None}
+    )()
+    done: list[int] = []
+    runner = threading.Thread(target=lambda: done.append(service.serve()), daemon=True)
+    runner.start()
+    url = f"http://127.0.0.1:{settings.api_address[1]}/healthz"
+    http = requests.Session()
+    http.trust_env = False
+
+    def healthy() -> bool:
+        try:
+            return http.get(url, timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(healthy, 20, "healthz 200")
+    wait_for(lambda: sent, 10, "a heartbeat")
+    service.decisions.stop()  # the decision thread ends, as an uncaught bug would end it
+    runner.join(timeout=30)
+    assert done == [1], "the service did not end itself with status 1"
+    beats = len(sent)
+    time.sleep(0.6)
+    assert len(sent) == beats, "the heartbeat went on after the decision thread died"
