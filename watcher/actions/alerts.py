@@ -115,6 +115,8 @@ class _HttpAlerter:
             last = self._sent.get(alert.fingerprint)
             if last is not None and now - last < self.dedup_window_s:
                 return
+            if len(self._sent) > 1000:  # every incident has its own fingerprint: forget the expired ones
+                self._sent = {k: v for k, v in self._sent.items() if now - v < self.dedup_window_s}
             self._sent[alert.fingerprint] = now  # claim it: a concurrent duplicate is dropped
         try:
             self._post(self._body(alert, "firing", None), alert)

@@ -165,3 +165,16 @@ def test_webhook_sends_token_but_never_shows_it(receiver: Receiver) -> None:
     with pytest.raises(ActionError) as info:
         hook.fire(alert(other="x"))
     assert secret not in str(info.value) and "XXXX" not in str(info.value)
+
+
+def test_the_dedup_memory_forgets_expired_fingerprints_so_a_long_run_stays_bounded(receiver: Receiver) -> None:
+    now = [1000.0]
+    am = AlertmanagerAlerter(receiver.url, dedup_window_s=60, clock=lambda: now[0])
+    for i in range(3000):  # every incident is its own fingerprint
+        am.fire(alert(incident=str(i)))
+        now[0] += 1.0
+    assert len(receiver.requests) == 3000
+    assert len(am._sent) <= 1001 + 60
+    recent = alert(incident="2999")
+    am.fire(recent)  # still within its window: deduplicated
+    assert len(receiver.requests) == 3000
