@@ -23,7 +23,16 @@ from urllib.parse import urlsplit
 
 import requests
 
-from watcher.actions.base import ActionError, Alert, Backoff, RetryableError, http_session, rfc3339, with_retries
+from watcher.actions.base import (
+    ActionError,
+    Alert,
+    Alerter,
+    Backoff,
+    RetryableError,
+    http_session,
+    rfc3339,
+    with_retries,
+)
 
 __all__ = ["AlertmanagerAlerter", "WebhookAlerter", "alertmanager_payload", "redact_url"]
 
@@ -58,7 +67,7 @@ def redact_url(url: str, keep_path: bool = True) -> str:
     return f"{parts.scheme}://{host}{path}"
 
 
-class _HttpAlerter:
+class _HttpAlerter(Alerter):
     """POST with retries and fire-side dedup; subclasses say where to and what body."""
 
     kind = "alert"
