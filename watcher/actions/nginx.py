@@ -469,6 +469,7 @@ class NginxShifter(TrafficShifter):
 
     # -- waiting ----------------------------------------------------------------------------
     def wait_idle(self, replica: Replica, timeout_s: float) -> bool:
+        self._servers(self._read()[1], replica)  # a replica Nginx does not route to is an error, not "idle"
         deadline = self._clock() + timeout_s
         offset = self._log_size()
         last_seen = self._clock()
