@@ -71,6 +71,7 @@ class _HttpAlerter(Alerter):
     """POST with retries and fire-side dedup; subclasses say where to and what body."""
 
     kind = "alert"
+    _token: str | None = None  # a bearer token, for receivers that take one
 
     def __init__(
         self,
@@ -98,6 +99,17 @@ class _HttpAlerter(Alerter):
     def _headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json"}
 
+    def _scrub(self, text: str) -> str:
+        """``text`` with every secret part of the configuration (URL path/query, password, token) masked."""
+        url, shown = urlsplit(self.url), urlsplit(self.display_url)
+        for secret, mask in ((self.url, self.display_url), (url.path, shown.path), (url.query, "")):
+            if len(secret) > 1 and secret != mask:  # a bare "/" path is no secret
+                text = text.replace(secret, mask)
+        for secret in (url.password, self._token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
     def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
         raise NotImplementedError
 
@@ -108,7 +120,8 @@ class _HttpAlerter(Alerter):
             try:
                 resp = self._session.post(self.url, json=body, headers=self._headers(), timeout=self.timeout_s)
             except requests.RequestException as exc:
-                raise RetryableError(f"{type(exc).__name__}: {exc}") from None
+                # requests names the URL (path included) in its messages: scrub before it is kept
+                raise RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
             if resp.status_code == 429 or resp.status_code >= 500:
                 raise RetryableError(f"HTTP {resp.status_code}: {resp.text[:200]}")
             if resp.status_code >= 400:
