@@ -105,9 +105,9 @@ class _HttpAlerter(Alerter):
         for secret, mask in ((self.url, self.display_url), (url.path, shown.path), (url.query, "")):
             if len(secret) > 1 and secret != mask:  # a bare "/" path is no secret
                 text = text.replace(secret, mask)
-        for secret in (url.password, self._token):
-            if secret:
-                text = text.replace(secret, "***")
+        for credential in (url.password, self._token):
+            if credential:
+                text = text.replace(credential, "***")
         return text
 
     def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
