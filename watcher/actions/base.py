@@ -163,7 +163,7 @@ def fingerprint(labels: Mapping[str, str]) -> str:
 class Alerter(ABC):
     """Somewhere alerts go: Alertmanager, a webhook, a fan-out of several.
 
-    Contract (``tests/unit/conformance/test_alerters.py`` checks every subclass against an HTTP
+    Contract (``tests/unit/conformance/test_alerter_conformance.py`` checks every subclass against an HTTP
     receiver): ``fire`` delivers a firing alert, dropping a duplicate fingerprint inside the
     dedup window; ``resolve`` always delivers the alert with an end time. Transient failures are
     retried with bounded backoff, then raised as :class:`ActionError`; a secret (token, URL path)

@@ -18,7 +18,7 @@ Prometheus) return to its baseline and stay there for a settle period.
 This module is the protocol-independent part: :class:`Verifier` is the base of the protocol
 adapters, which only say how to read the version states and how to predict. TF Serving REST is
 :class:`~watcher.actions.tfserving.TFServingVerifier`; a V2/Open-Inference adapter is one more
-subclass, and ``tests/unit/conformance/test_verifiers.py`` covers it the moment it exists.
+subclass, and ``tests/unit/conformance/test_verifier_conformance.py`` covers it the moment it exists.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class VersionState:
 class Verifier(ABC):
     """The model checks, over a protocol adapter's two primitives, with an injectable clock.
 
-    Contract for adapters (checked by ``tests/unit/conformance/test_verifiers.py``):
+    Contract for adapters (checked by ``tests/unit/conformance/test_verifier_conformance.py``):
 
     * :meth:`versions` returns the model's version states, or raises :class:`ActionError` when the
       server is unreachable, answers garbage, or does not know the model (a replica still starting

@@ -90,7 +90,7 @@ class Parsed:
 class Parser(ABC):
     """One log format: ``parse(line)`` is the :class:`Parsed` view of the line, or ``None`` (not mine).
 
-    Contract (``tests/unit/conformance/test_parsers.py`` checks every registered parser on every
+    Contract (``tests/unit/conformance/test_parser_conformance.py`` checks every registered parser on every
     sample line and on hostile input): pure and thread-safe (no state, no I/O); never raises, on
     any ``str`` (NUL bytes, lone surrogates, 16 KiB of one character); bounded work and output
     (the message and each field no longer than the line, at most 64 fields); and every line it

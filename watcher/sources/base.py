@@ -114,7 +114,7 @@ class SignalQueue:
 class Source(ABC):
     """A thing that reads the outside world in its own threads and puts envelopes in a queue.
 
-    Contract (``tests/unit/conformance/test_sources.py`` checks every subclass):
+    Contract (``tests/unit/conformance/test_source_conformance.py`` checks every subclass):
 
     * :meth:`start` returns at once, having started the source's threads; a second ``start``
       while running is a no-op (implementations begin with ``if not self._claim_start(): return``);
