@@ -23,7 +23,7 @@ import docker
 
 from testbed.replicas import TESTBED_LABEL
 from watcher.actions.alerts import AlertmanagerAlerter
-from watcher.actions.base import TrafficShifter
+from watcher.actions.base import Alerter, TrafficShifter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import HostNginxReload, NginxShifter
 from watcher.assembly import assemble, rules_of
@@ -78,7 +78,7 @@ class HarnessSpec:
         )
 
 
-class _NoAlerts:
+class _NoAlerts(Alerter):
     def fire(self, alert: Any) -> None:
         return None
 

@@ -18,7 +18,7 @@ import docker
 
 from watcher.actions.base import Alerter, TrafficShifter
 from watcher.actions.docker import DockerRestarter
-from watcher.actions.verify import Verifier
+from watcher.actions.tfserving import TFServingVerifier
 from watcher.decisions import Decisions
 from watcher.fleet import Fleet
 from watcher.journal import Journal
@@ -106,7 +106,7 @@ def assemble(
         fleet,
         shifter,
         DockerRestarter(clients),
-        Verifier(),
+        TFServingVerifier(),
         alerter,
         rules if rules is not None else rules_of(packs),
         executor_config,

@@ -69,7 +69,9 @@ def setup_logging(level: str) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-class FanoutAlerter:
+class FanoutAlerter(Alerter):
+    """Every configured alerter gets every alert; one failing does not stop the others."""
+
     def __init__(self, alerters: list[Alerter]) -> None:
         self.alerters = alerters
 
@@ -91,7 +93,7 @@ class FanoutAlerter:
                 log.warning("resolve failed", extra={"fields": {"alert": alert.name}})
 
 
-class _NoShifter:
+class _NoShifter(TrafficShifter):
     """``lb: none``: the watcher can restart and verify, but cannot move traffic."""
 
     def set_weight(self, replica: Any, weight: int) -> None:

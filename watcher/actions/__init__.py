@@ -19,7 +19,8 @@ from watcher.actions.base import (
 from watcher.actions.docker import DockerRestarter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxReload, NginxShifter
-from watcher.actions.verify import SmokeFileMissingError, Verifier
+from watcher.actions.tfserving import TFServingVerifier
+from watcher.actions.verify import SmokeFileMissingError, Verifier, VersionState
 
 __all__ = [
     "ActionError",
@@ -36,8 +37,10 @@ __all__ = [
     "Replica",
     "Restarter",
     "SmokeFileMissingError",
+    "TFServingVerifier",
     "TrafficShifter",
     "Verifier",
+    "VersionState",
     "WebhookAlerter",
     "fingerprint",
     "rfc3339",

@@ -23,7 +23,16 @@ from urllib.parse import urlsplit
 
 import requests
 
-from watcher.actions.base import ActionError, Alert, Backoff, RetryableError, http_session, rfc3339, with_retries
+from watcher.actions.base import (
+    ActionError,
+    Alert,
+    Alerter,
+    Backoff,
+    RetryableError,
+    http_session,
+    rfc3339,
+    with_retries,
+)
 
 __all__ = ["AlertmanagerAlerter", "WebhookAlerter", "alertmanager_payload", "redact_url"]
 
@@ -58,10 +67,11 @@ def redact_url(url: str, keep_path: bool = True) -> str:
     return f"{parts.scheme}://{host}{path}"
 
 
-class _HttpAlerter:
+class _HttpAlerter(Alerter):
     """POST with retries and fire-side dedup; subclasses say where to and what body."""
 
     kind = "alert"
+    _token: str | None = None  # a bearer token, for receivers that take one
 
     def __init__(
         self,
@@ -89,6 +99,17 @@ class _HttpAlerter:
     def _headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json"}
 
+    def _scrub(self, text: str) -> str:
+        """``text`` with every secret part of the configuration (URL path/query, password, token) masked."""
+        url, shown = urlsplit(self.url), urlsplit(self.display_url)
+        for secret, mask in ((self.url, self.display_url), (url.path, shown.path), (url.query, "")):
+            if len(secret) > 1 and secret != mask:  # a bare "/" path is no secret
+                text = text.replace(secret, mask)
+        for credential in (url.password, self._token):
+            if credential:
+                text = text.replace(credential, "***")
+        return text
+
     def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
         raise NotImplementedError
 
@@ -99,7 +120,8 @@ class _HttpAlerter:
             try:
                 resp = self._session.post(self.url, json=body, headers=self._headers(), timeout=self.timeout_s)
             except requests.RequestException as exc:
-                raise RetryableError(f"{type(exc).__name__}: {exc}") from None
+                # requests names the URL (path included) in its messages: scrub before it is kept
+                raise RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
             if resp.status_code == 429 or resp.status_code >= 500:
                 raise RetryableError(f"HTTP {resp.status_code}: {resp.text[:200]}")
             if resp.status_code >= 400:

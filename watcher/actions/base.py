@@ -1,10 +1,13 @@
 """The interfaces every actuator family implements, and the few helpers they share.
 
-Like APScheduler's ``base.py`` modules, this file holds only contracts: the executor is written
-against :class:`TrafficShifter`, :class:`Restarter` and :class:`Alerter`, never against Nginx or
-HAProxy, so a new load balancer is one new module and the shared conformance tests cover it the
-moment it exists. Every failure an actuator can report is an :class:`ActionError` whose message
-says what failed and why, because that message is what the journal and the alert will show.
+Like APScheduler's ``abc.py``, this file holds only contracts: the executor is written against
+:class:`TrafficShifter`, :class:`Restarter` and :class:`Alerter`, never against Nginx or HAProxy,
+so a new load balancer is one new module. The bases are ABCs rather than Protocols so that every
+implementation names its family: the shared conformance and behaviour suites find implementations
+by walking ``__subclasses__()`` (a new one is covered the moment it exists), a missing method fails
+at construction rather than mid-incident, and defaults such as ``confirms_idle`` live in one place.
+Every failure an actuator can report is an :class:`ActionError` whose message says what failed and
+why, because that message is what the journal and the alert will show.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import requests
 
@@ -42,33 +46,64 @@ class Replica:
         return f"{self.target.key} ({self.upstream})"
 
 
-@runtime_checkable
-class TrafficShifter(Protocol):
-    """A load balancer that can move traffic away from one replica and back."""
+class TrafficShifter(ABC):
+    """A load balancer that can move traffic away from one replica and back.
 
+    Contract (checked for every subclass by ``tests/integration/test_shifter_behaviour.py``
+    against the real servers):
+
+    * ``set_weight`` returns only once the change is live in the load balancer (0 = drain: no
+      new request reaches the replica); repeating it is harmless;
+    * ``get_weight`` is what is live now, 0 when drained or down;
+    * ``original_weight`` is the weight the operator configured, kept in the load balancer's own
+      state (config file, runtime API), so a new shifter object (a restarted watcher) knows it;
+    * ``wait_idle`` waits, bounded by ``timeout_s``, for requests in flight to the replica to end;
+    * a replica the load balancer does not know, or any failure, raises :class:`ActionError`.
+
+    Methods may be called from several worker threads at once; an implementation serialises its
+    own changes.
+    """
+
+    @property
+    def confirms_idle(self) -> bool:
+        """Whether ``wait_idle`` observes the replica's requests end (so a drain needs no blind
+        settle time after it); False means it can only wait for what it sees and the executor
+        adds the configured settle time."""
+        return False
+
+    @abstractmethod
     def set_weight(self, replica: Replica, weight: int) -> None:
         """Apply ``weight`` (0 = drain); when this returns the change is confirmed live."""
 
+    @abstractmethod
     def get_weight(self, replica: Replica) -> int:
         """The weight currently configured (0 when drained or down)."""
 
+    @abstractmethod
     def wait_idle(self, replica: Replica, timeout_s: float) -> bool:
         """Wait (bounded) until requests in flight to the replica have finished; False on timeout."""
 
+    @abstractmethod
     def original_weight(self, replica: Replica) -> int:
         """The weight before the watcher touched it; survives a watcher restart."""
 
 
-@runtime_checkable
-class Restarter(Protocol):
-    """Restarts (or recreates) the container behind a target."""
+class Restarter(ABC):
+    """Restarts (or recreates) the container behind a target.
 
+    Each call blocks until the container is running again (or raises :class:`ActionError` saying
+    why not); calls for different targets may run concurrently.
+    """
+
+    @abstractmethod
     def restart(self, target: Target, stop_timeout_s: float) -> dict[str, Any]:
         """Graceful restart; returns the container state once it is running again."""
 
+    @abstractmethod
     def recreate(self, target: Target, stop_timeout_s: float = 10.0) -> dict[str, Any]:
         """A fresh container with the same configuration; returns its state once running."""
 
+    @abstractmethod
     def state(self, target: Target) -> dict[str, Any]:
         """The container state, normalised (see :meth:`DockerRestarter.state`)."""
 
@@ -125,13 +160,21 @@ def fingerprint(labels: Mapping[str, str]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-@runtime_checkable
-class Alerter(Protocol):
-    """Somewhere alerts go: Alertmanager, a webhook, a recorder in tests."""
+class Alerter(ABC):
+    """Somewhere alerts go: Alertmanager, a webhook, a fan-out of several.
 
+    Contract (``tests/unit/conformance/test_alerter_conformance.py`` checks every subclass against an HTTP
+    receiver): ``fire`` delivers a firing alert, dropping a duplicate fingerprint inside the
+    dedup window; ``resolve`` always delivers the alert with an end time. Transient failures are
+    retried with bounded backoff, then raised as :class:`ActionError`; a secret (token, URL path)
+    never appears in a message or a log line. Safe to call from several threads.
+    """
+
+    @abstractmethod
     def fire(self, alert: Alert) -> None:
         """Send a firing alert (a duplicate inside the dedup window is not re-sent)."""
 
+    @abstractmethod
     def resolve(self, alert: Alert) -> None:
         """Send the same alert with ``endsAt`` = now."""
 

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from watcher.actions.base import ActionError
+from watcher.actions.base import ActionError, Restarter
 from watcher.model import Target
 
 __all__ = ["DockerRestarter"]
 
 
-class DockerRestarter:
+class DockerRestarter(Restarter):
     """A :class:`~watcher.actions.base.Restarter` over one Docker client per engine name."""
 
     def __init__(

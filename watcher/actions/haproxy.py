@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from watcher.actions.base import ActionError, Replica
+from watcher.actions.base import ActionError, Replica, TrafficShifter
 
 __all__ = ["HAProxyShifter", "parse_servers_state", "parse_stat"]
 
@@ -54,7 +54,7 @@ def parse_stat(text: str) -> list[dict[str, str]]:
     return [dict(row) for row in csv.DictReader(lines)]
 
 
-class HAProxyShifter:
+class HAProxyShifter(TrafficShifter):
     """A :class:`~watcher.actions.base.TrafficShifter` for one HAProxy backend (see module doc)."""
 
     def __init__(
@@ -75,8 +75,10 @@ class HAProxyShifter:
         self._sleep = sleep
         self._lock = threading.Lock()
 
-    # ``wait_idle`` reads the server's current sessions (scur): exact, so a drain needs no settle time
-    confirms_idle = True
+    @property
+    def confirms_idle(self) -> bool:
+        """``wait_idle`` reads the server's current sessions (scur): exact, so a drain needs no settle time."""
+        return True
 
     # -- runtime API --------------------------------------------------------------------------
     def command(self, cmd: str) -> str:

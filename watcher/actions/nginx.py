@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from watcher.actions.base import ActionError, Replica
+from watcher.actions.base import ActionError, Replica, TrafficShifter
 from watcher.fileutil import atomic_write
 
 __all__ = [
@@ -364,7 +364,7 @@ class ContainerNginxReload:
 # ---------------------------------------------------------------------------------------- shifter
 
 
-class NginxShifter:
+class NginxShifter(TrafficShifter):
     """A :class:`~watcher.actions.base.TrafficShifter` for open-source Nginx (see module doc)."""
 
     def __init__(
@@ -469,6 +469,7 @@ class NginxShifter:
 
     # -- waiting ----------------------------------------------------------------------------
     def wait_idle(self, replica: Replica, timeout_s: float) -> bool:
+        self._servers(self._read()[1], replica)  # a replica Nginx does not route to is an error, not "idle"
         deadline = self._clock() + timeout_s
         offset = self._log_size()
         last_seen = self._clock()

@@ -1,20 +1,24 @@
 """Verify that a restarted replica serves the right model, correctly, before it gets traffic back.
 
-A container that is "running" proves nothing: TF Serving may still be loading, may have failed to
-load, or may have come back serving an older version (a rolled-back volume, a pinned config).
-So restoring weight is gated on four checks, all against TF Serving's own REST API:
+A container that is "running" proves nothing: the server may still be loading, may have failed
+to load, or may have come back serving an older version (a rolled-back volume, a pinned config).
+So restoring weight is gated on four checks:
 
-1. the model is AVAILABLE (``GET /v1/models/<name>``), waiting for it boundedly;
+1. the model is AVAILABLE (:meth:`Verifier.wait_available`), waiting for it boundedly;
 2. the version served is the expected one (:meth:`Verifier.expected_version`: pinned in config,
    else the highest version folder in the model repository, as TF Serving itself would pick, else
    the version served before the incident);
 3. a smoke prediction: the stored ``<repo>/<model>/<version>/smoke.json`` instances, posted to
-   the *unversioned* predict endpoint (what clients call), give the stored predictions within a
-   tolerance;
-4. no load attempt failed meanwhile (a version in state END with an error).
+   the *unversioned* endpoint (what clients call), give the stored predictions within a tolerance;
+4. no load attempt failed meanwhile (a version that ended with an error).
 
 Afterwards :meth:`Verifier.settle` watches an error ratio the executor supplies (e.g. from
 Prometheus) return to its baseline and stay there for a settle period.
+
+This module is the protocol-independent part: :class:`Verifier` is the base of the protocol
+adapters, which only say how to read the version states and how to predict. TF Serving REST is
+:class:`~watcher.actions.tfserving.TFServingVerifier`; a V2/Open-Inference adapter is one more
+subclass, and ``tests/unit/conformance/test_verifier_conformance.py`` covers it the moment it exists.
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
+from watcher.actions.base import ActionError, Replica
 
-from watcher.actions.base import ActionError, Replica, http_session
-
-__all__ = ["SmokeFileMissingError", "Verifier", "predictions_match"]
+__all__ = ["SmokeFileMissingError", "Verifier", "VersionState", "predictions_match"]
 
 
 class SmokeFileMissingError(ActionError):
@@ -58,8 +62,29 @@ def _version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
 
 
-class Verifier:
-    """TF Serving model checks over REST, with an injectable clock for tests."""
+@dataclass(frozen=True, slots=True)
+class VersionState:
+    """One model version as the server reports it, in TF Serving's words (adapters map theirs)."""
+
+    version: str
+    state: str  # "AVAILABLE", "LOADING", "UNLOADING", "END", ...
+    error: str | None = None  # "CODE: message" when a load attempt ended in an error
+
+
+class Verifier(ABC):
+    """The model checks, over a protocol adapter's two primitives, with an injectable clock.
+
+    Contract for adapters (checked by ``tests/unit/conformance/test_verifier_conformance.py``):
+
+    * :meth:`versions` returns the model's version states, or raises :class:`ActionError` when the
+      server is unreachable, answers garbage, or does not know the model (a replica still starting
+      looks exactly like that, so callers treat it as "not yet");
+    * :meth:`predict` posts instances to the unversioned endpoint and returns the predictions, or
+      raises :class:`ActionError` with the server's own error.
+
+    Both are bounded by ``timeout_s`` per request and hold no state between calls, so one
+    verifier may be used from several worker threads at once.
+    """
 
     def __init__(
         self,
@@ -68,7 +93,6 @@ class Verifier:
         poll_s: float = 0.25,
         rel_tol: float = 1e-5,
         abs_tol: float = 1e-6,
-        session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -76,68 +100,56 @@ class Verifier:
         self.poll_s = poll_s
         self.rel_tol = rel_tol
         self.abs_tol = abs_tol
-        self._session = session or http_session()
         self._clock = clock
         self._sleep = sleep
 
-    # -- status ---------------------------------------------------------------------------------
-    def model_status(self, replica: Replica) -> list[dict[str, Any]]:
-        """``model_version_status`` entries; raises :class:`ActionError` when unreachable or unknown."""
-        url = f"{replica.rest_url}/v1/models/{replica.model}"
-        try:
-            resp = self._session.get(url, timeout=self.timeout_s)
-        except requests.RequestException as exc:
-            raise ActionError(f"{replica}: model status unreachable: {type(exc).__name__}") from None
-        try:
-            body = resp.json()
-        except ValueError:
-            raise ActionError(f"{replica}: model status HTTP {resp.status_code}, not JSON: {resp.text[:200]}") from None
-        if resp.status_code != 200:
-            raise ActionError(f"{replica}: model status HTTP {resp.status_code}: {body.get('error', body)}")
-        entries = body.get("model_version_status")
-        if not isinstance(entries, list):
-            raise ActionError(f"{replica}: model status without model_version_status: {str(body)[:200]}")
-        return [e for e in entries if isinstance(e, dict)]
+    # -- what an adapter provides -------------------------------------------------------------
+    @abstractmethod
+    def versions(self, replica: Replica) -> list[VersionState]:
+        """The model's versions and their states; :class:`ActionError` when unreachable or unknown."""
 
+    @abstractmethod
+    def predict(self, replica: Replica, instances: list[Any]) -> Any:
+        """Predictions for ``instances`` from the unversioned endpoint; :class:`ActionError` on failure."""
+
+    # -- status ---------------------------------------------------------------------------------
     @staticmethod
-    def _available(entries: list[dict[str, Any]]) -> str | None:
-        versions = [str(e.get("version")) for e in entries if e.get("state") == "AVAILABLE"]
+    def _available(entries: list[VersionState]) -> str | None:
+        versions = [e.version for e in entries if e.state == "AVAILABLE"]
         return max(versions, key=_version_key) if versions else None
 
     @staticmethod
-    def _load_error(entries: list[dict[str, Any]]) -> str | None:
-        for e in sorted(entries, key=lambda e: _version_key(str(e.get("version"))), reverse=True):
-            status = e.get("status") or {}
-            code = str(status.get("error_code", "OK"))
-            if e.get("state") == "END" and code not in ("OK", "0", ""):
-                return f"version {e.get('version')}: {code}: {status.get('error_message', '')}".strip()
+    def _load_error(entries: list[VersionState]) -> str | None:
+        for e in sorted(entries, key=lambda e: _version_key(e.version), reverse=True):
+            if e.state == "END" and e.error:
+                return f"version {e.version}: {e.error}".strip()
         return None
 
     def served_version(self, replica: Replica) -> str | None:
         """The highest AVAILABLE version, or None (nothing available, or the replica is down)."""
         try:
-            return self._available(self.model_status(replica))
+            return self._available(self.versions(replica))
         except ActionError:
             return None
 
     def load_failed(self, replica: Replica) -> str | None:
         """The error of a version that ended in a failed load (newest first), else None."""
         try:
-            return self._load_error(self.model_status(replica))
+            return self._load_error(self.versions(replica))
         except ActionError:
             return None
 
     def wait_available(self, replica: Replica, timeout_s: float, version: str | None = None) -> str:
         """Wait until a version (``version`` if given) is AVAILABLE and return it.
 
-        Fails early when nothing is available and a load has ended in an error: TF Serving has
+        Fails early when nothing is available and a load has ended in an error: the server has
         already given up retrying, and waiting out the timeout would only delay the alert.
         """
         deadline = self._clock() + timeout_s
         last = "no answer yet"
         while True:
             try:
-                entries = self.model_status(replica)
+                entries = self.versions(replica)
             except ActionError as exc:  # still starting: connection refused, NOT_FOUND
                 last = str(exc)
             else:
@@ -147,7 +159,7 @@ class Verifier:
                 error = self._load_error(entries)
                 if available is None and error is not None:
                     raise ActionError(f"{replica}: model {replica.model} failed to load: {error}")
-                last = ", ".join(f"{e.get('version')}={e.get('state')}" for e in entries) or "no versions"
+                last = ", ".join(f"{e.version}={e.state}" for e in entries) or "no versions"
             if self._clock() >= deadline:
                 want = f"version {version}" if version else "any version"
                 raise ActionError(
@@ -188,18 +200,7 @@ class Verifier:
             raise SmokeFileMissingError(f"{replica}: no smoke file {path} for version {version}") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ActionError(f"{replica}: smoke file {path} unusable: {exc}") from None
-        url = f"{replica.rest_url}/v1/models/{replica.model}:predict"
-        try:
-            resp = self._session.post(url, data=json.dumps({"instances": instances}), timeout=self.timeout_s)
-        except requests.RequestException as exc:
-            raise ActionError(f"{replica}: smoke prediction failed: {type(exc).__name__}") from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {"error": resp.text[:200]}
-        if resp.status_code != 200:
-            raise ActionError(f"{replica}: smoke prediction HTTP {resp.status_code}: {body.get('error', body)}")
-        got = body.get("predictions")
+        got = self.predict(replica, instances)
         if not predictions_match(expected, got, self.rel_tol, self.abs_tol):
             served = self.served_version(replica)
             raise ActionError(

@@ -1,7 +1,7 @@
 """What every parser returns, and the small helpers they share.
 
-A parser is a pure function ``str -> Parsed | None``: ``None`` means "not my format", so callers
-can try another parser or fall back to the raw line. Parsers never raise on any input and do
+A parser (:class:`Parser`) maps ``str -> Parsed | None``: ``None`` means "not my format", so
+callers can try another parser or fall back to the raw line. Parsers never raise on any input and do
 bounded work per line: only anchored regular expressions without nested quantifiers, and
 ``str.find`` scans, on a line the source has already capped at 16 KiB.
 """
@@ -9,6 +9,7 @@ bounded work per line: only anchored regular expressions without nested quantifi
 from __future__ import annotations
 
 import calendar
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -86,7 +87,35 @@ class Parsed:
         )
 
 
-Parser = Callable[[str], "Parsed | None"]
+class Parser(ABC):
+    """One log format: ``parse(line)`` is the :class:`Parsed` view of the line, or ``None`` (not mine).
+
+    Contract (``tests/unit/conformance/test_parser_conformance.py`` checks every registered parser on every
+    sample line and on hostile input): pure and thread-safe (no state, no I/O); never raises, on
+    any ``str`` (NUL bytes, lone surrogates, 16 KiB of one character); bounded work and output
+    (the message and each field no longer than the line, at most 64 fields); and every line it
+    accepts carries its own ``name`` as :attr:`Parsed.kind`. Calling the parser is ``parse``.
+    """
+
+    name: str
+
+    @abstractmethod
+    def parse(self, line: str) -> Parsed | None:
+        """The parsed line, or ``None`` when the line is not in this parser's format."""
+
+    def __call__(self, line: str) -> Parsed | None:
+        return self.parse(line)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionParser(Parser):
+    """A format whose parser is one module-level function (all the shipped formats are)."""
+
+    name: str
+    function: Callable[[str], Parsed | None]
+
+    def parse(self, line: str) -> Parsed | None:
+        return self.function(line)
 
 
 def _num(text: str) -> int:

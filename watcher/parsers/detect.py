@@ -10,24 +10,25 @@ by per-line detection, and ``release`` consecutive rejections drop the guess.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from watcher.parsers import docker_events, grpc, jsonlog, kernel, nginx, python_servers, tfserving
-from watcher.parsers.base import Parsed
+from watcher.parsers.base import FunctionParser, Parsed, Parser
 
 RAW = "raw"
 
-PARSERS: dict[str, Callable[[str], Parsed | None]] = {
-    tfserving.KIND: tfserving.parse,
-    nginx.KIND: nginx.parse,
-    python_servers.GUNICORN: python_servers.parse_gunicorn,
-    python_servers.UVICORN: python_servers.parse_uvicorn,
-    python_servers.PYTHON: python_servers.parse_traceback,
-    docker_events.KIND: docker_events.parse,
-    kernel.KIND: kernel.parse,
-    grpc.KIND: grpc.parse,
-    jsonlog.KIND: jsonlog.parse,
-}
+_REGISTERED: tuple[Parser, ...] = (
+    FunctionParser(tfserving.KIND, tfserving.parse),
+    FunctionParser(nginx.KIND, nginx.parse),
+    FunctionParser(python_servers.GUNICORN, python_servers.parse_gunicorn),
+    FunctionParser(python_servers.UVICORN, python_servers.parse_uvicorn),
+    FunctionParser(python_servers.PYTHON, python_servers.parse_traceback),
+    FunctionParser(docker_events.KIND, docker_events.parse),
+    FunctionParser(kernel.KIND, kernel.parse),
+    FunctionParser(grpc.KIND, grpc.parse),
+    FunctionParser(jsonlog.KIND, jsonlog.parse),
+)
+PARSERS: dict[str, Parser] = {p.name: p for p in _REGISTERED}
+if len(PARSERS) != len(_REGISTERED):  # two formats under one name: one would silently shadow the other
+    raise RuntimeError(f"duplicate parser names in {[p.name for p in _REGISTERED]}")
 KINDS = (*PARSERS, RAW)
 
 _UVICORN_PREFIXES = ("INFO:     ", "ERROR:    ", "WARNING:  ", "DEBUG:    ", "CRITICAL: ", "TRACE:    ")

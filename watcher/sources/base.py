@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -110,11 +111,22 @@ class SignalQueue:
             }
 
 
-class Source:
+class Source(ABC):
     """A thing that reads the outside world in its own threads and puts envelopes in a queue.
 
-    ``connected`` feeds /readyz (False while the backend is unreachable); ``last_error`` says why,
-    in words an operator can act on. Sources report trouble, they never raise it into the engine.
+    Contract (``tests/unit/conformance/test_source_conformance.py`` checks every subclass):
+
+    * :meth:`start` returns at once, having started the source's threads; a second ``start``
+      while running is a no-op (implementations begin with ``if not self._claim_start(): return``);
+    * :meth:`stop` asks every thread to end, joins them (bounded) and returns; it is idempotent
+      and safe on a source that never started; implementations call ``super().stop()`` first;
+    * threads only ever :meth:`SignalQueue.put`, which never blocks: a full queue loses (and
+      counts) envelopes, it never stalls the reader;
+    * trouble is reported, never raised into the engine: ``connected`` feeds /readyz (False while
+      the backend is unreachable), ``last_error`` says why in words an operator can act on, and
+      :meth:`status` is a JSON-able dict with at least ``name``, ``connected`` and ``last_error``.
+
+    ``start``/``stop`` are called from the owning thread; ``status`` from any thread.
     """
 
     name: str = "source"
@@ -126,11 +138,26 @@ class Source:
         self.connected = False
         self.last_error: str | None = None
         self._stop = threading.Event()
+        self._running = False
+        self._run_lock = threading.Lock()
 
+    def _claim_start(self) -> bool:
+        """True for the call that should start the threads; False when already running."""
+        with self._run_lock:
+            if self._running:
+                return False
+            self._running = True
+            self._stop.clear()
+            return True
+
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the source's threads and return at once (a no-op when already running)."""
 
     def stop(self) -> None:
+        """Ask the threads to end; subclasses then join them and close their connections."""
+        with self._run_lock:
+            self._running = False
         self._stop.set()
 
     @property

@@ -96,7 +96,8 @@ class DockerEventsSource(Source):
         return f"docker_events/{engine}"
 
     def start(self) -> None:
-        self._stop.clear()
+        if not self._claim_start():
+            return
         self.started_at = time.time()
         for engine in self.clients:
             t = threading.Thread(target=self._follow, args=(engine,), name=f"events-{engine}", daemon=True)

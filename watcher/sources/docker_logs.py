@@ -417,7 +417,8 @@ class DockerLogsSource(Source):
             self._positions[(engine, name)] = cursor
 
     def start(self) -> None:
-        self._stop.clear()
+        if not self._claim_start():
+            return
         for engine in self.clients:
             self.rescan(engine)
             t = threading.Thread(target=self._watch_starts, args=(engine,), name=f"logs-events-{engine}", daemon=True)

@@ -76,7 +76,8 @@ class DockerStatsSource(Source):
         self.rounds = 0
 
     def start(self) -> None:
-        self._stop.clear()
+        if not self._claim_start():
+            return
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stats")
         self._scheduler = BackgroundScheduler(daemon=True)
         self._scheduler.add_job(

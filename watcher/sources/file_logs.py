@@ -55,6 +55,8 @@ class FileLogsSource(Source):
         return f"file/{spec.path}"
 
     def start(self) -> None:
+        if not self._claim_start():
+            return
         for spec in self.files:
             t = threading.Thread(target=self._follow, args=(spec,), name=f"file:{spec.path.name}", daemon=True)
             t.start()
@@ -65,6 +67,7 @@ class FileLogsSource(Source):
         super().stop()
         for t in self._threads:
             t.join(timeout=5)
+        self._threads.clear()
         self.connected = False
 
     def _start_position(self, spec: FileSpec, st: os.stat_result) -> int:

@@ -95,7 +95,8 @@ class PrometheusSource(Source):
         return Target(container=container, engine=self.engine, service=service)
 
     def start(self) -> None:
-        self._stop.clear()
+        if not self._claim_start():
+            return
         self._thread = threading.Thread(target=self._run, name="prometheus", daemon=True)
         self._thread.start()
 

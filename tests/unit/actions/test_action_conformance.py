@@ -1,4 +1,4 @@
-"""Every actuator honours its family's contract (walked by introspection, like river's checks),
+"""Every actuator honours its family's contract (subclasses of each base, walked like river's checks),
 plus the HAProxy runtime-API parsers on real output samples."""
 
 from __future__ import annotations
@@ -9,18 +9,33 @@ from typing import Any
 import pytest
 
 import watcher.actions as actions
+import watcher.service  # noqa: F401 - its fan-out alerter and no-LB shifter are family members too
 from watcher.actions.base import Alerter, Restarter, TrafficShifter
 from watcher.actions.haproxy import parse_servers_state, parse_stat
 
-FAMILIES: dict[type[Any], list[type[Any]]] = {
-    TrafficShifter: [actions.NginxShifter, actions.HAProxyShifter],
-    Restarter: [actions.DockerRestarter],
-    Alerter: [actions.AlertmanagerAlerter, actions.WebhookAlerter],
-}
+
+def _subclasses(base: type[Any]) -> list[type[Any]]:
+    out: list[type[Any]] = []
+    todo = list(base.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if cls.__module__.startswith("watcher.") and not inspect.isabstract(cls):
+            out.append(cls)
+    return sorted(out, key=lambda c: c.__name__)
+
+
+FAMILIES: dict[type[Any], list[type[Any]]] = {base: _subclasses(base) for base in (TrafficShifter, Restarter, Alerter)}
 
 
 def _protocol_methods(proto: type[Any]) -> list[str]:
     return [n for n, v in vars(proto).items() if callable(v) and not n.startswith("_")]
+
+
+def test_the_families_are_found() -> None:
+    assert {actions.NginxShifter, actions.HAProxyShifter} <= set(FAMILIES[TrafficShifter])
+    assert actions.DockerRestarter in FAMILIES[Restarter]
+    assert {actions.AlertmanagerAlerter, actions.WebhookAlerter} <= set(FAMILIES[Alerter])
 
 
 @pytest.mark.parametrize(
@@ -34,6 +49,8 @@ def test_implements_protocol_with_compatible_signatures(proto: type[Any], cls: t
         got = list(inspect.signature(impl).parameters)
         assert got[: len(want)] == want, f"{cls.__name__}.{name}{got} vs {proto.__name__}.{name}{want}"
         assert impl.__doc__ or getattr(proto, name).__doc__
+    if proto is TrafficShifter:
+        assert isinstance(inspect.getattr_static(cls, "confirms_idle"), property | bool)
 
 
 def test_every_exported_actuator_is_in_a_family() -> None:
