@@ -29,7 +29,7 @@ def test_intent_outcome_and_reopening_the_store(tmp_path: Path) -> None:
     reopened = Journal(Store(tmp_path / "w.db"))
     [incident] = reopened.incidents(open_only=True)
     assert incident.id == iid and incident.state is IncidentState.RUNNING
-    assert (incident.target, incident.service, incident.rule_id, incident.predicts) == ("local/tfs-1", "m", "oom", "oom")
+    assert (incident.target, incident.service, incident.rule_id) == ("local/tfs-1", "m", "oom")
     assert incident.finding == OOM and incident.plan == plan and incident.version_before == "3"
     assert incident.to_json()["finding"] == {**finding_to_json(OOM), "version_before": "3"}  # as the API showed it
     assert [(s.name, s.status) for s in incident.steps] == [("drain", StepStatus.DONE), ("restart", StepStatus.INTENT)]
