@@ -29,8 +29,8 @@ from watcher.actions.nginx import HostNginxReload, NginxShifter
 from watcher.assembly import assemble, rules_of
 from watcher.live import LiveConfig
 from watcher.model import Target
+from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
-from watcher.remediation import ExecutorConfig
 from watcher.rulepack.loader import load_packs
 from watcher.rulepack.schema import Defaults
 from watcher.rules import SHIPPED_RULES

@@ -24,8 +24,8 @@ from watcher.fleet import Fleet
 from watcher.journal import Journal
 from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Finding
+from watcher.playbook.executor import Executor, ExecutorConfig
 from watcher.policy import GuardConfig, Policy
-from watcher.remediation import Executor, ExecutorConfig
 from watcher.rulepack.schema import AnyRule, Defaults, RulePack
 from watcher.store import Store
 

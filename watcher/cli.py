@@ -112,8 +112,7 @@ def replay(
     """Replay recorded logs/events/series through the engine on a simulated clock; findings as JSON lines."""
     from itertools import chain
 
-    from watcher.engine import finding_to_json
-    from watcher.model import Signal, Target
+    from watcher.model import Signal, Target, finding_to_json
     from watcher.replay import ReplayInputError, is_recording, read_jsonl, read_log_file
     from watcher.replay import replay as run_replay
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from watcher.clock import Clock
 from watcher.detectors.base import Detector, Observation, build_detector
 from watcher.matcher import PatternSet, PatternSpec
-from watcher.model import Finding, Lifecycle, LifecycleTag, LogRecord, Predicts, Signal, Target
+from watcher.model import Finding, Lifecycle, LifecycleTag, LogRecord, Predicts, Signal, Target, finding_to_json
 from watcher.parsers import StickyDetector
 from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
@@ -320,21 +319,3 @@ class Engine:
         for rule_id, state in store.state_items("detector").items():
             if rule_id in self.detectors and isinstance(state, dict):
                 self.detectors[rule_id].restore(state, self.targets)
-
-
-def finding_to_json(f: Finding) -> dict[str, Any]:
-    return {
-        "ts": f.ts,
-        "target": f.target.key,
-        "container": f.target.container,
-        "engine": f.target.engine,
-        "service": f.target.service,
-        "rule": f.rule_id,
-        "pack": f.pack,
-        "predicts": f.predicts.value,
-        "severity": f.severity.value,
-        "score": round(f.score, 4),
-        "eta_s": f.eta_s,
-        "evidence": list(f.evidence),
-        "resolved": f.resolved,
-    }

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from watcher.model import Finding, finding_from_json, finding_to_json
+from watcher.playbook.base import Step
+from watcher.playbook.plan import Plan
 from watcher.store import Store
 
 _SCHEMA = """
@@ -74,9 +77,10 @@ class Incident:
     closed: float | None
     state: IncidentState
     dry_run: bool
-    finding: dict[str, Any]
-    plan: list[dict[str, Any]]
+    finding: Finding
+    plan: Plan
     note: str
+    version_before: str | None = None  # the version served when the incident opened (what verify expects back)
     steps: list[StepRecord] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -92,7 +96,7 @@ class Incident:
             "state": self.state.value,
             "dry_run": self.dry_run,
             "note": self.note,
-            "finding": self.finding,
+            "finding": _finding_column(self.finding, self.version_before),
             "steps": [
                 {
                     "idx": s.idx,
@@ -109,6 +113,12 @@ class Incident:
         }
 
 
+def _finding_column(finding: Finding, version_before: str | None) -> dict[str, Any]:
+    """The ``finding`` column: the finding's JSON with ``version_before`` inside, as the first version
+    wrote it, so rows written by either version load in both."""
+    return {**finding_to_json(finding), "version_before": version_before}
+
+
 class Journal:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -116,43 +126,42 @@ class Journal:
 
     def open_incident(
         self,
-        target: str,
-        service: str | None,
-        rule_id: str,
-        predicts: str,
+        finding: Finding,
+        plan: Plan,
         now: float,
-        finding: dict[str, Any],
-        plan: list[dict[str, Any]],
+        version_before: str | None = None,
         state: IncidentState = IncidentState.RUNNING,
         dry_run: bool = False,
         note: str = "",
     ) -> int:
+        """The incident's target, service, rule and prediction are the finding's."""
         closed = None if state in OPEN_STATES else now
         with self.store.transaction() as db:
             cur = db.execute(
                 "INSERT INTO incidents (target, service, rule_id, predicts, opened, closed, state, dry_run, finding,"
                 " plan, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    target,
-                    service,
-                    rule_id,
-                    predicts,
+                    finding.target.key,
+                    finding.target.service,
+                    finding.rule_id,
+                    finding.predicts.value,
                     now,
                     closed,
                     state.value,
                     int(dry_run),
-                    json.dumps(finding),
-                    json.dumps(plan),
+                    json.dumps(_finding_column(finding, version_before)),
+                    json.dumps(plan.to_json()),
                     note,
                 ),
             )
             return int(cur.lastrowid or 0)
 
-    def intent(self, incident_id: int, idx: int, name: str, params: dict[str, Any], now: float) -> int:
+    def intent(self, incident_id: int, idx: int, step: Step, now: float) -> int:
+        doc = step.to_json()
         with self.store.transaction() as db:
             cur = db.execute(
                 "INSERT INTO steps (incident_id, idx, name, params, status, started) VALUES (?, ?, ?, ?, ?, ?)",
-                (incident_id, idx, name, json.dumps(params), StepStatus.INTENT.value, now),
+                (incident_id, idx, doc["name"], json.dumps(doc["params"]), StepStatus.INTENT.value, now),
             )
             return int(cur.lastrowid or 0)
 
@@ -186,23 +195,26 @@ class Journal:
                 f"SELECT {self._COLUMNS} FROM incidents {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed text
                 (*args, limit),
             ).fetchall()
-        out = [
-            Incident(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                IncidentState(r[7]),
-                bool(r[8]),
-                json.loads(r[9]),
-                json.loads(r[10]),
-                r[11],
+        out = []
+        for r in reversed(rows):
+            finding = json.loads(r[9])
+            out.append(
+                Incident(
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
+                    IncidentState(r[7]),
+                    bool(r[8]),
+                    finding_from_json(finding),
+                    Plan.from_json(json.loads(r[10])),
+                    r[11],
+                    version_before=finding.get("version_before"),
+                )
             )
-            for r in reversed(rows)
-        ]
         for incident in out:
             incident.steps = self._steps(incident.id)
         return out

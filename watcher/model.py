@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -118,3 +119,42 @@ class Finding:
     evidence: tuple[str, ...] = ()
     pack: str = ""
     resolved: bool = False
+
+
+def finding_to_json(f: Finding) -> dict[str, Any]:
+    """A finding as the API, ``watcher replay`` and the journal write it (``target`` is derived, for readers)."""
+    return {
+        "ts": f.ts,
+        "target": f.target.key,
+        "container": f.target.container,
+        "engine": f.target.engine,
+        "service": f.target.service,
+        "rule": f.rule_id,
+        "pack": f.pack,
+        "predicts": f.predicts.value,
+        "severity": f.severity.value,
+        "score": round(f.score, 4),
+        "eta_s": f.eta_s,
+        "evidence": list(f.evidence),
+        "resolved": f.resolved,
+    }
+
+
+def finding_from_json(d: Mapping[str, Any]) -> Finding:
+    """The inverse of :func:`finding_to_json` (``finding_to_json(finding_from_json(d)) == d`` for what it wrote).
+
+    Keys it does not know (``target``, a journal's ``version_before``) are ignored, so a journal row
+    written by an older watcher still loads."""
+    eta = d.get("eta_s")
+    return Finding(
+        target=Target(str(d["container"]), engine=str(d.get("engine", "local")), service=d.get("service")),
+        rule_id=str(d["rule"]),
+        predicts=Predicts(d["predicts"]),
+        ts=float(d["ts"]),
+        severity=Severity(d.get("severity", Severity.WARNING.value)),
+        score=float(d.get("score", 1.0)),
+        eta_s=None if eta is None else float(eta),
+        evidence=tuple(str(e) for e in d.get("evidence", ())),
+        pack=str(d.get("pack", "")),
+        resolved=bool(d.get("resolved", False)),
+    )

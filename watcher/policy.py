@@ -14,10 +14,16 @@ cooldowns and budgets held in memory would be forgotten by exactly the restart t
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from watcher.model import Finding
+from watcher.playbook.base import Step
+from watcher.playbook.checks import Verify, WaitAvailable
+from watcher.playbook.container import Recreate, Restart
+from watcher.playbook.notify import SendAlert
+from watcher.playbook.plan import Plan
+from watcher.playbook.traffic import AwaitResolved, Drain, Hold, Restore, SetWeight, WaitIdle
 from watcher.rulepack.schema import (
     AlertAction,
     AnyRule,
@@ -55,18 +61,8 @@ class ReplicaView:
 
 
 @dataclass(frozen=True)
-class Step:
-    name: str  # drain, wait_idle, weight, await_resolved, restart, recreate, wait_available, verify, alert, hold,
-    # restore
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params}
-
-
-@dataclass(frozen=True)
 class Decision:
-    steps: list[Step] | None  # None: refused (see reason)
+    plan: Plan | None  # None: refused (see reason)
     reason: str = ""
     escalate: str | None = None  # an alert to send once (breaker tripped, capacity exhausted)
     dry_run: bool = False
@@ -84,7 +80,7 @@ class Silence:
         return all(fnmatch.fnmatchcase(labels.get(k, ""), v) for k, v in self.matchers.items())
 
 
-def plan_steps(rule: AnyRule, wait_available_s: float, max_hold_s: float = 600.0) -> list[Step]:
+def plan_steps(rule: AnyRule, wait_available_s: float, max_hold_s: float = 600.0) -> Plan:
     """The rule's ``then`` as ordered steps; a plan that takes traffic away ends by restoring it,
     unless it says ``hold: drained``.
 
@@ -97,53 +93,47 @@ def plan_steps(rule: AnyRule, wait_available_s: float, max_hold_s: float = 600.0
     fixes = False
     for action in rule.then:
         if isinstance(action, DrainAction):
-            steps.append(Step("drain"))
-            steps.append(
-                Step("wait_idle", {"settle_s": action.drain.wait, "timeout_s": action.drain.max_inflight_wait})
-            )
+            steps.append(Drain())
+            steps.append(WaitIdle(settle_s=action.drain.wait, timeout_s=action.drain.max_inflight_wait))
             changes_weight = True
         elif isinstance(action, WeightAction):
-            steps.append(Step("weight", {"weight": action.weight}))
+            steps.append(SetWeight(weight=action.weight))
             changes_weight = True
         elif isinstance(action, RestartAction):
-            steps.append(Step("restart", {"stop_timeout_s": action.restart.stop_timeout}))
-            steps.append(Step("wait_available", {"timeout_s": wait_available_s}))
+            steps.append(Restart(stop_timeout_s=action.restart.stop_timeout))
+            steps.append(WaitAvailable(timeout_s=wait_available_s))
             fixes = True
         elif isinstance(action, RecreateAction):
-            steps.append(Step("recreate"))
-            steps.append(Step("wait_available", {"timeout_s": wait_available_s}))
+            steps.append(Recreate())
+            steps.append(WaitAvailable(timeout_s=wait_available_s))
             fixes = True
         elif isinstance(action, VerifyAction):
-            steps.append(Step("verify", {"settle_s": action.verify.settle}))
+            steps.append(Verify(settle_s=action.verify.settle))
         elif isinstance(action, AlertAction):
             severity = action.alert.severity or rule.severity
-            params: dict[str, Any] = {"severity": severity.value, "annotations": dict(action.alert.annotations)}
-            if action.alert.receiver:
-                params["receiver"] = action.alert.receiver
-            steps.append(Step("alert", params))
+            steps.append(
+                SendAlert(
+                    severity=severity.value,
+                    annotations=dict(action.alert.annotations),
+                    receiver=action.alert.receiver or None,
+                )
+            )
         elif isinstance(action, HoldAction):
             holds = True
     if holds:
-        steps.append(Step("hold"))
+        steps.append(Hold())
     elif changes_weight:
         if not fixes:
-            steps.append(Step("await_resolved", {"timeout_s": max_hold_s}))
-        steps.append(Step("restore"))
-    return steps
+            steps.append(AwaitResolved(timeout_s=max_hold_s))
+        steps.append(Restore())
+    return Plan(steps)
 
 
-def hold_steps() -> list[Step]:
+def hold_steps() -> Plan:
     """What a finding that comes back within the cooldown gets: out of rotation, kept there, alert.
     The first plan did not fix the replica, and repeating it is what the cooldown forbids; leaving
     a replica that keeps failing in rotation is worse than holding it (capacity rails still apply)."""
-    return [Step("drain"), Step("hold")]
-
-
-def takes_capacity(steps: list[Step]) -> bool:
-    return any(
-        s.name in ("drain", "restart", "recreate", "hold") or (s.name == "weight" and s.params["weight"] == 0)
-        for s in steps
-    )
+    return Plan([Drain(), Hold()])
 
 
 class Policy:
@@ -215,8 +205,8 @@ class Policy:
             return Decision(None, "finding is resolved")
         if now - finding.ts > self.config.fresh_s:
             return Decision(None, f"finding is {now - finding.ts:.0f}s old (fresh for {self.config.fresh_s:.0f}s)")
-        steps = plan_steps(rule, self.config.wait_available_s, self.config.max_hold_s)
-        if not steps:
+        plan = plan_steps(rule, self.config.wait_available_s, self.config.max_hold_s)
+        if not plan:
             return Decision(None, "rule has no actions")
         if self.paused:
             return Decision(None, "watcher is paused")
@@ -234,17 +224,17 @@ class Policy:
         reason = "planned"
         if last is not None and now - last < defaults.cooldown:
             cooling = f"cooldown: acted {now - last:.0f}s ago (cooldown {defaults.cooldown:.0f}s)"
-            if not takes_capacity(steps):
+            if not plan.takes_capacity:
                 return Decision(None, cooling)
-            steps, reason = hold_steps(), f"recurred within the {cooling}: holding drained"
+            plan, reason = hold_steps(), f"recurred within the {cooling}: holding drained"
         recent = [t for t in self.actions if now - t < 60.0]
         if len(recent) >= self.config.global_actions_per_minute:
             return Decision(None, f"fleet rate limit: {len(recent)} actions in the last minute")
-        if takes_capacity(steps):
+        if plan.takes_capacity:
             refusal = self._capacity(key, finding.target.service, defaults, fleet)
             if refusal is not None:
                 return Decision(None, refusal, escalate=f"{key}: {refusal}")
-        if any(s.name in ("restart", "recreate") for s in steps):
+        if plan.restarts:
             window = [t for t in self.restarts.get(key, []) if now - t < defaults.max_restarts.per]
             if len(window) >= defaults.max_restarts.count:
                 self.breakers[key] = {"tripped_at": now, "alerted": True}
@@ -260,7 +250,7 @@ class Policy:
                     return Decision(
                         None, f"backing off: next restart allowed {wait - (now - window[-1]):.0f}s from now"
                     )
-        return Decision(steps, reason, dry_run=self.config.dry_run)
+        return Decision(plan, reason, dry_run=self.config.dry_run)
 
     def _capacity(self, key: str, service: str | None, defaults: Defaults, fleet: dict[str, ReplicaView]) -> str | None:
         if service is None:

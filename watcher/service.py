@@ -1,7 +1,7 @@
 """`watcher run`: the live watcher as a long-running service.
 
 Wires configuration to the parts: sources and engine (:mod:`watcher.live`), policy and executor
-(:mod:`watcher.policy`, :mod:`watcher.remediation`), the API (:mod:`watcher.api`), a heartbeat
+(:mod:`watcher.policy`, :mod:`watcher.playbook`), the API (:mod:`watcher.api`), a heartbeat
 alert, and hot reload of rule packs (SIGHUP or a changed file; a bad pack is reported with
 ``file:line:col`` and the last good one stays live). SIGTERM/SIGINT stop the sources, let the
 engine drain the queue, give running playbook steps ``shutdown_grace_s`` to finish (the journal
@@ -33,8 +33,8 @@ from watcher.assembly import assemble, rules_of
 from watcher.config import Settings
 from watcher.live import LiveConfig
 from watcher.model import Finding, Predicts, Target
+from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
-from watcher.remediation import ExecutorConfig
 from watcher.rulepack.loader import RulePackError, load_packs
 from watcher.rulepack.schema import RulePack
 

@@ -14,8 +14,8 @@ from typing import Any
 from watcher.actions.base import Alert, Replica
 from watcher.journal import IncidentState, Journal
 from watcher.model import Finding, Predicts, Target
+from watcher.playbook.executor import Executor
 from watcher.policy import GuardConfig, Policy, ReplicaView
-from watcher.remediation import Executor
 from watcher.rulepack.loader import load_packs
 from watcher.store import Store
 

@@ -9,20 +9,29 @@ from typer.testing import CliRunner
 
 from watcher.cli import app
 from watcher.journal import IncidentState, Journal, StepStatus
+from watcher.model import Finding, Predicts, Target, finding_to_json
+from watcher.playbook.container import Restart
+from watcher.playbook.plan import Plan
+from watcher.playbook.traffic import Drain
 from watcher.store import Store
+
+OOM = Finding(Target("tfs-1", service="m"), "oom", Predicts.OOM, 99.0)
 
 
 def test_intent_outcome_and_reopening_the_store(tmp_path: Path) -> None:
     journal = Journal(Store(tmp_path / "w.db"))
-    plan = [{"name": "drain", "params": {}}, {"name": "restart", "params": {}}]
-    iid = journal.open_incident("local/tfs-1", "m", "oom", "oom", 100.0, {"rule": "oom"}, plan)
-    s1 = journal.intent(iid, 0, "drain", {}, 101.0)
+    plan = Plan([Drain(), Restart()])
+    iid = journal.open_incident(OOM, plan, 100.0, version_before="3")
+    s1 = journal.intent(iid, 0, plan[0], 101.0)
     journal.outcome(s1, StepStatus.DONE, 102.0, "weight 0")
-    journal.intent(iid, 1, "restart", {}, 103.0)  # the watcher dies here
+    journal.intent(iid, 1, plan[1], 103.0)  # the watcher dies here
 
     reopened = Journal(Store(tmp_path / "w.db"))
     [incident] = reopened.incidents(open_only=True)
     assert incident.id == iid and incident.state is IncidentState.RUNNING
+    assert (incident.target, incident.service, incident.rule_id) == ("local/tfs-1", "m", "oom")
+    assert incident.finding == OOM and incident.plan == plan and incident.version_before == "3"
+    assert incident.to_json()["finding"] == {**finding_to_json(OOM), "version_before": "3"}  # as the API showed it
     assert [(s.name, s.status) for s in incident.steps] == [("drain", StepStatus.DONE), ("restart", StepStatus.INTENT)]
     reopened.close(iid, IncidentState.RESOLVED, 110.0)
     assert reopened.incidents(open_only=True) == []
@@ -32,8 +41,8 @@ def test_intent_outcome_and_reopening_the_store(tmp_path: Path) -> None:
 def test_incidents_command(tmp_path: Path) -> None:
     db = tmp_path / "w.db"
     journal = Journal(Store(db))
-    iid = journal.open_incident("local/tfs-1", "m", "oom", "oom", 100.0, {}, [{"name": "drain", "params": {}}])
-    sid = journal.intent(iid, 0, "drain", {}, 100.5)
+    iid = journal.open_incident(OOM, Plan([Drain()]), 100.0)
+    sid = journal.intent(iid, 0, Drain(), 100.5)
     journal.outcome(sid, StepStatus.DONE, 101.0, "weight 0")
     journal.close(iid, IncidentState.HELD, 105.0, "kept drained: version mismatch")
     runner = CliRunner()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watcher.model import Finding, Predicts, Target
-from watcher.policy import GuardConfig, Policy, ReplicaView, plan_steps, takes_capacity
+from watcher.policy import GuardConfig, Policy, ReplicaView, plan_steps
 from watcher.rulepack.loader import load_packs
 from watcher.rulepack.schema import Defaults
 from watcher.store import Store
@@ -65,11 +65,11 @@ def test_plans_follow_the_playbook(tmp_path: Path) -> None:
         "restore",
     ]
     assert [s.name for s in plan_steps(by_id["load"], 60)] == ["alert", "hold"]  # type: ignore[arg-type]
-    assert not takes_capacity(plan_steps(by_id["note"], 60))  # type: ignore[arg-type]
+    assert not plan_steps(by_id["note"], 60).takes_capacity  # type: ignore[arg-type]
     # moving traffic alone fixes nothing: the weight stays until the finding resolves (bounded)
     shed = plan_steps(by_id["shed"], 60, max_hold_s=300)  # type: ignore[arg-type]
     assert [s.name for s in shed] == ["weight", "await_resolved", "restore"]
-    assert shed[1].params == {"timeout_s": 300}
+    assert shed[1].to_json() == {"name": "await_resolved", "params": {"timeout_s": 300}}  # the journal's shape
 
 
 def test_a_finding_back_within_the_cooldown_holds_instead_of_repeating(tmp_path: Path) -> None:
@@ -78,19 +78,19 @@ def test_a_finding_back_within_the_cooldown_holds_instead_of_repeating(tmp_path:
     fleet = {f"local/tfs-{i}": ReplicaView(f"local/tfs-{i}", "m", True) for i in range(3)}
     key = REPLICAS[0].key
     first = policy.decide(finding(REPLICAS[0], "oom", 100.0), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
-    assert first.steps is not None and any(s.name == "restart" for s in first.steps)
+    assert first.plan is not None and any(s.name == "restart" for s in first.plan)
     policy.record_action(key, "oom", 100.0)
     again = policy.decide(finding(REPLICAS[0], "oom", 130.0), by_id["oom"], defaults, fleet, 130.0)  # type: ignore[arg-type]
-    assert again.steps is not None and [s.name for s in again.steps] == ["drain", "hold"]
+    assert again.plan is not None and [s.name for s in again.plan] == ["drain", "hold"]
     assert "recurred" in again.reason
     # an alert-only rule is simply cooled down
     policy.record_action(key, "note", 100.0)
     note = policy.decide(finding(REPLICAS[0], "note", 130.0), by_id["note"], defaults, fleet, 130.0)  # type: ignore[arg-type]
-    assert note.steps is None and note.reason.startswith("cooldown")
+    assert note.plan is None and note.reason.startswith("cooldown")
     # and the hold still respects capacity
     fleet["local/tfs-1"] = ReplicaView("local/tfs-1", "m", False)
     full = policy.decide(finding(REPLICAS[0], "oom", 131.0), by_id["oom"], defaults, fleet, 131.0)  # type: ignore[arg-type]
-    assert full.steps is None and "unavailable" in full.reason
+    assert full.plan is None and "unavailable" in full.reason
 
 
 def test_never_the_last_healthy_replica(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_never_the_last_healthy_replica(tmp_path: Path) -> None:
         "local/tfs-2": ReplicaView("local/tfs-2", "m", serving=False),
     }
     d = policy.decide(finding(REPLICAS[0], "oom", 100.0), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
-    assert d.steps is None and "serving replica" in d.reason and d.escalate
+    assert d.plan is None and "serving replica" in d.reason and d.escalate
 
 
 def test_stale_and_resolved_findings_start_nothing(tmp_path: Path) -> None:
@@ -110,9 +110,9 @@ def test_stale_and_resolved_findings_start_nothing(tmp_path: Path) -> None:
     policy = Policy(None, GuardConfig(fresh_s=60))
     fleet = {f"local/tfs-{i}": ReplicaView(f"local/tfs-{i}", "m", True) for i in range(3)}
     stale = policy.decide(finding(REPLICAS[0], "oom", 0.0), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
-    assert stale.steps is None and "old" in stale.reason
+    assert stale.plan is None and "old" in stale.reason
     gone = policy.decide(finding(REPLICAS[0], "oom", 99.0, resolved=True), by_id["oom"], defaults, fleet, 100.0)  # type: ignore[arg-type]
-    assert gone.steps is None
+    assert gone.plan is None
 
 
 def test_restart_budget_backoff_then_breaker_escalates_once(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_restart_budget_backoff_then_breaker_escalates_once(tmp_path: Path) -> N
     for _ in range(30):
         now += 70  # past the 1 m cooldown each time
         d = policy.decide(finding(REPLICAS[0], "oom", now), by_id["oom"], defaults, fleet, now)  # type: ignore[arg-type]
-        if d.steps is not None:
+        if d.plan is not None:
             policy.record_action(key, "oom", now)
             policy.record_restart(key, now, defaults.max_restarts.per)
             outcomes.append("restart")
@@ -138,7 +138,7 @@ def test_restart_budget_backoff_then_breaker_escalates_once(tmp_path: Path) -> N
     # the breaker survives a watcher restart
     reloaded = Policy(Store(tmp_path / "g.db"))
     d = reloaded.decide(finding(REPLICAS[0], "oom", now + 1), by_id["oom"], defaults, fleet, now + 1)  # type: ignore[arg-type]
-    assert d.steps is None and "breaker" in d.reason
+    assert d.plan is None and "breaker" in d.reason
 
 
 events = st.lists(
@@ -178,9 +178,9 @@ def test_guard_rail_invariants(tmp_path_factory: object, seq: list[tuple[int, st
         d = policy.decide(finding(target, rule_id, now), by_id[rule_id], defaults, fleet, now)  # type: ignore[arg-type]
         if d.escalate and "breaker" in d.reason:
             trips += 1
-        if d.steps is None:
+        if d.plan is None:
             continue
-        if takes_capacity(d.steps):
+        if d.plan.takes_capacity:
             serving_others = [k for k, v in fleet.items() if v.serving and k != target.key]
             unavailable = {k for k, v in fleet.items() if not v.serving} | {target.key}
             assert len(serving_others) >= defaults.min_healthy  # never the last healthy replica
@@ -188,7 +188,7 @@ def test_guard_rail_invariants(tmp_path_factory: object, seq: list[tuple[int, st
             drained.add(target.key)
             policy.busy.add(target.key)
         policy.record_action(target.key, rule_id, now)
-        if any(s.name == "restart" for s in d.steps):
+        if any(s.name == "restart" for s in d.plan):
             window = [t for t in restarts.get(target.key, []) if now - t < defaults.max_restarts.per]
             assert len(window) < defaults.max_restarts.count  # the budget is never exceeded
             restarts[target.key] = [*window, now]

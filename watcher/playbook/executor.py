@@ -1,0 +1,282 @@
+"""The executor: carries out plans against the real world, journalling every step.
+
+Each incident runs on a worker thread (one incident per replica at a time). Every step is written
+as intent before it runs and as outcome after. If the watcher dies mid-playbook, :meth:`recover`
+resumes each open incident at its first unfinished step after asking that step whether it already
+took effect (:meth:`Step.already_happened`: a restart whose intent is journalled counts as done when
+the container started after the intent, so it never happens twice; weights are set idempotently).
+A failure never loops: a failed restart or a failed verification keeps the replica drained and
+alerts (HELD); a failed drain changes nothing (FAILED).
+
+The executor knows no step by name: what a step does, and what the loop must do around it, is the
+step's own (see :mod:`watcher.playbook.base`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from watcher.actions.base import ActionError, Alerter, Replica, Restarter, TrafficShifter
+from watcher.actions.verify import Verifier
+from watcher.clock import Clock, WallClock
+from watcher.fleet import Fleet
+from watcher.journal import Incident, IncidentState, Journal, StepStatus
+from watcher.model import Finding
+from watcher.playbook.alerting import IncidentAlerts
+from watcher.playbook.base import Interrupted, Step, StepFailed
+from watcher.playbook.context import ExecutorConfig, StepContext
+from watcher.playbook.resolutions import ResolvedFindings
+from watcher.policy import Decision, Policy
+from watcher.rulepack.schema import AnyRule, Defaults
+
+__all__ = ["Executor", "ExecutorConfig"]
+
+MAX_REFUSALS = 1000  # the most recent refusals kept for status and tests
+
+
+class Executor:
+    def __init__(
+        self,
+        policy: Policy,
+        journal: Journal,
+        fleet: Fleet,
+        shifter: TrafficShifter,
+        restarter: Restarter,
+        verifier: Verifier,
+        alerter: Alerter,
+        rules: dict[str, tuple[AnyRule, Defaults]],
+        config: ExecutorConfig | None = None,
+        clock: Clock | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.journal = journal
+        self.fleet = fleet
+        self.shifter = shifter
+        self.restarter = restarter
+        self.verifier = verifier
+        self.alerter = alerter
+        self.rules = rules
+        self.config = config or ExecutorConfig()
+        self.clock = clock or WallClock()
+        self.on_event = on_event
+        self.alerts = IncidentAlerts(
+            alerter=lambda: self.alerter,
+            alert_name=lambda: self.config.alert_name,
+            replica_of=lambda key: self.fleet.replica(key),
+            clock=lambda: self.clock,
+            event=self._event,
+        )
+        self.resolved = ResolvedFindings()
+        self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="playbook")
+        self._lock = threading.Lock()
+        self._futures: dict[int, Future[None]] = {}  # incidents still running (finished ones are pruned)
+        self.refusals: deque[tuple[str, str, str]] = deque(maxlen=MAX_REFUSALS)  # (target, rule, reason)
+
+    # -- entry points ------------------------------------------------------------------------------
+    def on_finding(self, finding: Finding) -> int | None:
+        """Decide and, if planned, start the incident. Returns the incident id (also for dry runs)."""
+        if finding.resolved:
+            self.resolved.mark(finding.target.key, finding.rule_id, finding.ts)
+            return None
+        if finding.rule_id not in self.rules:
+            return None
+        rule, defaults = self.rules[finding.rule_id]
+        now = self.clock.now()
+        with self._lock:
+            decision = self.policy.decide(finding, rule, defaults, self.fleet.views(), now)
+            if decision.plan is None:
+                self._refused(finding, decision, now)
+                return None
+            key = finding.target.key
+            replica = self.fleet.replica(key)
+            held = self._held(key)
+            if held is not None and replica is not None and self.shifter.get_weight(replica) == 0:
+                reason = f"held drained by incident #{held}; release it by hand (restore its weight)"
+                self._refused(finding, Decision(None, reason), now)
+                return None
+            if replica is None:
+                self._refused(finding, Decision(None, "replica has no load-balancer address/model label"), now)
+                return None
+            before = self.verifier.served_version(replica)
+            incident_id = self.journal.open_incident(
+                finding,
+                decision.plan,
+                now,
+                version_before=before,
+                state=IncidentState.DRY_RUN if decision.dry_run else IncidentState.RUNNING,
+                dry_run=decision.dry_run,
+                note="dry run: planned, nothing touched" if decision.dry_run else "",
+            )
+            self.policy.record_action(key, finding.rule_id, now)
+            if decision.dry_run:
+                return incident_id
+            self.policy.busy.add(key)
+            self._submit(incident_id)
+        return incident_id
+
+    def _held(self, key: str) -> int | None:
+        """The id of the latest incident of this replica if it ended HELD (kept drained on purpose)."""
+        latest = [i for i in self.journal.incidents(limit=50) if i.target == key and not i.dry_run]
+        if latest and latest[-1].state is IncidentState.HELD:
+            return latest[-1].id
+        return None
+
+    def recover(self) -> list[int]:
+        """Resume every incident left running by a watcher that died."""
+        resumed = []
+        for incident in self.journal.incidents(open_only=True):
+            self.policy.busy.add(incident.target)
+            with self._lock:
+                self._submit(incident.id)
+            resumed.append(incident.id)
+        return resumed
+
+    def _submit(self, incident_id: int) -> None:
+        """Start the incident on a worker; the caller holds ``_lock``."""
+        for done in [i for i, f in self._futures.items() if f.done()]:
+            del self._futures[done]
+        self._futures[incident_id] = self._pool.submit(self._run, incident_id)
+
+    def wait(self, timeout_s: float = 300.0) -> None:
+        """Block until every submitted incident finished (tests, graceful shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                pending = [f for f in self._futures.values() if not f.done()]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} incident(s) still running after {timeout_s}s")
+            time.sleep(0.1)
+
+    def interrupt_waits(self) -> None:
+        """Release steps that wait for findings (the engine is stopping, none will arrive); their
+        incidents stay open in the journal for the next start to resume."""
+        self.resolved.interrupt()
+
+    def shutdown(self) -> None:
+        self.interrupt_waits()
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def escalate(self, key: str, summary: str, rule_id: str = "") -> None:
+        """One alert per (replica, rule, kind of refusal); the alerter drops repeats in its window."""
+        self.alerts.escalate(key, summary, rule_id)
+
+    # -- running a plan -----------------------------------------------------------------------------
+    def _run(self, incident_id: int) -> None:
+        incident = self.journal.incident(incident_id)
+        if incident is None:
+            return
+        try:
+            self._carry_out(incident)
+        except Exception as exc:
+            self.journal.close(incident.id, IncidentState.HELD, self.clock.now(), f"executor error: {exc}")
+            self.alerts.incident(incident, "critical", f"executor error: {exc}")
+        finally:
+            self.policy.busy.discard(incident.target)
+
+    def _context(self, incident: Incident, replica: Replica) -> StepContext:
+        _rule, defaults = self.rules.get(incident.rule_id, (None, Defaults()))
+        return StepContext(
+            incident=incident,
+            replica=replica,
+            shifter=self.shifter,
+            restarter=self.restarter,
+            verifier=self.verifier,
+            alerts=self.alerts,
+            policy=self.policy,
+            clock=self.clock,
+            config=self.config,
+            defaults=defaults,
+            resolved=self.resolved,
+        )
+
+    def _carry_out(self, incident: Incident) -> None:
+        replica = self.fleet.replica(incident.target)
+        if replica is None:
+            self.journal.close(incident.id, IncidentState.HELD, self.clock.now(), "replica disappeared")
+            self.alerts.incident(incident, "critical", "replica disappeared during remediation")
+            return
+        done = {s.idx for s in incident.steps if s.status in (StepStatus.DONE, StepStatus.SKIPPED)}
+        failed = [s for s in incident.steps if s.status is StepStatus.FAILED]
+        if failed:  # died after a failure was journalled but before the incident was closed
+            self._finish_failure(incident, replica, StepFailed(failed[-1].detail, hold=True))
+            return
+        in_flight = {s.idx: s for s in incident.steps if s.status is StepStatus.INTENT}
+        for idx, step in enumerate(incident.plan):
+            if idx in done:
+                continue
+            ctx = self._context(incident, replica)
+            previous = in_flight.get(idx)
+            if previous is not None and step.already_happened(ctx, previous.started):
+                self.journal.outcome(
+                    previous.id, StepStatus.DONE, self.clock.now(), "completed before a watcher restart"
+                )
+                continue
+            step_id = (
+                previous.id if previous is not None else self.journal.intent(incident.id, idx, step, self.clock.now())
+            )
+            if not self._step(incident, replica, step, step_id, ctx):
+                return
+            if step.ends_held:
+                self.journal.close(incident.id, IncidentState.HELD, self.clock.now(), "held drained as the rule says")
+                return
+        self.journal.close(incident.id, IncidentState.RESOLVED, self.clock.now())
+        self._event("resolved", {"incident": incident.id, "target": incident.target})
+
+    def _step(self, incident: Incident, replica: Replica, step: Step, step_id: int, ctx: StepContext) -> bool:
+        """Run one journalled step; False when the incident stops here (failed, or the watcher is stopping)."""
+        self._event("step", {"incident": incident.id, "step": step.name, "target": incident.target})
+        try:
+            detail = step.run(ctx)
+        except Interrupted:
+            self._event("interrupted", {"incident": incident.id, "step": step.name, "target": incident.target})
+            return False
+        except StepFailed as exc:
+            self.journal.outcome(step_id, StepStatus.FAILED, self.clock.now(), str(exc))
+            self._finish_failure(incident, replica, exc)
+            return False
+        except ActionError as exc:
+            self.journal.outcome(step_id, StepStatus.FAILED, self.clock.now(), str(exc))
+            self._finish_failure(incident, replica, StepFailed(str(exc), hold=step.hold_on_error))
+            return False
+        self.journal.outcome(step_id, StepStatus.DONE, self.clock.now(), detail)
+        return True
+
+    def _finish_failure(self, incident: Incident, replica: Replica, exc: StepFailed) -> None:
+        now = self.clock.now()
+        if exc.hold:
+            try:
+                self.shifter.set_weight(replica, 0)
+            except ActionError as drain_error:
+                self.journal.close(
+                    incident.id, IncidentState.HELD, now, f"{exc}; could not keep drained: {drain_error}"
+                )
+                self.alerts.incident(incident, "critical", f"{exc}; could not keep drained: {drain_error}")
+                return
+            self.journal.close(incident.id, IncidentState.HELD, now, f"kept drained: {exc}")
+            self.alerts.incident(incident, "critical", f"replica kept drained: {exc}")
+        else:
+            with contextlib.suppress(ActionError):
+                self.shifter.set_weight(replica, self.shifter.original_weight(replica))
+            self.journal.close(incident.id, IncidentState.FAILED, now, str(exc))
+            self.alerts.incident(incident, "warning", f"remediation failed, nothing changed: {exc}")
+        self._event("failed", {"incident": incident.id, "target": incident.target, "why": str(exc)})
+
+    # -- refusals and events ------------------------------------------------------------------------
+    def _refused(self, finding: Finding, decision: Decision, now: float) -> None:
+        self.refusals.append((finding.target.key, finding.rule_id, decision.reason))
+        self._event("refused", {"target": finding.target.key, "rule": finding.rule_id, "why": decision.reason})
+        if decision.escalate:
+            self.escalate(finding.target.key, decision.escalate, finding.rule_id)
+
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, data)
