@@ -14,8 +14,11 @@ cooldowns and budgets held in memory would be forgotten by exactly the restart t
 from __future__ import annotations
 
 import fnmatch
+import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from watcher.model import Finding
 from watcher.playbook.base import Step
@@ -136,8 +139,26 @@ def hold_steps() -> Plan:
     return Plan([Drain(), Hold()])
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(method: Callable[Concatenate[Policy, P], R]) -> Callable[Concatenate[Policy, P], R]:
+    """Run under the policy's lock. The decision thread owns the policy, but playbook workers
+    record restarts and the store write iterates the state: without the lock a save could see a
+    dict mid-update (and fail), or a restart counted on a worker be lost to a concurrent save."""
+
+    @functools.wraps(method)
+    def wrapper(policy: Policy, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with policy._lock:
+            return method(policy, *args, **kwargs)
+
+    return wrapper
+
+
 class Policy:
     def __init__(self, store: Store | None, config: GuardConfig | None = None) -> None:
+        self._lock = threading.RLock()
         self.store = store
         self.config = config or GuardConfig()
         self.last_action: dict[str, float] = {}
@@ -162,6 +183,7 @@ class Policy:
         self.paused = bool(data.get("paused", False))
         self.config.dry_run = bool(data.get("dry_run", self.config.dry_run))
 
+    @_locked
     def save(self, now: float = 0.0) -> None:
         if self.store is None:
             return
@@ -177,19 +199,23 @@ class Policy:
         self.store.put_state(STATE_SCOPE, STATE_KEY, data, now)
 
     # -- operator controls -----------------------------------------------------------------------
+    @_locked
     def silence(self, matchers: dict[str, str], until: float, comment: str = "", now: float = 0.0) -> None:
         self.silences = [s for s in self.silences if s.until > now] + [Silence(matchers, until, comment)]
         self.save(now)
 
+    @_locked
     def set_paused(self, paused: bool, now: float = 0.0) -> None:
         self.paused = paused
         self.save(now)
 
+    @_locked
     def set_dry_run(self, dry_run: bool, now: float = 0.0) -> None:
         self.config.dry_run = dry_run
         self.save(now)
 
     # -- the decision --------------------------------------------------------------------------
+    @_locked
     def decide(
         self, finding: Finding, rule: AnyRule, defaults: Defaults, fleet: dict[str, ReplicaView], now: float
     ) -> Decision:
@@ -274,11 +300,13 @@ class Policy:
         return None
 
     # -- bookkeeping by the executor -----------------------------------------------------------
+    @_locked
     def record_action(self, key: str, rule_id: str, now: float) -> None:
         self.last_action[f"{key}|{rule_id}"] = now
         self.actions = [t for t in self.actions if now - t < 3600.0] + [now]
         self.save(now)
 
+    @_locked
     def record_restart(self, key: str, now: float, window_s: float) -> None:
         """Counted before the restart runs: a crash mid-restart must not give the budget back."""
         self.restarts[key] = [t for t in self.restarts.get(key, []) if now - t < window_s] + [now]

@@ -194,3 +194,40 @@ def test_guard_rail_invariants(tmp_path_factory: object, seq: list[tuple[int, st
             restarts[target.key] = [*window, now]
             policy.record_restart(target.key, now, defaults.max_restarts.per)
     assert trips <= len(REPLICAS) * (1 + len(seq) // 10)  # a breaker escalates once per trip, not per finding
+
+
+def test_restarts_recorded_by_concurrent_playbook_workers_are_never_lost(tmp_path: Path) -> None:
+    """Workers record restarts while the decision thread saves the state: every restart counts."""
+    import sys
+    import threading
+
+    policy = Policy(Store(tmp_path / "w.db"))
+    errors: list[BaseException] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to give a race its chance
+
+    def worker() -> None:
+        try:
+            for i in range(150):
+                policy.record_restart("local/tfs-1", 1000.0 + i, window_s=1e9)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def operator() -> None:
+        try:
+            for i in range(150):
+                policy.silence({"target": f"local/x-{i}"}, until=1e12, now=1000.0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(4)] + [threading.Thread(target=operator)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors
+    assert len(policy.restarts["local/tfs-1"]) == 600
+    assert len(Policy(Store(tmp_path / "w.db")).restarts["local/tfs-1"]) == 600

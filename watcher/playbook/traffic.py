@@ -62,7 +62,7 @@ class WaitIdle(Step):
     timeout_s: float = 30.0
 
     def run(self, ctx: StepContext) -> str:
-        if not getattr(ctx.shifter, "confirms_idle", False):
+        if not ctx.shifter.confirms_idle:
             time.sleep(self.settle_s)  # a blind LB: give it time to notice the weight
         idle = ctx.shifter.wait_idle(ctx.replica, self.timeout_s)
         return "idle" if idle else "in-flight requests still running at the deadline; going on"
