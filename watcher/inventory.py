@@ -244,7 +244,8 @@ class Inventory:
 
     def subscribe(self, subscriber: Subscriber) -> Subscriber:
         """Subscribe before ``start`` to see the first events (and to have ``since`` honoured)."""
-        self._subscribers.append(subscriber)
+        if subscriber not in self._subscribers:
+            self._subscribers.append(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -439,10 +440,11 @@ def shared_or_own(
     label_selector: Sequence[str],
     service_label: str,
     rescan_s: float = 10.0,
+    backoff_cap_s: float = 30.0,
 ) -> tuple[Inventory, bool]:
     """The inventory a source reads: the watcher's shared one, or (a source used on its own, as in
     tests and scripts) a private one it starts and stops itself. Returns (inventory, owned)."""
     if inventory is not None:
         return inventory, False
     names = LabelNames(selector=tuple(label_selector), service=service_label)
-    return Inventory(make_clients(engines), names, rescan_s=rescan_s), True
+    return Inventory(make_clients(engines), names, rescan_s=rescan_s, backoff_cap_s=backoff_cap_s), True

@@ -80,13 +80,16 @@ class DockerEventsSource(Source):
         label_selector: Sequence[str] = DEFAULT_SELECTOR,
         service_label: str = "watcher.service",
         max_replay_s: float = 300.0,
+        backoff_cap_s: float = 30.0,
         inventory: Inventory | None = None,
     ) -> None:
-        """``inventory``: the watcher's shared one; without it (``engines``, ``label_selector`` and
-        ``service_label`` then describe it) the source keeps a private one."""
+        """``inventory``: the watcher's shared one; without it (``engines``, ``label_selector``,
+        ``service_label`` and ``backoff_cap_s`` then describe it) the source keeps a private one."""
         super().__init__(queue)
         self.store = store
-        self.inventory, self._owns_inventory = shared_or_own(inventory, engines, label_selector, service_label)
+        self.inventory, self._owns_inventory = shared_or_own(
+            inventory, engines, label_selector, service_label, backoff_cap_s=backoff_cap_s
+        )
         self.service_label = self.inventory.names.service
         self.max_replay_s = max_replay_s
         self.started_at = time.time()
