@@ -56,6 +56,7 @@ import requests
 from testbed.loadgen import LoadGenerator, RequestRecord, percentile
 from testbed.replicas import TESTBED_LABEL, Replica
 from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
+from watcher.inventory import Inventory, LabelNames, make_clients
 from watcher.model import Lifecycle, LifecycleKind, LogRecord, Sample, Signal, Target
 from watcher.sources.base import SignalQueue
 from watcher.sources.docker_events import DockerEventsSource
@@ -173,9 +174,10 @@ def watcher_sources(run_id: str, collector: Collector, workdir: Path) -> Iterato
     queue = SignalQueue()
     store = Store(workdir / "record.db")
     selector = [f"{TESTBED_LABEL}={run_id}"]
+    inventory = Inventory(make_clients(None), LabelNames(tuple(selector)), rescan_s=1.0)  # one events stream
     sources = [
-        DockerLogsSource(queue, store, label_selector=selector, rescan_s=1.0, backfill_s=None),
-        DockerEventsSource(queue, store, label_selector=selector, max_replay_s=60.0),
+        DockerLogsSource(queue, store, backfill_s=None, inventory=inventory),
+        DockerEventsSource(queue, store, max_replay_s=60.0, inventory=inventory),
     ]
     stop = threading.Event()
 
@@ -188,10 +190,12 @@ def watcher_sources(run_id: str, collector: Collector, workdir: Path) -> Iterato
     thread.start()
     for s in sources:
         s.start()
+    inventory.start()
     try:
         yield
     finally:
         time.sleep(1.5)  # the last lines and events are in flight
+        inventory.stop()
         for s in sources:
             s.stop()
         stop.set()

@@ -21,6 +21,7 @@ from watcher.actions.docker import DockerRestarter
 from watcher.actions.tfserving import TFServingVerifier
 from watcher.decisions import Decisions
 from watcher.fleet import Fleet
+from watcher.inventory import Inventory, LabelNames
 from watcher.journal import Journal
 from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Finding
@@ -92,14 +93,12 @@ def assemble(
     opened = Store(store)
     journal = Journal(opened)
     policy = Policy(opened, guard)
-    fleet = Fleet(
-        clients,
-        live_config.label_selector,
-        weight_of=shifter.get_weight,
-        service_label=live_config.service_label,
-        upstream_label=live_config.upstream_label,
-        model_label=model_label,
+    # One inventory for the watcher: its sources and the fleet see the same replicas.
+    labels = LabelNames(
+        tuple(live_config.label_selector), live_config.service_label, live_config.upstream_label, model_label
     )
+    inventory = Inventory(clients, labels, rescan_s=live_config.rescan_s)
+    fleet = Fleet(inventory, weight_of=shifter.get_weight)
     executor = Executor(
         policy,
         journal,
@@ -113,5 +112,5 @@ def assemble(
         on_event=on_event,
     )
     decisions = Decisions(on_finding or executor.on_finding)
-    live = LiveWatcher(live_config, packs, opened, on_finding=decisions.submit)
+    live = LiveWatcher(live_config, packs, opened, on_finding=decisions.submit, inventory=inventory)
     return Assembly(opened, journal, policy, fleet, executor, decisions, live)

@@ -2,75 +2,54 @@
 
 The policy needs a view of the whole service (to never drain the last healthy replica) and the
 actuators need each replica's load-balancer address and model. Both come from the containers'
-labels (``watcher.service``, ``watcher.upstream``, ``watcher.model``), read from every engine.
+labels (``watcher.service``, ``watcher.upstream``, ``watcher.model``) as the inventory knows them:
+this is a view over :class:`watcher.inventory.Inventory`, which lists and follows every engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-
-import docker
+from collections.abc import Callable
 
 from watcher.actions.base import Replica
-from watcher.model import Target
+from watcher.inventory import Inventory, WatchedContainer
 from watcher.policy import ReplicaView
-from watcher.sources.docker_logs import matches_selector
+
+
+def replica_of(container: WatchedContainer) -> Replica | None:
+    """What the actuators need; None for a container without an upstream or model label."""
+    if not (container.upstream and container.model):
+        return None
+    upstream = container.upstream
+    return Replica(target=container.target, upstream=upstream, rest_url=f"http://{upstream}", model=container.model)
 
 
 class Fleet:
-    def __init__(
-        self,
-        clients: Mapping[str, docker.DockerClient],
-        label_selector: Sequence[str] = ("watcher.enable=true",),
-        weight_of: Callable[[Replica], int] | None = None,
-        service_label: str = "watcher.service",
-        upstream_label: str = "watcher.upstream",
-        model_label: str = "watcher.model",
-    ) -> None:
-        self.clients = dict(clients)
-        self.label_selector = list(label_selector)
+    def __init__(self, inventory: Inventory, weight_of: Callable[[Replica], int] | None = None) -> None:
+        self.inventory = inventory
         self.weight_of = weight_of
-        self.service_label = service_label
-        self.upstream_label = upstream_label
-        self.model_label = model_label
-        self._replicas: dict[str, Replica] = {}
         self._views: dict[str, ReplicaView] = {}
 
     def refresh(self) -> None:
-        replicas: dict[str, Replica] = {}
+        """Views of every known replica (stopped ones too); serving also asks the load balancer."""
         views: dict[str, ReplicaView] = {}
-        for engine, client in self.clients.items():
-            try:
-                containers = client.containers.list(all=True)
-            except docker.errors.DockerException:
-                continue
-            for c in containers:
-                labels = c.labels or {}
-                if not matches_selector(labels, self.label_selector):
-                    continue
-                upstream = labels.get(self.upstream_label)
-                model = labels.get(self.model_label)
-                service = labels.get(self.service_label)
-                target = Target(c.name, engine=engine, service=service)
-                state = c.attrs.get("State", {})
-                running = bool(state.get("Running"))
-                health = (state.get("Health") or {}).get("Status")
-                serving = running and health != "unhealthy"
-                if upstream and model:
-                    replica = Replica(target=target, upstream=upstream, rest_url=f"http://{upstream}", model=model)
-                    replicas[target.key] = replica
-                    if serving and self.weight_of is not None:
-                        try:
-                            serving = self.weight_of(replica) > 0
-                        except Exception:
-                            serving = False
-                views[target.key] = ReplicaView(target.key, service, serving)
-        self._replicas, self._views = replicas, views
+        for c in self.inventory.snapshot().current():
+            serving = c.serving
+            replica = replica_of(c)
+            if replica is not None and serving and self.weight_of is not None:
+                try:
+                    serving = self.weight_of(replica) > 0
+                except Exception:
+                    serving = False
+            views[c.key] = ReplicaView(c.key, c.target.service, serving)
+        self._views = views
 
     def replica(self, key: str) -> Replica | None:
-        if key not in self._replicas:
-            self.refresh()
-        return self._replicas.get(key)
+        """The replica now named ``key`` (``engine/name``); an unknown key makes the inventory look again."""
+        container = self.inventory.snapshot().by_key(key)
+        if container is None:
+            self.inventory.rescan()
+            container = self.inventory.snapshot().by_key(key)
+        return replica_of(container) if container is not None else None
 
     def views(self, refresh: bool = True) -> dict[str, ReplicaView]:
         if refresh:

@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
-
 from watcher.clock import Clock, WallClock
 from watcher.engine import Engine
+from watcher.inventory import Inventory, LabelNames, make_clients
 from watcher.model import Finding, Target
 from watcher.rulepack.schema import PromQLRule, RulePack
 from watcher.sources.base import SignalQueue, Source
 from watcher.sources.docker_events import DockerEventsSource
-from watcher.sources.docker_logs import DockerLogsSource, make_clients, matches_selector
+from watcher.sources.docker_logs import DockerLogsSource
 from watcher.sources.docker_stats import DockerStatsSource
 from watcher.sources.file_logs import FileLogsSource, FileSpec
 from watcher.sources.prometheus import PrometheusSource, PromQuery
@@ -75,7 +74,9 @@ class LiveWatcher:
         store: Store,
         clock: Clock | None = None,
         on_finding: Callable[[Finding], object] | None = None,
+        inventory: Inventory | None = None,
     ) -> None:
+        """``inventory``: shared with the fleet (``assemble``); without it, one over ``config.engines``."""
         self.config = config
         self.store = store
         self.clock = clock or WallClock()
@@ -90,22 +91,22 @@ class LiveWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._by_name: dict[str, Target] = {}  # container name -> the watched container's Target
+        self.inventory = inventory or Inventory(
+            make_clients(config.engines),
+            LabelNames(tuple(config.label_selector), config.service_label, config.upstream_label),
+            rescan_s=config.rescan_s,
+        )
         self.sources: list[Source] = self._make_sources(packs)
-        self._clients = make_clients(config.engines)
 
     def _make_sources(self, packs: Sequence[RulePack]) -> list[Source]:
         cfg = self.config
-        common: dict[str, Any] = {
-            "engines": cfg.engines,
-            "label_selector": cfg.label_selector,
-            "service_label": cfg.service_label,
-        }
+        inventory = self.inventory  # the Docker sources read its one events stream and listing per engine
         sources: list[Source] = [
-            DockerLogsSource(self.queue, self.store, rescan_s=cfg.rescan_s, backfill_s=cfg.backfill_s, **common),
-            DockerEventsSource(self.queue, self.store, **common),
+            DockerLogsSource(self.queue, self.store, backfill_s=cfg.backfill_s, inventory=inventory),
+            DockerEventsSource(self.queue, self.store, inventory=inventory),
         ]
         if cfg.stats_interval_s:
-            sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, **common))
+            sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, inventory=inventory))
         if cfg.files:
             sources.append(FileLogsSource(self.queue, self.store, [FileSpec(p, t) for p, t in cfg.files]))
         queries = prom_queries(packs, cfg.prometheus_target_label, cfg.prometheus_window)
@@ -123,14 +124,16 @@ class LiveWatcher:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LiveWatcher:
-        self.refresh_upstreams()
         for source in self.sources:
             source.start()
+        self.inventory.start()  # after the sources: the first events stream resumes from their cursor
+        self.refresh_upstreams()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self.inventory.stop()
         for source in self.sources:
             source.stop()
         self._stop.set()
@@ -152,23 +155,14 @@ class LiveWatcher:
         return self._by_name.get(name.lstrip("/"))
 
     def refresh_upstreams(self) -> None:
-        """Map load-balancer addresses (and container names) to the watched replicas."""
+        """Map load-balancer addresses (and container names) to the running watched replicas, from
+        the inventory's snapshot: no Docker call, so the engine thread may do it."""
         mapping: dict[str, Target] = {}
         by_name: dict[str, Target] = {}
-        for engine, client in self._clients.items():
-            try:
-                containers = client.containers.list()
-            except docker.errors.DockerException:
-                continue
-            for c in containers:
-                labels = c.labels or {}
-                if not matches_selector(labels, self.config.label_selector):
-                    continue
-                target = Target(c.name, engine=engine, service=labels.get(self.config.service_label))
-                by_name.setdefault(c.name, target)
-                address = labels.get(self.config.upstream_label)
-                if address:
-                    mapping[address] = target
+        for c in self.inventory.snapshot().running():
+            by_name.setdefault(c.name, c.target)
+            if c.upstream:
+                mapping[c.upstream] = c.target
         self.engine.upstreams = mapping
         self._by_name = by_name
 

@@ -6,19 +6,21 @@ on reconnect the stream resumes with ``since`` = the last event's time (Docker's
 inclusive, so events at exactly that nanosecond are de-duplicated). The cursor is persisted per
 engine through ``Envelope.cursor`` so a restarted watcher also picks up what happened while it was
 down, bounded by ``max_replay_s`` so a long outage does not replay old history as if it were news.
+
+The stream is the inventory's (:mod:`watcher.inventory`), one per engine for the whole watcher: it
+opens it from the ``since`` this source asks for and forwards every event here first.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from watcher.model import Lifecycle, LifecycleKind, Target
-from watcher.sources.base import Backoff, Envelope, SignalQueue, Source
-from watcher.sources.docker_logs import DEFAULT_SELECTOR, make_clients, since_param
+from watcher.inventory import DEFAULT_SELECTOR, EngineState, Inventory, Subscriber, shared_or_own, target_of
+from watcher.model import Lifecycle, LifecycleKind
+from watcher.sources.base import Envelope, SignalQueue, Source
+from watcher.sources.docker_logs import since_param
 from watcher.store import Store
 
 _ACTIONS = {
@@ -52,7 +54,7 @@ def to_lifecycle(event: Mapping[str, Any], engine: str, service_label: str) -> L
     name = attrs.get("name", cid[:12])
     attributes = {"id": cid, "action": action, **attrs}
     return Lifecycle(
-        target=Target(container=name, engine=engine, service=attrs.get(service_label)),
+        target=target_of(name, engine, attrs, service_label),
         ts=ts,
         kind=kind,
         exit_code=exit_code,
@@ -62,7 +64,11 @@ def to_lifecycle(event: Mapping[str, Any], engine: str, service_label: str) -> L
 
 
 class DockerEventsSource(Source):
-    """Follows each engine's container events in a thread; reconnects with backoff, losing nothing."""
+    """Each engine's container events, read from the inventory's one stream per engine, losing nothing.
+
+    The inventory owns the stream, its reconnects and backoff; this source tells it where to resume
+    (``since``, from this source's cursor) and turns each event it forwards into a Lifecycle signal.
+    """
 
     name = "docker_events"
 
@@ -75,22 +81,27 @@ class DockerEventsSource(Source):
         service_label: str = "watcher.service",
         max_replay_s: float = 300.0,
         backoff_cap_s: float = 30.0,
+        inventory: Inventory | None = None,
     ) -> None:
+        """``inventory``: the watcher's shared one; without it (``engines``, ``label_selector``,
+        ``service_label`` and ``backoff_cap_s`` then describe it) the source keeps a private one."""
         super().__init__(queue)
         self.store = store
-        self.clients = make_clients(engines)
-        self.label_selector = list(label_selector)
-        self.service_label = service_label
+        self.inventory, self._owns_inventory = shared_or_own(
+            inventory, engines, label_selector, service_label, backoff_cap_s=backoff_cap_s
+        )
+        self.service_label = self.inventory.names.service
         self.max_replay_s = max_replay_s
-        self.backoff_cap_s = backoff_cap_s
         self.started_at = time.time()
         self._last_ns: dict[str, int] = {}
         self._seen_at_last: dict[str, set[str]] = {}
-        self._streams: dict[str, Any] = {}
-        self._threads: list[threading.Thread] = []
-        self._engine_ok: dict[str, bool] = dict.fromkeys(self.clients, False)
-        self.reconnects = 0
+        self._engine_ok: dict[str, bool] = dict.fromkeys(self.inventory.engine_names, False)
         self.events_seen = 0
+        self._subscriber = Subscriber(on_event=self._handle, on_engine=self._on_engine, since=self._since)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(state.reconnects for state in self.inventory.engine_states().values())
 
     def cursor_key(self, engine: str) -> str:
         return f"docker_events/{engine}"
@@ -99,19 +110,17 @@ class DockerEventsSource(Source):
         if not self._claim_start():
             return
         self.started_at = time.time()
-        for engine in self.clients:
-            t = threading.Thread(target=self._follow, args=(engine,), name=f"events-{engine}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self.inventory.subscribe(self._subscriber)  # before the inventory opens its stream: since is ours
+        for engine, state in self.inventory.engine_states().items():
+            self._on_engine(engine, state)
+        if self._owns_inventory:
+            self.inventory.start()
 
     def stop(self) -> None:
         super().stop()
-        for stream in list(self._streams.values()):
-            with contextlib.suppress(Exception):  # a dead socket cannot be closed twice; the thread ends anyway
-                stream.close()
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads.clear()
+        self.inventory.unsubscribe(self._subscriber)
+        if self._owns_inventory:
+            self.inventory.stop()
         self.connected = False
 
     def _since(self, engine: str) -> str:
@@ -124,37 +133,11 @@ class DockerEventsSource(Source):
             last = int(self.started_at * 1e9)
         return since_param(max(last, floor_ns))
 
-    def _follow(self, engine: str) -> None:
-        client = self.clients[engine]
-        backoff = Backoff(0.5, self.backoff_cap_s)
-        while not self.stopping:
-            try:
-                stream = client.events(
-                    decode=True,
-                    since=self._since(engine),
-                    filters={"type": "container", "label": self.label_selector},
-                )
-                self._streams[engine] = stream
-                if self.stopping:
-                    stream.close()
-                    return
-                self._engine_ok[engine] = True
-                self.connected = all(self._engine_ok.values())
-                backoff.reset()
-                for event in stream:
-                    self._handle(engine, event)
-                if self.stopping:
-                    return
-                raise ConnectionError("event stream ended")
-            except Exception as exc:
-                if self.stopping:
-                    return
-                self._engine_ok[engine] = False
-                self.connected = False
-                self._error(f"{engine}: event stream: {exc}")
-                self.reconnects += 1
-            if self._stop.wait(backoff.next_delay()):
-                return
+    def _on_engine(self, engine: str, state: EngineState) -> None:
+        self._engine_ok[engine] = state.streaming
+        self.connected = all(self._engine_ok.values())
+        if not state.streaming and state.error:
+            self._error(state.error)
 
     def _handle(self, engine: str, event: Mapping[str, Any]) -> None:
         time_nano = int(event.get("timeNano") or 0)

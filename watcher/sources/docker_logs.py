@@ -1,8 +1,9 @@
 """Follow the logs of selected containers on one or more Docker engines, losing and repeating nothing.
 
-Selection is by label (default ``watcher.enable=true``); a container is attached when the source
-starts, when Docker reports its ``start``, and by a periodic rescan that repairs anything an event
-stream missed. One reader thread per container; the follow stream ends when the container stops,
+Selection is by label (default ``watcher.enable=true``), made by the inventory
+(:mod:`watcher.inventory`): a container is attached when the inventory shows it running (at start,
+on its ``start`` event, and on every rescan, which repairs anything an event missed). One reader
+thread per container; the follow stream ends when the container stops,
 and the reader re-follows at once if the container is running again (``docker restart``).
 
 Cursor: per container, ``"<RFC3339Nano timestamp>|<n>"`` = the newest Docker timestamp delivered
@@ -44,8 +45,17 @@ from typing import Any
 import docker
 from docker.types.daemon import CancellableStream
 
-from watcher.model import LogRecord, Target
-from watcher.sources.base import Backoff, Envelope, SignalQueue, Source
+from watcher.inventory import (
+    DEFAULT_SELECTOR,
+    EngineState,
+    Inventory,
+    Subscriber,
+    Update,
+    WatchedContainer,
+    shared_or_own,
+)
+from watcher.model import LogRecord
+from watcher.sources.base import Envelope, SignalQueue, Source
 from watcher.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,8 +68,6 @@ _TS_RE = re.compile(
 _SECONDS_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})$")
 _READ_SIZE = 256 * 1024
 _STREAMS = {1: "stdout", 2: "stderr"}
-
-DEFAULT_SELECTOR = ("watcher.enable=true",)
 
 
 # -- pure pieces (unit-tested without Docker) -----------------------------------------------------
@@ -204,6 +212,11 @@ class LineSplitter:
         return line
 
 
+def cursor_key(engine: str, name: str) -> str:
+    """The store key of a container's log cursor: by name, see the module docstring."""
+    return f"docker_logs/{engine}/{name}"
+
+
 def split_timestamp(line: bytes) -> tuple[str, bytes] | None:
     """Docker prefixes each line with ``<RFC3339Nano> ``; returns (ts, rest) or None if absent."""
     sp = line.find(b" ", 0, _TS_PREFIX_MAX)
@@ -221,45 +234,18 @@ def cap_message(raw: bytes, truncated: bool, cap: int = MAX_LINE_BYTES) -> tuple
     return raw.decode("utf-8", errors="replace").rstrip("\r"), truncated
 
 
-def parse_selector(selector: Sequence[str]) -> list[tuple[str, str | None]]:
-    out: list[tuple[str, str | None]] = []
-    for item in selector:
-        key, sep, value = item.partition("=")
-        out.append((key, value if sep else None))
-    return out
-
-
-def matches_selector(labels: Mapping[str, str], selector: Sequence[str]) -> bool:
-    """Docker's label filter semantics (all terms must hold), for events and tests."""
-    for key, value in parse_selector(selector):
-        if key not in labels or (value is not None and labels[key] != value):
-            return False
-    return True
-
-
-def make_clients(engines: Mapping[str, Any] | None) -> dict[str, docker.DockerClient]:
-    """Engine name -> client. A value is a base URL (``unix://...``, ``tcp://127.0.0.1:2375``) or a client."""
-    if not engines:
-        return {"local": docker.from_env()}
-    clients: dict[str, docker.DockerClient] = {}
-    for name, spec in engines.items():
-        clients[name] = docker.DockerClient(base_url=spec) if isinstance(spec, str) else spec
-    return clients
-
-
 # -- one reader per container ----------------------------------------------------------------------
 class _Follower:
-    def __init__(self, owner: DockerLogsSource, engine: str, client: docker.DockerClient, container: Any) -> None:
+    def __init__(self, owner: DockerLogsSource, client: docker.DockerClient, container: WatchedContainer) -> None:
         self.owner = owner
-        self.engine = engine
+        self.engine = engine = container.engine
         self.client = client
-        self.container_id: str = container.id
-        self.name: str = container.name
-        labels = container.labels or {}
-        self.target = Target(container=self.name, engine=engine, service=labels.get(owner.service_label))
-        self.tty = bool(container.attrs.get("Config", {}).get("Tty", False))
+        self.container_id = container.id
+        self.name = container.name
+        self.target = container.target
+        self.tty = container.tty
         self.source_key = f"docker_logs:{engine}/{self.name}"
-        self.cursor_key = f"docker_logs/{engine}/{self.name}"
+        self.cursor_key = cursor_key(engine, self.name)
         self.rearm = threading.Event()
         self._stream: CancellableStream | None = None
         self._stopped = False
@@ -373,7 +359,13 @@ class _Follower:
 
 # -- the source ---------------------------------------------------------------------------------------
 class DockerLogsSource(Source):
-    """Logs of every selected container on every configured engine, into the queue with cursors."""
+    """Logs of every selected container on every configured engine, into the queue with cursors.
+
+    Which containers, and when to (re)attach, comes from the inventory: every update that shows a
+    container running (re)attaches it (a no-op for a live follower, which is only told to re-follow
+    if its stream just ended), and every full rescan does so for all running containers, repairing
+    anything an event missed. Nothing here lists Docker or reads its events.
+    """
 
     name = "docker_logs"
 
@@ -387,22 +379,23 @@ class DockerLogsSource(Source):
         rescan_s: float = 10.0,
         backfill_s: float | None = 300.0,
         max_line_bytes: int = MAX_LINE_BYTES,
+        inventory: Inventory | None = None,
     ) -> None:
-        """``backfill_s``: how far back to read a container that has no cursor yet (None = all of it)."""
+        """``backfill_s``: how far back to read a container that has no cursor yet (None = all of it).
+        ``inventory``: the watcher's shared one; without it (``engines``, ``label_selector``,
+        ``service_label`` and ``rescan_s`` then describe it) the source keeps a private one."""
         super().__init__(queue)
         self.store = store
-        self.clients = make_clients(engines)
-        self.label_selector = list(label_selector)
-        self.service_label = service_label
-        self.rescan_s = rescan_s
+        self.inventory, self._owns_inventory = shared_or_own(
+            inventory, engines, label_selector, service_label, rescan_s
+        )
         self.backfill_s = backfill_s
         self.max_line_bytes = max_line_bytes
         self._followers: dict[tuple[str, str], _Follower] = {}
         self._positions: dict[tuple[str, str], LogCursor] = {}
         self._lock = threading.RLock()
-        self._threads: list[threading.Thread] = []
-        self._event_streams: dict[str, Any] = {}
-        self._engine_ok: dict[str, bool] = dict.fromkeys(self.clients, False)
+        self._engine_ok: dict[str, bool] = dict.fromkeys(self.inventory.engine_names, False)
+        self._subscriber = Subscriber(on_update=self._on_update, on_engine=self._on_engine)
 
     # positions: what this process already delivered, else what the store committed
     def _position(self, engine: str, name: str) -> LogCursor | None:
@@ -410,7 +403,7 @@ class DockerLogsSource(Source):
             pos = self._positions.get((engine, name))
         if pos is not None:
             return pos
-        return LogCursor.decode(self.store.get_cursor(f"docker_logs/{engine}/{name}"))
+        return LogCursor.decode(self.store.get_cursor(cursor_key(engine, name)))
 
     def _advance(self, engine: str, name: str, cursor: LogCursor) -> None:
         with self._lock:
@@ -419,31 +412,27 @@ class DockerLogsSource(Source):
     def start(self) -> None:
         if not self._claim_start():
             return
-        for engine in self.clients:
-            self.rescan(engine)
-            t = threading.Thread(target=self._watch_starts, args=(engine,), name=f"logs-events-{engine}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        t = threading.Thread(target=self._rescan_loop, name="logs-rescan", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self.inventory.subscribe(self._subscriber)  # before the inventory starts: see the first events
+        for engine, state in self.inventory.engine_states().items():
+            self._on_engine(engine, state)
+        if self._owns_inventory:
+            self.inventory.start()  # its first listing arrives as a full update
+        else:
+            for engine in self.inventory.engine_names:  # the shared inventory may be running already
+                snapshot = self.inventory.snapshot()
+                self._on_update(Update(engine, snapshot, (), full=True))
 
     def stop(self) -> None:
         super().stop()
-        for stream in list(self._event_streams.values()):
-            try:
-                stream.close()
-            except Exception as exc:
-                log.debug("closing event stream: %s", exc)
+        self.inventory.unsubscribe(self._subscriber)
+        if self._owns_inventory:
+            self.inventory.stop()
         with self._lock:
             followers = list(self._followers.values())
         for f in followers:
             f.stop()
         for f in followers:
             f.thread.join(timeout=5)
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads.clear()
         self.connected = False
 
     def followed(self) -> dict[str, str]:
@@ -451,24 +440,61 @@ class DockerLogsSource(Source):
         with self._lock:
             return {f"{e}/{n}": f.container_id for (e, n), f in self._followers.items() if f.alive()}
 
-    def rescan(self, engine: str) -> None:
-        client = self.clients[engine]
-        try:
-            containers = client.containers.list(filters={"label": self.label_selector})
-        except Exception as exc:
-            self._engine_ok[engine] = False
-            self.connected = False
-            self._error(f"{engine}: cannot list containers: {exc}")
-            return
-        self._engine_ok[engine] = True
+    def _on_engine(self, engine: str, state: EngineState) -> None:
+        # Up once listed; down while the stream is broken (a stream not yet opened is no failure).
+        self._engine_ok[engine] = state.listed and (state.streaming or state.reconnects == 0)
         self.connected = all(self._engine_ok.values())
-        for container in containers:
-            self.attach(engine, container)
+        if state.error:
+            self._error(state.error)
 
-    def attach(self, engine: str, container: Any) -> None:
+    def _on_update(self, update: Update) -> None:
         if self.stopping:
             return
-        key = (engine, container.name)
+        for change in update.changes:
+            before, after = change.before, change.after
+            if before is not None and after is not None and before.name != after.name:
+                self._renamed(before, after)
+        if update.full:
+            for container in update.snapshot.running(update.engine):
+                self.attach(container)
+            self._forget(update)
+        else:
+            for change in update.changes:
+                if change.after is not None and change.after.running:
+                    self.attach(change.after)
+
+    def _renamed(self, before: WatchedContainer, after: WatchedContainer) -> None:
+        """Same container, new name: its follower stops and the new name's carries on from the
+        old position (the lines are the same stream), instead of two followers on one container."""
+        with self._lock:
+            old = self._followers.pop((before.engine, before.name), None)
+            pos = self._positions.get((before.engine, before.name))
+            if pos is not None:
+                self._positions.setdefault((after.engine, after.name), pos)
+        if old is not None:
+            old.stop()
+
+    def _forget(self, update: Update) -> None:
+        """Drop the followers and positions of names no longer on the engine, so short-lived
+        containers leave nothing behind. A position is kept until the store has committed it:
+        until then, falling back to the store's cursor would repeat lines."""
+        names = {c.name for c in update.snapshot.engines.get(update.engine, {}).values()}
+        with self._lock:
+            for key in [k for k, f in self._followers.items() if k[0] == update.engine and k[1] not in names]:
+                if not self._followers[key].alive():
+                    del self._followers[key]
+            gone = [k for k in self._positions if k[0] == update.engine and k[1] not in names]
+        for key in gone:
+            pos = self._positions.get(key)
+            if pos is not None and self.store.get_cursor(cursor_key(*key)) == pos.encode():
+                with self._lock:
+                    if self._positions.get(key) == pos and key not in self._followers:
+                        del self._positions[key]
+
+    def attach(self, container: WatchedContainer) -> None:
+        if self.stopping:
+            return
+        key = (container.engine, container.name)
         with self._lock:
             current = self._followers.get(key)
             if current is not None and current.alive():
@@ -476,45 +502,9 @@ class DockerLogsSource(Source):
                     current.rearm.set()  # it may be deciding to exit just as the container restarted
                     return
                 current.stop()  # re-created under the same name: the old stream is finished
-            follower = _Follower(self, engine, self.clients[engine], container)
+            follower = _Follower(self, self.inventory.client(container.engine), container)
             self._followers[key] = follower
         follower.start()
-
-    def _rescan_loop(self) -> None:
-        while not self._stop.wait(self.rescan_s):
-            for engine in self.clients:
-                self.rescan(engine)
-
-    def _watch_starts(self, engine: str) -> None:
-        client = self.clients[engine]
-        backoff = Backoff(0.5, 30.0)
-        while not self.stopping:
-            try:
-                stream = client.events(
-                    decode=True, filters={"type": "container", "event": "start", "label": self.label_selector}
-                )
-                self._event_streams[engine] = stream
-                if self.stopping:
-                    stream.close()
-                    return
-                backoff.reset()
-                self.rescan(engine)  # anything started while the stream was down
-                for event in stream:
-                    cid = event.get("id") or event.get("Actor", {}).get("ID")
-                    if not cid:
-                        continue
-                    try:
-                        self.attach(engine, client.containers.get(cid))
-                    except Exception as exc:
-                        self._error(f"{engine}: cannot attach to {cid[:12]}: {exc}")
-            except Exception as exc:
-                if self.stopping:
-                    return
-                self._engine_ok[engine] = False
-                self.connected = False
-                self._error(f"{engine}: event stream failed: {exc}")
-            if self._stop.wait(backoff.next_delay()):
-                return
 
     def status(self) -> dict[str, Any]:
         s = super().status()

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import docker
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from watcher.model import Sample, Target
+from watcher.inventory import DEFAULT_SELECTOR, Inventory, WatchedContainer, shared_or_own
+from watcher.model import Sample
 from watcher.sources.base import Envelope, SignalQueue, Source
-from watcher.sources.docker_logs import DEFAULT_SELECTOR, make_clients
 
 SERIES = ("memory_working_set_bytes", "memory_usage_bytes", "memory_limit_bytes", "cpu_usage_seconds_total")
 
@@ -51,7 +51,10 @@ def stats_to_values(stats: Mapping[str, Any]) -> dict[str, float]:
 
 
 class DockerStatsSource(Source):
-    """Every ``interval_s``, one stats read per selected container, concurrently, into Samples."""
+    """Every ``interval_s``, one stats read per running selected container, concurrently, into Samples.
+
+    Which containers: the inventory's snapshot at the start of the round (no listing here).
+    """
 
     name = "docker_stats"
 
@@ -63,11 +66,12 @@ class DockerStatsSource(Source):
         service_label: str = "watcher.service",
         interval_s: float = 5.0,
         workers: int = 8,
+        inventory: Inventory | None = None,
     ) -> None:
+        """``inventory``: the watcher's shared one; without it (``engines``, ``label_selector`` and
+        ``service_label`` then describe it) the source keeps a private one."""
         super().__init__(queue)
-        self.clients = make_clients(engines)
-        self.label_selector = list(label_selector)
-        self.service_label = service_label
+        self.inventory, self._owns_inventory = shared_or_own(inventory, engines, label_selector, service_label)
         self.interval_s = interval_s
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
@@ -78,6 +82,8 @@ class DockerStatsSource(Source):
     def start(self) -> None:
         if not self._claim_start():
             return
+        if self._owns_inventory:
+            self.inventory.start()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stats")
         self._scheduler = BackgroundScheduler(daemon=True)
         self._scheduler.add_job(
@@ -99,20 +105,19 @@ class DockerStatsSource(Source):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._owns_inventory:
+            self.inventory.stop()
         self.connected = False
 
     def collect_once(self) -> list[Sample]:
-        """One round over every engine; returns what it queued (tests call this directly)."""
+        """One round over every engine's running containers; returns what it queued."""
         pool = self._pool or ThreadPoolExecutor(max_workers=self.workers)
-        futures: list[Future[list[Sample]]] = []
-        errors: list[str] = []
-        for engine, client in self.clients.items():
-            try:
-                containers = client.containers.list(filters={"label": self.label_selector})
-            except Exception as exc:
-                errors.append(f"{engine}: cannot list containers: {exc}")
-                continue
-            futures.extend(pool.submit(self._one, engine, c) for c in containers)
+        errors = [
+            state.error or f"{engine}: cannot list containers"
+            for engine, state in self.inventory.engine_states().items()
+            if not state.listed
+        ]
+        futures = [pool.submit(self._one, c) for c in self.inventory.snapshot().running()]
         samples: list[Sample] = []
         for fut in futures:
             try:
@@ -121,7 +126,7 @@ class DockerStatsSource(Source):
                 errors.append(f"stats: {exc}")
         if pool is not self._pool:
             pool.shutdown(wait=False)
-        self.connected = not any("cannot list" in e for e in errors)
+        self.connected = all(state.listed for state in self.inventory.engine_states().values())
         if errors:
             self._error("; ".join(errors[:5]))
         for s in samples:
@@ -130,25 +135,24 @@ class DockerStatsSource(Source):
         self.rounds += 1
         return samples
 
-    def _stats(self, container: Any) -> dict[str, Any]:
+    def _stats(self, container: WatchedContainer) -> dict[str, Any]:
+        api = self.inventory.client(container.engine).api
         if self._one_shot:
             try:
-                result: dict[str, Any] = container.stats(stream=False, one_shot=True)
+                result: dict[str, Any] = api.stats(container.id, stream=False, one_shot=True)
                 return result
             except docker.errors.InvalidVersion:
                 self._one_shot = False  # engine older than API 1.41
-        result = container.stats(stream=False)
+        result = api.stats(container.id, stream=False)
         return result
 
-    def _one(self, engine: str, container: Any) -> list[Sample]:
+    def _one(self, container: WatchedContainer) -> list[Sample]:
         if self.stopping:
             return []
         stats = self._stats(container)
-        labels = container.labels or {}
-        target = Target(container=container.name, engine=engine, service=labels.get(self.service_label))
         ts = time.time()
-        sample_labels = {"name": container.name, "engine": engine, "id": container.id[:12]}
+        labels = {"name": container.name, "engine": container.engine, "id": container.id[:12]}
         return [
-            Sample(series=series, ts=ts, value=value, target=target, labels=sample_labels)
+            Sample(series=series, ts=ts, value=value, target=container.target, labels=labels)
             for series, value in stats_to_values(stats).items()
         ]

@@ -6,13 +6,13 @@ import random
 
 import pytest
 
+from watcher.inventory import matches_selector
 from watcher.sources.docker_logs import (
     MAX_LINE_BYTES,
     CursorTracker,
     LineSplitter,
     LogCursor,
     cap_message,
-    matches_selector,
     parse_rfc3339_ns,
     since_param,
     split_timestamp,
