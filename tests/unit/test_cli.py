@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from testbed.cli import app as testbed_app
+from testbed.cli import app as bed_cli
 from watcher import __version__
 from watcher.cli import app
 
@@ -26,13 +26,13 @@ def test_product_help_lists_its_commands_and_not_the_testbed() -> None:
 
 
 def test_testbed_help_lists_the_stack_the_demo_and_the_evaluations() -> None:
-    result = runner.invoke(testbed_app, ["--help"])
+    result = runner.invoke(bed_cli, ["--help"])
     assert result.exit_code == 0
     for command in ("up", "images", "clean", "demo", "eval"):
         assert command in result.stdout
 
 
 def test_bad_option_is_a_usage_error_not_a_traceback() -> None:
-    result = runner.invoke(testbed_app, ["up", "--replicas", "0"])
+    result = runner.invoke(bed_cli, ["up", "--replicas", "0"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
