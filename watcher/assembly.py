@@ -8,7 +8,7 @@ callback the executor needs (resolved findings, for instance) is wired for both 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,8 @@ from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Finding
 from watcher.policy import GuardConfig, Policy
 from watcher.remediation import Executor, ExecutorConfig
-from watcher.rulepack.schema import AnyRule, Defaults, RulePack
+from watcher.rulepack.compile import RuleSet
 from watcher.store import Store
-
-Rules = dict[str, tuple[AnyRule, Defaults]]
-
-
-def rules_of(packs: Sequence[RulePack], defaults: Defaults | None = None) -> Rules:
-    """Rule id -> (rule, the guard-rail defaults its plans run under: its pack's, or ``defaults``)."""
-    return {rule.id: (rule, defaults or pack.defaults) for pack in packs for rule in pack.rules}
 
 
 @dataclass
@@ -49,19 +42,19 @@ def assemble(
     *,
     store: Path,
     clients: Mapping[str, docker.DockerClient],
-    packs: Sequence[RulePack],
+    ruleset: RuleSet,
     live_config: LiveConfig,
     shifter: TrafficShifter,
     alerter: Alerter,
     guard: GuardConfig,
     executor_config: ExecutorConfig,
-    rules: Rules | None = None,
     model_label: str = "watcher.model",
     on_finding: Callable[[Finding], object] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Assembly:
     """Every finding, resolved ones included, reaches the executor (``on_finding`` defaults to it):
-    a plan that only moves traffic waits for its finding to resolve."""
+    a plan that only moves traffic waits for its finding to resolve. The executor's rules and the
+    live driver's engine and queries come from one compiled ``ruleset``."""
     opened = Store(store)
     journal = Journal(opened)
     policy = Policy(opened, guard)
@@ -81,9 +74,9 @@ def assemble(
         DockerRestarter(clients),
         Verifier(),
         alerter,
-        rules if rules is not None else rules_of(packs),
+        dict(ruleset.executor_rules),
         executor_config,
         on_event=on_event,
     )
-    live = LiveWatcher(live_config, packs, opened, on_finding=on_finding or executor.on_finding)
+    live = LiveWatcher(live_config, ruleset, opened, on_finding=on_finding or executor.on_finding)
     return Assembly(opened, journal, policy, fleet, executor, live)
