@@ -119,7 +119,8 @@ def _compile(
         try:
             classes[rule.id] = type(build_detector(rule))  # built once here so a bad rule fails here
         except Exception as exc:  # a detector refusing its rule is a pack error, whatever it raises
-            errors.append(_at(rule, pack_of, str(exc).removeprefix(f"{rule.origin}: ")))
+            message = str(exc).removeprefix(f"{rule.origin}: ").removeprefix(f"rule {rule.id!r}: ")
+            errors.append(_at(rule, pack_of, message))
         if isinstance(rule, MatchRule):
             spec = PatternSpec(rule.id, rule.match.log, rule.match.regex, rule.match.ignore_case)
             try:
@@ -151,14 +152,14 @@ def _at(rule: AnyRule, pack_of: Mapping[str, str], message: str) -> LintError:
 
 def _duplicate_ids(packs: Sequence[RulePack]) -> list[LintError]:
     """Packs built in code skip the loader's cross-file check; the engine needs unique ids all the same."""
-    seen: dict[str, AnyRule] = {}
+    first_pack: dict[str, str] = {}
     errors: list[LintError] = []
-    pack_of = {rule.id: pack.pack for pack in packs for rule in pack.rules}
     for pack in packs:
         for rule in pack.rules:
-            first = seen.setdefault(rule.id, rule)
-            if first is not rule:
-                errors.append(_at(rule, pack_of, f"duplicate rule id (also in pack {pack_of[first.id]!r})"))
+            if rule.id in first_pack:
+                message = f"duplicate rule id (also in pack {first_pack[rule.id]!r})"
+                errors.append(_at(rule, {rule.id: pack.pack}, message))
+            first_pack.setdefault(rule.id, pack.pack)
     return errors
 
 
