@@ -140,7 +140,8 @@ class MemorySampler:
 def loadable_packs(packs: list[str]) -> tuple[list[str], list[str]]:
     """The shipped packs, or — when one of them does not load (a pack under development) — the
     files that do, so one broken pack does not silently turn the watcher strategy into ``none``."""
-    from watcher.rulepack.loader import RulePackError, load_packs
+    from watcher.rulepack.compile import load_packs
+    from watcher.rulepack.loader import RulePackError
 
     try:
         load_packs([Path(p) for p in packs])

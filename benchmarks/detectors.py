@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-import watcher.detectors.foresight  # noqa: F401  (registers the kinds)
-from watcher.detectors.base import Detector, build_detector
+from watcher.detectors.base import Detector
 from watcher.detectors.change import ChangeParams
 from watcher.detectors.forecast import RunwayParams
 from watcher.detectors.peer import PeerParams
+from watcher.detectors.registry import build_detector
 from watcher.detectors.vectorized import CusumBatch, PeerBatch, RunwayBatch
 from watcher.model import LogRecord, Sample, Target
 from watcher.rulepack.schema import DetectorRule, DetectorSpec

@@ -237,7 +237,7 @@ RULES_DIR = SHIPPED_RULES
 
 def pack_patterns(packs_dir: Path = RULES_DIR) -> list[PatternSpec]:
     """The log patterns of the shipped packs, as the engine compiles them."""
-    from watcher.rulepack.loader import load_packs
+    from watcher.rulepack.compile import load_packs
     from watcher.rulepack.schema import MatchRule
 
     return [
@@ -254,7 +254,7 @@ def engine_rate(lines: int, packs_dir: Path = RULES_DIR, batch: int = 512) -> fl
     from watcher.clock import ManualClock
     from watcher.engine import Engine
     from watcher.model import LogRecord, Target
-    from watcher.rulepack.loader import load_packs
+    from watcher.rulepack.compile import load_packs
 
     t0 = 1_714_557_600.0
     clock = ManualClock(t0)

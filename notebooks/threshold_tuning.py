@@ -46,7 +46,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from watcher.replay import replay
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.rules import SHIPPED_RULES
 
 REPO = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists())

@@ -26,12 +26,12 @@ from watcher.actions.alerts import AlertmanagerAlerter
 from watcher.actions.base import Alerter, TrafficShifter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import HostNginxReload, NginxShifter
-from watcher.assembly import assemble, rules_of
+from watcher.assembly import assemble
 from watcher.live import LiveConfig
 from watcher.model import Target
 from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import CompileOptions, compile_packs
 from watcher.rulepack.schema import Defaults
 from watcher.rules import SHIPPED_RULES
 
@@ -94,7 +94,13 @@ class Watcher:
         client = docker.from_env()
         selector = (f"{TESTBED_LABEL}={spec.run_id}",)
         self.shifter = self._shifter(spec)
-        packs = load_packs([Path(p) for p in spec.packs])
+        ruleset = compile_packs(
+            [Path(p) for p in spec.packs],
+            CompileOptions(
+                prometheus_window=spec.prometheus_window,
+                defaults=Defaults.model_validate(spec.defaults) if spec.defaults is not None else None,
+            ),
+        )
         files: list[tuple[Path, Target]] = []
         if spec.nginx_dir:
             nginx_dir = Path(spec.nginx_dir)
@@ -102,7 +108,7 @@ class Watcher:
         parts = assemble(
             store=Path(spec.store),
             clients={"local": client},
-            packs=packs,
+            ruleset=ruleset,
             live_config=LiveConfig(
                 label_selector=selector,
                 stats_interval_s=spec.stats_interval_s or None,
@@ -116,7 +122,6 @@ class Watcher:
             alerter=AlertmanagerAlerter(spec.alertmanager_url) if spec.alertmanager_url else _NoAlerts(),
             guard=GuardConfig(dry_run=spec.dry_run, **spec.guard),
             executor_config=ExecutorConfig(model_repo=Path(spec.model_repo)),
-            rules=rules_of(packs, Defaults.model_validate(spec.defaults) if spec.defaults is not None else None),
         )
         self.store, self.journal, self.policy = parts.store, parts.journal, parts.policy
         self.fleet, self.executor, self.live = parts.fleet, parts.executor, parts.live

@@ -9,7 +9,7 @@ callback the executor needs (resolved findings, for instance) is wired for both 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,10 @@ from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Finding
 from watcher.playbook.executor import Executor, ExecutorConfig
 from watcher.policy import GuardConfig, Policy
-from watcher.rulepack.schema import AnyRule, Defaults, RulePack
+from watcher.rulepack.compile import RuleSet
 from watcher.store import Store
 
-Rules = dict[str, tuple[AnyRule, Defaults]]
 log = logging.getLogger("watcher")
-
-
-def rules_of(packs: Sequence[RulePack], defaults: Defaults | None = None) -> Rules:
-    """Rule id -> (rule, the guard-rail defaults its plans run under: its pack's, or ``defaults``)."""
-    return {rule.id: (rule, defaults or pack.defaults) for pack in packs for rule in pack.rules}
 
 
 @dataclass
@@ -76,20 +70,20 @@ def assemble(
     *,
     store: Path,
     clients: Mapping[str, docker.DockerClient],
-    packs: Sequence[RulePack],
+    ruleset: RuleSet,
     live_config: LiveConfig,
     shifter: TrafficShifter,
     alerter: Alerter,
     guard: GuardConfig,
     executor_config: ExecutorConfig,
-    rules: Rules | None = None,
     model_label: str = "watcher.model",
     on_finding: Callable[[Finding], object] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Assembly:
     """Every finding, resolved ones included, goes from the engine thread to the decision thread,
     which hands it to ``on_finding`` (default: the executor): a plan that only moves traffic waits
-    for its finding to resolve."""
+    for its finding to resolve. The executor's rules and the live driver's engine and queries come
+    from one compiled ``ruleset``."""
     opened = Store(store)
     journal = Journal(opened)
     policy = Policy(opened, guard)
@@ -107,10 +101,10 @@ def assemble(
         DockerRestarter(clients),
         TFServingVerifier(),
         alerter,
-        rules if rules is not None else rules_of(packs),
+        dict(ruleset.executor_rules),
         executor_config,
         on_event=on_event,
     )
     decisions = Decisions(on_finding or executor.on_finding)
-    live = LiveWatcher(live_config, packs, opened, on_finding=decisions.submit, inventory=inventory)
+    live = LiveWatcher(live_config, ruleset, opened, on_finding=decisions.submit, inventory=inventory)
     return Assembly(opened, journal, policy, fleet, executor, decisions, live)

@@ -17,7 +17,7 @@ import typer
 from watcher import __version__
 
 if TYPE_CHECKING:
-    from watcher.rulepack.schema import RulePack
+    from watcher.rulepack.compile import RuleSet
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="serving-watcher: catch model servers before they fail."
@@ -33,11 +33,13 @@ def _default_packs() -> list[Path]:
     return shipped_packs()
 
 
-def _load_or_exit(paths: list[Path]) -> list[RulePack]:
-    from watcher.rulepack.loader import RulePackError, load_packs
+def _load_or_exit(paths: list[Path]) -> RuleSet:
+    """The packs compiled as ``watcher run`` would compile them, or every error and exit 1."""
+    from watcher.rulepack.compile import compile_packs
+    from watcher.rulepack.loader import RulePackError
 
     try:
-        return load_packs(paths or _default_packs())
+        return compile_packs(paths or _default_packs())
     except RulePackError as exc:
         for error in exc.errors:
             typer.echo(str(error), err=True)
@@ -46,8 +48,10 @@ def _load_or_exit(paths: list[Path]) -> list[RulePack]:
 
 @rules_app.command("lint")
 def rules_lint(packs: Annotated[list[Path], typer.Argument(help="pack files or directories")]) -> None:
-    """Report every error of every pack at once as file:line:col: message; exit 1 if any."""
-    from watcher.rulepack.loader import lint
+    """Report every error of every pack at once as file:line:col: message; exit 1 if any.
+
+    Lint is the compile ``watcher run`` does: a pack that lints clean builds an engine."""
+    from watcher.rulepack.compile import lint
 
     errors = lint(packs)
     for error in errors:

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = None
     webhook_url: str | None = None
     webhook_token: SecretStr | None = None
-    cooldown_override_s: float | None = None
+    cooldown_override_s: float | None = Field(
+        default=None, ge=0, description="replaces every pack's defaults.cooldown (seconds); unset: the packs' own"
+    )
     # the service itself
     api_listen: str = "127.0.0.1:9108"
     api_token: SecretStr | None = None

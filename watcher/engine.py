@@ -11,14 +11,14 @@ or resolved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from watcher.clock import Clock
-from watcher.detectors.base import Detector, Observation, build_detector
-from watcher.matcher import PatternSet, PatternSpec
+from watcher.detectors.base import Detector, Observation
 from watcher.model import Finding, Lifecycle, LifecycleTag, LogRecord, Predicts, Signal, Target, finding_to_json
 from watcher.parsers import StickyDetector
+from watcher.rulepack.compile import RuleSet, compile_packs
 from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
 from watcher.store import Store
@@ -58,28 +58,23 @@ class EngineStats:
 class Engine:
     def __init__(
         self,
-        packs: Sequence[RulePack],
+        rules: RuleSet | Sequence[RulePack],
         clock: Clock,
         store: Store | None = None,
         upstreams: dict[str, Target] | None = None,
     ) -> None:
+        """Run a compiled :class:`RuleSet`; packs are compiled first, by the same step as lint."""
+        self.ruleset = rules if isinstance(rules, RuleSet) else compile_packs(rules)
         self.clock = clock
         # "127.0.0.1:8501" -> the replica behind it: a load balancer's line about an upstream is
         # evidence about that replica, not about the load balancer.
         self.upstreams: dict[str, Target] = dict(upstreams or {})
         self.store = store
-        self.packs = list(packs)
-        self.rules: dict[str, AnyRule] = {}
-        self.pack_of: dict[str, str] = {}
-        for pack in self.packs:
-            for rule in pack.rules:
-                self.rules[rule.id] = rule
-                self.pack_of[rule.id] = pack.pack
-        self.detectors: dict[str, Detector] = {rid: build_detector(rule) for rid, rule in self.rules.items()}
-        match_rules = [r for r in self.rules.values() if isinstance(r, MatchRule)]
-        self.patterns = PatternSet(
-            PatternSpec(r.id, r.match.log, r.match.regex, r.match.ignore_case) for r in match_rules
-        )
+        self.packs = list(self.ruleset.packs)
+        self.rules: Mapping[str, AnyRule] = self.ruleset.rules
+        self.pack_of: Mapping[str, str] = self.ruleset.pack_of
+        self.detectors: dict[str, Detector] = self.ruleset.new_detectors()
+        self.patterns = self.ruleset.patterns
         self.states = RuleStateTable()
         self.targets: dict[str, Target] = {}
         self.stats = EngineStats()

@@ -22,7 +22,8 @@ from watcher.clock import Clock, WallClock
 from watcher.engine import Engine
 from watcher.inventory import Inventory, LabelNames, make_clients
 from watcher.model import Finding, Target
-from watcher.rulepack.schema import PromQLRule, RulePack
+from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
+from watcher.rulepack.schema import RulePack
 from watcher.sources.base import SignalQueue, Source
 from watcher.sources.docker_events import DockerEventsSource
 from watcher.sources.docker_logs import DockerLogsSource
@@ -51,26 +52,11 @@ class LiveConfig:
     batch: int = 512
 
 
-def prom_queries(packs: Sequence[RulePack], target_label: str, window: str) -> list[PromQuery]:
-    """The queries the packs need: each ``series:`` definition (its name is the series the detectors
-    read; the first pack to define a name wins, the loader reports duplicates) and each PromQL rule."""
-    queries: dict[str, PromQuery] = {}
-    for pack in packs:
-        for series in pack.series:
-            label = series.target_label or target_label
-            queries.setdefault(series.name, PromQuery(series.name, series.expr(window), target_label=label))
-    for pack in packs:
-        for rule in pack.rules:
-            if isinstance(rule, PromQLRule):
-                queries.setdefault(rule.id, PromQuery(rule.id, rule.promql, target_label=target_label))
-    return list(queries.values())
-
-
 class LiveWatcher:
     def __init__(
         self,
         config: LiveConfig,
-        packs: Sequence[RulePack],
+        rules: RuleSet | Sequence[RulePack],
         store: Store,
         clock: Clock | None = None,
         on_finding: Callable[[Finding], object] | None = None,
@@ -80,11 +66,12 @@ class LiveWatcher:
         self.config = config
         self.store = store
         self.clock = clock or WallClock()
-        self.engine = Engine(packs, self.clock, store=store)
+        self.ruleset = self._compiled(rules)
+        self.engine = Engine(self.ruleset, self.clock, store=store)
         self.queue = SignalQueue()
         self.on_finding = on_finding
         self.on_batch: Callable[[int, float], None] | None = None  # (signals, seconds): detector update cost
-        self._reload: list[RulePack] | None = None
+        self._reload: RuleSet | None = None
         # the latest findings, for status and tests; bounded: a watcher runs for months
         self.findings: deque[Finding] = deque(maxlen=10_000)
         self._lock = threading.Lock()
@@ -96,9 +83,21 @@ class LiveWatcher:
             LabelNames(tuple(config.label_selector), config.service_label, config.upstream_label),
             rescan_s=config.rescan_s,
         )
-        self.sources: list[Source] = self._make_sources(packs)
+        self.prometheus: PrometheusSource | None = None
+        self.sources: list[Source] = self._make_sources(self.ruleset)
 
-    def _make_sources(self, packs: Sequence[RulePack]) -> list[Source]:
+    def _compiled(self, rules: RuleSet | Sequence[RulePack]) -> RuleSet:
+        """Packs are compiled with this driver's Prometheus label and window (the service passes
+        a RuleSet it compiled itself with the same settings)."""
+        if isinstance(rules, RuleSet):
+            return rules
+        cfg = self.config
+        options = CompileOptions(
+            prometheus_target_label=cfg.prometheus_target_label, prometheus_window=cfg.prometheus_window
+        )
+        return compile_packs(rules, options)
+
+    def _make_sources(self, ruleset: RuleSet) -> list[Source]:
         cfg = self.config
         inventory = self.inventory  # the Docker sources read its one events stream and listing per engine
         sources: list[Source] = [
@@ -109,17 +108,16 @@ class LiveWatcher:
             sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, inventory=inventory))
         if cfg.files:
             sources.append(FileLogsSource(self.queue, self.store, [FileSpec(p, t) for p, t in cfg.files]))
-        queries = prom_queries(packs, cfg.prometheus_target_label, cfg.prometheus_window)
-        if queries and cfg.prometheus_url:
-            sources.append(
-                PrometheusSource(
-                    self.queue,
-                    cfg.prometheus_url,
-                    queries,
-                    interval_s=cfg.prometheus_interval_s,
-                    resolve=self._resolve_series,
-                )
+        if cfg.prometheus_url:
+            # Even with no queries yet: a reload that adds a series: or PromQL rule hands them over.
+            self.prometheus = PrometheusSource(
+                self.queue,
+                cfg.prometheus_url,
+                ruleset.queries,
+                interval_s=cfg.prometheus_interval_s,
+                resolve=self._resolve_series,
             )
+            sources.append(self.prometheus)
         return sources
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -199,15 +197,21 @@ class LiveWatcher:
             if self._stop.is_set() and not batch:
                 break
 
-    def request_reload(self, packs: Sequence[RulePack]) -> None:
-        """Swap in new (already validated) packs; done by the engine thread between batches."""
-        self._reload = list(packs)
+    def request_reload(self, rules: RuleSet | Sequence[RulePack]) -> None:
+        """Swap in a new rule set, whole: done by the engine thread between batches. Compile
+        first (packs that do not compile raise :class:`RulePackError` here, in the caller's
+        thread, and the running rule set stays)."""
+        self._reload = self._compiled(rules)
 
-    def _swap_engine(self, packs: list[RulePack]) -> None:
+    def _swap_engine(self, ruleset: RuleSet) -> None:
+        """The engine and the Prometheus queries change in one step, on the engine thread."""
         self._reload = None
         self.engine.checkpoint()  # rules that survive the reload keep their state
         upstreams = self.engine.upstreams
-        self.engine = Engine(packs, self.clock, store=self.store, upstreams=upstreams)
+        self.engine = Engine(ruleset, self.clock, store=self.store, upstreams=upstreams)
+        self.ruleset = ruleset
+        if self.prometheus is not None:
+            self.prometheus.set_queries(ruleset.queries)
 
     @property
     def alive(self) -> bool:

@@ -39,7 +39,6 @@ _sre_c: Any = importlib.import_module("re._constants")
 MAX_LINE: Final = 16 * 1024
 """Bytes of a line that are matched; the rest is ignored (sources already cap lines there)."""
 
-MAX_PATTERN_LEN: Final = 2048
 BACKENDS: Final = ("hyperscan", "re2", "python")
 
 
@@ -75,6 +74,7 @@ class PatternInfo:
     regex: re.Pattern[bytes]
     required: bytes | None  # a substring every match contains (lower-cased if ignore_case)
     string_anchors: bool  # uses \\A or \\Z, which differ between per-line and per-block scans
+    end_anchored: bool = False  # uses $ or \\Z: hyperscan cannot be trusted with these (see _HyperscanEngine)
 
 
 SpecLike = PatternSpec | tuple[str, str, bool, bool]
@@ -89,45 +89,116 @@ def _as_spec(entry: SpecLike) -> PatternSpec:
 
 # --------------------------------------------------------------------------- vetting
 
+MAX_PATTERN_BYTES: Final = 1024
+"""Bytes of a pattern as written in the pack (a literal or a regex)."""
 
-def _has_branch(seq: Any) -> bool:
+MAX_REPEAT_COUNT: Final = 1000
+"""RE2's own limit on ``{n,m}``: a pack valid here must be valid for every backend."""
+
+MAX_NESTED_PATHS: Final = 1000
+"""Bound on the ways a nested bounded repetition can split its input, ``(\\d{1,3}\\.){3}`` is 27.
+
+``(a{2}){3}`` is one way (safe, it is ``a{6}``); ``(a{1,30}){1,30}`` is 30**30 and takes Python's
+``re`` minutes on 200 bytes. The fallback backtracks, so the bound is what keeps it linear-ish."""
+
+
+def _first_literal(alt: Any) -> int | None:
+    """The byte every match of one alternative starts with, case-folded, or None if there is none."""
+    if not alt:
+        return None
+    op, av = alt[0]
+    if op is _sre_c.LITERAL:
+        return int(av) | 0x20 if chr(av).isalpha() and av < 128 else int(av)
+    if op is _sre_c.SUBPATTERN:
+        return _first_literal(av[-1])
+    return None
+
+
+def _ambiguous_branch(seq: Any) -> bool:
+    """An alternation a repeat could enter more than one way at one position (``(a|aa)``), the
+    shape that backtracks exponentially; ``(foo|bar)`` starts each branch differently and is fine."""
     for op, av in seq:
         if op is _sre_c.BRANCH:
+            firsts = [_first_literal(alt) for alt in av[1]]
+            if None in firsts or len(set(firsts)) != len(firsts):
+                return True
+            if any(_ambiguous_branch(alt) for alt in av[1]):
+                return True
+        if op is _sre_c.SUBPATTERN and _ambiguous_branch(av[-1]):
             return True
-        if op is _sre_c.SUBPATTERN and _has_branch(av[-1]):
-            return True
-        if op is _sre_c.ATOMIC_GROUP and _has_branch(av):
-            return True
-        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, _sre_c.POSSESSIVE_REPEAT) and _has_branch(av[2]):
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT) and _ambiguous_branch(av[2]):
             return True
     return False
 
 
-def _walk(pattern_id: str, seq: Any, outer: str | None, anchors: list[bool]) -> None:
+def _paths(seq: Any) -> int:
+    """Upper bound on the choices the looping repeats inside ``seq`` leave a backtracker."""
+    total = 1
+    for op, av in seq:
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+            lo, hi, sub = av
+            if hi > 1:
+                total *= (hi - lo + 1) * _paths(sub) ** hi
+        elif op is _sre_c.SUBPATTERN:
+            total *= _paths(av[-1])
+        elif op is _sre_c.BRANCH:
+            total *= max(_paths(alt) for alt in av[1])
+        if total > MAX_NESTED_PATHS:
+            return MAX_NESTED_PATHS + 1  # enough to refuse; keeps the arithmetic small
+    return total
+
+
+_UNSUPPORTED: Final = {
+    "GROUPREF": "regex uses a backreference, which RE2 does not support (it needs backtracking)",
+    "GROUPREF_EXISTS": "regex uses a conditional group (?(...)), which RE2 does not support (it needs backtracking)",
+    "ASSERT": "regex uses a lookahead or lookbehind assertion, which RE2 does not support",
+    "ASSERT_NOT": "regex uses a lookahead or lookbehind assertion, which RE2 does not support",
+    "ATOMIC_GROUP": "regex uses an atomic group or possessive quantifier, which RE2 does not support",
+    "POSSESSIVE_REPEAT": "regex uses an atomic group or possessive quantifier, which RE2 does not support",
+}
+_NESTED: Final = (
+    "regex nests a quantifier inside a repeated group, which can backtrack catastrophically "
+    "(e.g. (a+)+$); rewrite it without nested repetition"
+)
+
+
+def _walk(pattern_id: str, seq: Any, outer: str | None, anchors: set[str]) -> None:
     """Reject constructs that are unsupported by the linear engines or that backtrack badly."""
     for op, av in seq:
-        if op in (_sre_c.GROUPREF, _sre_c.GROUPREF_EXISTS):
-            raise PatternError(pattern_id, "backreferences and conditional groups are not supported")
-        if op in (_sre_c.ASSERT, _sre_c.ASSERT_NOT):
-            raise PatternError(pattern_id, "lookahead/lookbehind is not supported")
-        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT, _sre_c.POSSESSIVE_REPEAT):
-            _lo, hi, sub = av
+        reason = _UNSUPPORTED.get(str(op))
+        if reason is not None:
+            raise PatternError(pattern_id, reason)
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+            lo, hi, sub = av
+            for count in (lo, hi):
+                if count != _sre_c.MAXREPEAT and count > MAX_REPEAT_COUNT:
+                    raise PatternError(
+                        pattern_id, f"regex repeat count {count} exceeds RE2's limit of {MAX_REPEAT_COUNT}"
+                    )
             loops = hi > 1
             kind = "unbounded" if hi == _sre_c.MAXREPEAT else "bounded"
             if loops and outer is not None and "unbounded" in (outer, kind):
-                raise PatternError(pattern_id, "nested quantifiers with an unbounded level (e.g. (a+)+)")
-            if loops and kind == "unbounded" and _has_branch(sub):
-                raise PatternError(pattern_id, "alternation under an unbounded quantifier (e.g. (a|aa)*)")
+                raise PatternError(pattern_id, _NESTED)
+            if loops and kind == "unbounded" and _ambiguous_branch(sub):
+                raise PatternError(
+                    pattern_id,
+                    "regex repeats an alternation without bound (e.g. (a|aa)*), which can backtrack "
+                    "catastrophically; rewrite it with a character class or a bounded count",
+                )
+            if loops and kind == "bounded" and _paths(sub) > 1 and _paths([(op, av)]) > MAX_NESTED_PATHS:
+                raise PatternError(
+                    pattern_id,
+                    f"regex nests bounded quantifiers with more than {MAX_NESTED_PATHS} ways to split a line "
+                    "(e.g. (a{1,30}){1,30}), which can backtrack catastrophically; rewrite it with fewer choices",
+                )
             _walk(pattern_id, sub, kind if loops else outer, anchors)
         elif op is _sre_c.BRANCH:
             for alt in av[1]:
                 _walk(pattern_id, alt, outer, anchors)
         elif op is _sre_c.SUBPATTERN:
             _walk(pattern_id, av[-1], outer, anchors)
-        elif op is _sre_c.ATOMIC_GROUP:
-            _walk(pattern_id, av, outer, anchors)
-        elif op is _sre_c.AT and av in (_sre_c.AT_BEGINNING_STRING, _sre_c.AT_END_STRING):
-            anchors[0] = True
+        elif op is _sre_c.AT:
+            anchors.add(str(av))
 
 
 def _required_literal(seq: Any, ignore_case: bool) -> bytes | None:
@@ -149,25 +220,39 @@ def _required_literal(seq: Any, ignore_case: bool) -> bytes | None:
 
 
 def check_pattern(entry: SpecLike) -> PatternInfo:
-    """Vet one pattern; raise :class:`PatternError` with the reason if the set must refuse it."""
+    """Vet one pattern; raise :class:`PatternError` with the reason if the set must refuse it.
+
+    The one definition of a valid log pattern: the rule-pack schema calls it too, so whatever
+    lints clean compiles on every backend and whatever the set refuses is a lint error.
+    """
     spec = _as_spec(entry)
     if not spec.pattern:
         raise PatternError(spec.pattern_id, "empty pattern")
-    source = spec.source
-    if len(source) > MAX_PATTERN_LEN:
-        raise PatternError(spec.pattern_id, f"longer than {MAX_PATTERN_LEN} characters")
-    raw = source.encode("utf-8")
+    size = len(spec.pattern.encode("utf-8"))
+    if size > MAX_PATTERN_BYTES:
+        what = "regex" if spec.is_regex else "pattern"
+        raise PatternError(spec.pattern_id, f"{what} is {size} bytes long; the limit is {MAX_PATTERN_BYTES}")
+    raw = spec.source.encode("utf-8")
     flags = re.IGNORECASE if spec.ignore_case else 0
     try:
-        regex = re.compile(raw, flags)
         parsed = _sre_parse.parse(raw, flags)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise PatternError(spec.pattern_id, f"invalid regular expression: {exc}") from None
-    anchors = [False]
+        regex = re.compile(raw, flags)
+    except re.error as exc:
+        at = f" at position {exc.pos}" if exc.pos is not None else ""
+        raise PatternError(spec.pattern_id, f"invalid regex: {exc.msg}{at}") from None
+    except (OverflowError, RecursionError) as exc:
+        raise PatternError(spec.pattern_id, f"invalid regex: {exc}") from None
+    anchors: set[str] = set()
     _walk(spec.pattern_id, parsed, None, anchors)
     if regex.search(b"") is not None:
-        raise PatternError(spec.pattern_id, "matches the empty line (it would match every line)")
-    return PatternInfo(spec, regex, _required_literal(parsed, spec.ignore_case), anchors[0])
+        raise PatternError(spec.pattern_id, "regex matches the empty line, so it would match every line")
+    return PatternInfo(
+        spec,
+        regex,
+        _required_literal(parsed, spec.ignore_case),
+        string_anchors=bool(anchors & {"AT_BEGINNING_STRING", "AT_END_STRING"}),
+        end_anchored=bool(anchors & {"AT_END", "AT_END_STRING"}),
+    )
 
 
 # --------------------------------------------------------------------------- engines
@@ -203,12 +288,30 @@ class _Engine:
 
 
 class _HyperscanEngine(_Engine):
+    """One hyperscan database for the set, except end-anchored patterns, which ``re`` confirms.
+
+    Why the exception: the hyperscan library in the ``hyperscan`` wheel misses matches of patterns
+    that end in ``$`` (or ``\\Z``) after an optional or repeated piece: ``ba?$`` does not match
+    ``"x" * 15 + "ba"`` (buffers of 17 to 34 bytes; any length with HS_FLAG_MULTILINE), nor ``ba*$``
+    past 16 bytes. Without an end anchor no difference from ``re`` is known (the property test
+    checks that). So end-anchored patterns go to the literal prefilter + ``re`` path of the python
+    engine; shipped packs have none, and their cost per line stays that of one prefilter.
+    """
+
     name = "hyperscan"
 
     def __init__(self, infos: Sequence[PatternInfo]) -> None:
         hs = importlib.import_module("hyperscan")
         keep: list[int] = []
+        self._anchored = [n for n, info in enumerate(infos) if info.end_anchored]
+        self._confirm = _PythonEngine([infos[n] for n in self._anchored])
+        self._confirm_literals = [
+            (infos[n].required, infos[n].spec.ignore_case) for n in self._anchored if infos[n].required is not None
+        ]
+        self._confirm_all_lines = any(infos[n].required is None for n in self._anchored)
         for n, info in enumerate(infos):
+            if info.end_anchored:
+                continue
             probe = hs.Database(mode=hs.HS_MODE_BLOCK)
             try:
                 probe.compile(expressions=[info.spec.source.encode("utf-8")], ids=[n], elements=1, flags=[0])
@@ -243,23 +346,38 @@ class _HyperscanEngine(_Engine):
 
     def match(self, data: bytes) -> list[int]:
         hits: list[int] = []
-        if self._empty:
-            return hits
-        with self._lock:
-            self._line_db.scan(data, match_event_handler=_collect, context=hits)
+        if not self._empty:
+            with self._lock:
+                self._line_db.scan(data, match_event_handler=_collect, context=hits)
+        if self._anchored:
+            hits.extend(self._anchored[n] for n in self._confirm.match(data))
         if len(hits) > 1:
             hits.sort()
         return hits
 
     def candidate_ends(self, block: bytes) -> list[int] | None:
-        if self._empty:
-            return []
-        if self._block_db is None:
+        if self._confirm_all_lines or (self._block_db is None and not self._empty):
             return None
         ends: list[int] = []
-        with self._lock:
-            self._block_db.scan(block, match_event_handler=_collect_end, context=ends)
+        if not self._empty:
+            with self._lock:
+                self._block_db.scan(block, match_event_handler=_collect_end, context=ends)
+        if self._confirm_literals:
+            lower = block.lower() if any(ic for _lit, ic in self._confirm_literals) else block
+            for literal, ignore_case in self._confirm_literals:
+                assert literal is not None
+                ends.extend(_literal_ends(lower if ignore_case else block, literal))
         return ends
+
+
+def _literal_ends(block: bytes, literal: bytes) -> list[int]:
+    """End offsets of every occurrence of ``literal``: the lines a pattern requiring it could match."""
+    ends: list[int] = []
+    at = block.find(literal)
+    while at >= 0:
+        ends.append(at + len(literal))
+        at = block.find(literal, at + 1)
+    return ends
 
 
 class _Re2Engine(_Engine):
@@ -439,10 +557,10 @@ class PatternSet:
             return found
         last_start = -1
         for end in sorted(ends):
-            last = end - 1  # offset of the match's last byte; no vetted pattern matches empty
-            if block[last] == 0x0A:
-                continue  # ends on a newline: spans lines, so no single line matched here
-            start = block.rfind(b"\n", 0, last) + 1
+            # The line holding the match's last byte; or, for a match ending on a newline, the line
+            # after it: a vetted pattern never matches the empty *line*, but ^\b or \bb? match empty
+            # at a line's start (a match spanning lines just re-checks the next line, finding nothing).
+            start = block.rfind(b"\n", 0, end - 1) + 1 if end > 0 and block[end - 1] != 0x0A else end
             if start == last_start:
                 continue
             last_start = start

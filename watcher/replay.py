@@ -26,6 +26,7 @@ from watcher.clock import ManualClock
 from watcher.engine import Engine
 from watcher.model import Finding, Lifecycle, LifecycleKind, LogRecord, Sample, Signal, Target
 from watcher.parsers import parse as parse_line
+from watcher.rulepack.compile import RuleSet
 from watcher.rulepack.schema import RulePack
 
 MAX_LINE = 16 * 1024
@@ -114,13 +115,15 @@ def read_log_file(path: Path, target: Target, start: float = 0.0) -> Iterator[Lo
 
 
 def replay(
-    packs: Sequence[RulePack],
+    packs: RuleSet | Sequence[RulePack],
     signals: Iterable[Signal],
     step_s: float = 1.0,
     upstreams: dict[str, Target] | None = None,
     engine: Engine | None = None,
 ) -> ReplayResult:
-    """Feed signals in time order; tick every ``step_s`` of simulated time between them."""
+    """Feed signals in time order; tick every ``step_s`` of simulated time between them.
+
+    ``packs`` is a compiled :class:`RuleSet` or packs (compiled here, by the same step as lint)."""
     ordered = sorted(signals, key=lambda s: s.ts)
     if not ordered:
         return ReplayResult([], 0, None, None)

@@ -29,14 +29,14 @@ from watcher.actions.base import ActionError, Alert, Alerter, TrafficShifter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxReload, NginxShifter
 from watcher.api import Api
-from watcher.assembly import assemble, rules_of
+from watcher.assembly import assemble
 from watcher.config import Settings
 from watcher.live import LiveConfig
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
-from watcher.rulepack.loader import RulePackError, load_packs
-from watcher.rulepack.schema import RulePack
+from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
+from watcher.rulepack.loader import RulePackError
 
 log = logging.getLogger("watcher")
 FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
@@ -110,9 +110,9 @@ class _NoShifter(TrafficShifter):
 
 
 class Service:
-    def __init__(self, settings: Settings, packs: list[RulePack]) -> None:
+    def __init__(self, settings: Settings, ruleset: RuleSet) -> None:
         self.settings = settings
-        self.packs = packs
+        self.ruleset = ruleset
         self.started = time.time()
         self.clients: dict[str, docker.DockerClient] = {
             name: docker.DockerClient(base_url=url) if url else docker.from_env()
@@ -135,7 +135,7 @@ class Service:
         parts = assemble(
             store=settings.store,
             clients=self.clients,
-            packs=packs,
+            ruleset=ruleset,
             live_config=live_config,
             shifter=self.shifter,
             alerter=self.alerter,
@@ -347,18 +347,28 @@ class Service:
         return out
 
     def reload(self) -> bool:
-        """Load the packs again; on any error keep the running ones and report every error."""
+        """Compile the packs again and swap the whole rule set (engine, Prometheus queries,
+        executor rules); on any error keep the running one and report every error at file:line:col."""
         self._pack_mtimes = self._mtimes()
         try:
-            packs = load_packs(self.settings.packs)
+            ruleset = compile_packs(self.settings.packs, compile_options(self.settings))
         except RulePackError as exc:
             for error in exc.errors:
                 log.error("rule pack rejected; the last good packs stay live", extra={"fields": {"error": str(error)}})
             return False
-        self.packs = packs
-        self.executor.rules = rules_of(packs)
-        self.live.request_reload(packs)
-        log.info("rule packs reloaded", extra={"fields": {"rules": sum(len(p.rules) for p in packs)}})
+        self.ruleset = ruleset
+        rules = dict(ruleset.executor_rules)
+
+        def swap_rules() -> None:
+            self.executor.rules = rules
+
+        # the decision thread reads the executor's rules: swap them between two of its decisions
+        if self.decisions.alive:
+            self.decisions.call(swap_rules)
+        else:
+            swap_rules()
+        self.live.request_reload(ruleset)
+        log.info("rule packs reloaded", extra={"fields": {"rules": ruleset.rule_count}})
         return True
 
     # -- run ---------------------------------------------------------------------------------------
@@ -372,7 +382,7 @@ class Service:
                 "fields": {
                     "api": f"{self.settings.api_address[0]}:{self.api.port}",
                     "dry_run": self.policy.config.dry_run,
-                    "rules": sum(len(p.rules) for p in self.packs),
+                    "rules": self.ruleset.rule_count,
                     "lb": self.settings.lb,
                 }
             },
@@ -469,9 +479,18 @@ class _LiveCollector(Collector):
         yield from (lines, samples, events, dropped, depth, connected, actions, incidents, dry)
 
 
-def load_or_explain(settings: Settings) -> list[RulePack]:
+def compile_options(settings: Settings) -> CompileOptions:
+    """What the settings decide about the rule set: Prometheus label and window, cooldown override."""
+    return CompileOptions(
+        prometheus_target_label=settings.prometheus_target_label,
+        prometheus_window=settings.prometheus_window,
+        cooldown_override_s=settings.cooldown_override_s,
+    )
+
+
+def load_or_explain(settings: Settings) -> RuleSet:
     try:
-        return load_packs(settings.packs)
+        return compile_packs(settings.packs, compile_options(settings))
     except RulePackError as exc:
         for error in exc.errors:
             print(str(error), file=sys.stderr)
@@ -480,8 +499,7 @@ def load_or_explain(settings: Settings) -> list[RulePack]:
 
 def run(settings: Settings) -> int:
     setup_logging(settings.log_level)
-    packs = load_or_explain(settings)
-    service = Service(settings, packs)
+    service = Service(settings, load_or_explain(settings))
     return service.run_forever()
 
 

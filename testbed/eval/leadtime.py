@@ -334,7 +334,8 @@ def main(
 
     Returns 0, or 2 when an input cannot be read (the message names file and line).
     """
-    from watcher.rulepack.loader import RulePackError, load_packs
+    from watcher.rulepack.compile import load_packs
+    from watcher.rulepack.loader import RulePackError
     from watcher.rules import SHIPPED_RULES
 
     if console is None:

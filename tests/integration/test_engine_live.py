@@ -17,7 +17,7 @@ from testbed.loadgen import LoadGenerator
 from testbed.stack import Testbed, TestbedConfig
 from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Predicts, Sample, Target
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.rules import SHIPPED_RULES
 from watcher.store import Store
 

@@ -16,7 +16,7 @@ from watcher.journal import IncidentState, Journal
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import Executor
 from watcher.policy import GuardConfig, Policy, ReplicaView
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.store import Store
 
 PACK = """

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from watcher.model import Finding, Predicts, Target
 from watcher.policy import GuardConfig, Policy, ReplicaView, plan_steps
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.rulepack.schema import Defaults
 from watcher.store import Store
 

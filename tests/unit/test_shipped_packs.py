@@ -14,7 +14,7 @@ import pytest
 
 from watcher.clock import ManualClock
 from watcher.engine import Engine
-from watcher.rulepack.loader import lint, load_packs
+from watcher.rulepack.compile import lint, load_packs
 from watcher.rulepack.schema import MatchRule, schema_json
 from watcher.rulepack.testing import expand_values, load_rule_test_file, main, run_rule_tests
 from watcher.rules import SHIPPED_RULES

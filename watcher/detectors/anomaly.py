@@ -112,15 +112,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from watcher.detectors.base import Detector, Observation, register
+from watcher.detectors.base import Detector, Observation
 from watcher.detectors.resonance import Resonance
 from watcher.model import Sample, Target
-from watcher.rulepack.schema import AnyRule, DetectorRule, StrictModel, register_detector_kind
+from watcher.rulepack.schema import AnyRule, DetectorRule, StrictModel
 
 
 class AnomalyParams(StrictModel):
@@ -708,12 +708,11 @@ class AnomalyScorer:
             self.since_alarm = int(state["since_alarm"])
 
 
-register_detector_kind("anomaly", AnomalyParams)
-
-
-@register("anomaly")
 class AnomalyDetector(Detector):
     """One :class:`AnomalyScorer` per target on the rule's series; active while score ≥ threshold."""
+
+    kind: ClassVar[str] = "anomaly"
+    params_model: ClassVar[type[BaseModel] | None] = AnomalyParams
 
     def __init__(self, rule: AnyRule) -> None:
         super().__init__(rule)

@@ -1,19 +1,24 @@
-"""The detector interface and its registry.
+"""The detector interface.
 
 Modelled on river's one-base-class-per-family: every detector answers the same four calls
 (``on_log``, ``on_lifecycle``, ``on_sample``, ``on_tick``) and serialises its state to JSON, so the
-conformance tests can walk the registry and hold each kind to the same contract.
+conformance tests can walk the registry (:mod:`watcher.detectors.registry`) and hold each kind to
+the same contract. A class declares its ``kind`` and, for ``detector: {kind, params}`` rules, its
+``params_model`` once; the rule-pack schema validates params with that model.
 """
 
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
 
 from watcher.model import Lifecycle, LogRecord, Sample, Target
-from watcher.rulepack.schema import AnyRule
+
+if TYPE_CHECKING:  # the rule language imports the registry, which imports this module
+    from watcher.rulepack.schema import AnyRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,8 @@ class Detector(ABC):
     """One rule's condition, evaluated per target. Pure: no I/O, time only from its inputs."""
 
     kind: ClassVar[str]
+    params_model: ClassVar[type[BaseModel] | None] = None
+    """The model of ``detector: {kind, params}``; None for kinds that are rule kinds of their own."""
 
     def __init__(self, rule: AnyRule) -> None:
         self.rule = rule
@@ -61,39 +68,3 @@ class Detector(ABC):
     def restore(self, state: dict[str, Any], targets: dict[str, Target]) -> None:
         """Inverse of :meth:`state`; ``targets`` maps target keys back to targets."""
         return None
-
-
-DetectorT = TypeVar("DetectorT", bound=type[Detector])
-
-DETECTORS: dict[str, type[Detector]] = {}
-
-
-def register(kind: str) -> Callable[[DetectorT], DetectorT]:
-    """Class decorator: make a detector kind available to rules. Duplicates are refused."""
-
-    def wrap(cls: DetectorT) -> DetectorT:
-        if kind in DETECTORS and DETECTORS[kind] is not cls:
-            raise ValueError(f"detector kind {kind!r} is already registered by {DETECTORS[kind].__name__}")
-        cls.kind = kind
-        DETECTORS[kind] = cls
-        return cls
-
-    return wrap
-
-
-def detector_kind_of(rule: AnyRule) -> str:
-    """Rules of kind detector/forecast name their detector; the others are their own kind."""
-    spec = getattr(rule, "detector_spec", None)
-    if callable(spec):
-        return str(spec().kind)
-    return rule.kind
-
-
-def build_detector(rule: AnyRule) -> Detector:
-    kind = detector_kind_of(rule)
-    cls = DETECTORS.get(kind)
-    if cls is None:
-        known = ", ".join(sorted(DETECTORS))
-        origin = f"{rule.origin}: " if rule.origin else ""
-        raise DetectorConfigError(f"{origin}rule {rule.id!r}: no detector implements kind {kind!r} (known: {known})")
-    return cls(rule)

@@ -9,9 +9,9 @@ fires at once and resolves after five quiet minutes.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
-from watcher.detectors.base import Detector, Observation, register
+from watcher.detectors.base import Detector, Observation
 from watcher.model import Lifecycle, LogRecord, Sample, Target
 from watcher.rulepack.schema import AnyRule, EventRule, MatchRule, PromQLRule, ThresholdRule
 
@@ -72,9 +72,10 @@ class _Windowed(Detector):
                 self._active[key] = len(self._hits[key]) >= self.count
 
 
-@register("match")
 class PatternDetector(_Windowed):
     """Log pattern with optional count/within. Matching itself happens once, in the engine."""
+
+    kind: ClassVar[str] = "match"
 
     def __init__(self, rule: AnyRule) -> None:
         assert isinstance(rule, MatchRule)
@@ -86,9 +87,10 @@ class PatternDetector(_Windowed):
         return self._hit(record.target, record.ts, record.message)
 
 
-@register("event")
 class EventDetector(_Windowed):
     """Docker lifecycle events: an OOM kill, a die with given exit codes, N restarts in a window."""
+
+    kind: ClassVar[str] = "event"
 
     def __init__(self, rule: AnyRule) -> None:
         assert isinstance(rule, EventRule)
@@ -131,17 +133,19 @@ class _Bounded(Detector):
         return [Observation(sample.target, active, sample.ts, evidence=evidence)]
 
 
-@register("threshold")
 class ThresholdDetector(_Bounded):
+    kind: ClassVar[str] = "threshold"
+
     def __init__(self, rule: AnyRule) -> None:
         assert isinstance(rule, ThresholdRule)
         super().__init__(rule)
         self.series_name = rule.threshold.series
 
 
-@register("promql")
 class PromQLDetector(_Bounded):
     """The Prometheus source names each query's samples after the rule id."""
+
+    kind: ClassVar[str] = "promql"
 
     def __init__(self, rule: AnyRule) -> None:
         assert isinstance(rule, PromQLRule)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from watcher.detectors.base import Detector, DetectorConfigError, Observation, register
+from watcher.detectors.base import Detector, DetectorConfigError, Observation
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
-from watcher.rulepack.schema import AnyRule, StrictModel, register_detector_kind
+from watcher.rulepack.schema import AnyRule, StrictModel
 
 
 class ChangeParams(StrictModel):
@@ -34,9 +34,6 @@ class ChangeParams(StrictModel):
     k: float = Field(default=1.0, gt=0, description="allowance, in baseline standard deviations")
     h: float = Field(default=8.0, gt=0, description="decision interval, in baseline standard deviations")
     adapt: float = Field(default=0.005, ge=0, lt=1, description="EWMA rate of the baseline while quiet")
-
-
-register_detector_kind("change", ChangeParams)
 
 
 @dataclass(slots=True)
@@ -85,9 +82,11 @@ def cusum_step(st: CusumState, x: float, p: ChangeParams) -> tuple[bool, float]:
     return stat > limit, stat / limit
 
 
-@register("change")
 class ChangeDetector(Detector):
     """Per target CUSUM on one series; a restart of the target starts a new baseline."""
+
+    kind: ClassVar[str] = "change"
+    params_model: ClassVar[type[BaseModel] | None] = ChangeParams
 
     def __init__(self, rule: AnyRule) -> None:
         super().__init__(rule)

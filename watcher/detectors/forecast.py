@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from watcher.detectors.base import Detector, DetectorConfigError, Observation, register
+from watcher.detectors.base import Detector, DetectorConfigError, Observation
 from watcher.detectors.vectorized import capacity, rising_steps, runway_eta, theil_sen
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
-from watcher.rulepack.schema import AnyRule, Duration, StrictModel, register_detector_kind
+from watcher.rulepack.schema import AnyRule, Duration, StrictModel
 
 RESET_EVENTS = frozenset({LifecycleKind.START, LifecycleKind.RESTART, LifecycleKind.DIE, LifecycleKind.OOM})
 
@@ -40,8 +40,7 @@ RESET_EVENTS = frozenset({LifecycleKind.START, LifecycleKind.RESTART, LifecycleK
 class RunwayParams(StrictModel):
     """Params of ``forecast``: will ``series`` reach ``fraction * limit`` within ``within``?
 
-    A superset of the schema's built-in ``ForecastParams``, so ``forecast:`` shorthands and
-    existing ``detector: {kind: forecast}`` rules keep validating unchanged.
+    ``forecast:`` shorthands (``ForecastSpec`` in the schema) become these params too.
     """
 
     limit: float | str = Field(description="a number, or the series giving the limit per target")
@@ -55,9 +54,6 @@ class RunwayParams(StrictModel):
     min_rise_steps: int = Field(
         default=0, ge=0, description="consecutive rising bucket steps required (a rise longer than a GC cycle's)"
     )
-
-
-register_detector_kind("forecast", RunwayParams, replace=True)
 
 
 @dataclass(slots=True)
@@ -114,9 +110,11 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-@register("forecast")
 class RunwayDetector(Detector):
     """Per target: a robust trend of the series' upper envelope, extrapolated to the limit."""
+
+    kind: ClassVar[str] = "forecast"
+    params_model: ClassVar[type[BaseModel] | None] = RunwayParams
 
     def __init__(self, rule: AnyRule) -> None:
         super().__init__(rule)

@@ -16,15 +16,15 @@ fleet-wide :class:`~watcher.detectors.vectorized.PeerBatch`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from watcher.detectors.base import Detector, DetectorConfigError, Observation, register
+from watcher.detectors.base import Detector, DetectorConfigError, Observation
 from watcher.detectors.vectorized import peer_scores
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
-from watcher.rulepack.schema import AnyRule, Duration, StrictModel, register_detector_kind
+from watcher.rulepack.schema import AnyRule, Duration, StrictModel
 
 MAX_REPLICAS_PER_SERVICE = 1_000  # a flood of made-up targets cannot grow memory without bound
 
@@ -40,12 +40,11 @@ class PeerParams(StrictModel):
     stale_after: Duration = Field(default=120.0, description="values older than this are left out")
 
 
-register_detector_kind("peer", PeerParams)
-
-
-@register("peer")
 class PeerDetector(Detector):
     """Per service: robust z of each replica's latest value against the service's median."""
+
+    kind: ClassVar[str] = "peer"
+    params_model: ClassVar[type[BaseModel] | None] = PeerParams
 
     def __init__(self, rule: AnyRule) -> None:
         super().__init__(rule)

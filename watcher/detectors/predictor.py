@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from river import linear_model, optim
 
-from watcher.detectors.base import Detector, Observation, register
+from watcher.detectors.base import Detector, Observation
 from watcher.detectors.change import ChangeDetector
 from watcher.detectors.forecast import RunwayDetector
 from watcher.model import Lifecycle, LifecycleKind, Predicts, Sample, Target
-from watcher.rulepack.schema import AnyRule, DetectorRule, DetectorSpec, Duration, StrictModel, register_detector_kind
+from watcher.rulepack.schema import AnyRule, DetectorRule, DetectorSpec, Duration, StrictModel
 
 DEFAULT_PRIORS: dict[str, float] = {
     "intercept": -4.0,
@@ -64,17 +64,16 @@ class PredictorParams(StrictModel):
     priors: dict[str, float] = Field(default_factory=dict, description="overrides of DEFAULT_PRIORS")
 
 
-register_detector_kind("predictor", PredictorParams)
-
-
 def _sub_rule(rule: AnyRule, suffix: str, kind: str, series: str, params: dict[str, Any]) -> DetectorRule:
     spec = DetectorSpec(kind=kind, series=series, params=params)
     return DetectorRule(id=f"{rule.id}.{suffix}", predicts=rule.predicts or Predicts.CRASH, detector=spec)
 
 
-@register("predictor")
 class FailurePredictor(Detector):
     """Online logistic regression over per-target features, labelled by observed failures."""
+
+    kind: ClassVar[str] = "predictor"
+    params_model: ClassVar[type[BaseModel] | None] = PredictorParams
 
     def __init__(self, rule: AnyRule) -> None:
         super().__init__(rule)

@@ -25,11 +25,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from watcher.detectors.base import Detector, Observation, register
+from watcher.detectors.base import Detector, Observation
 from watcher.model import LogRecord, Target
-from watcher.rulepack.schema import AnyRule, Duration, LogLevel, StrictModel, register_detector_kind
+from watcher.rulepack.schema import AnyRule, Duration, LogLevel, StrictModel
 
 WILDCARD = "<*>"
 MAX_PER_GROUP = 64  # templates compared per line: bounds the cost of a line
@@ -53,9 +53,6 @@ class TemplateParams(StrictModel):
     levels: list[LogLevel] | None = Field(default=None, description="only lines of these levels (default all)")
     novelty: bool = True
     rate: bool = True
-
-
-register_detector_kind("templates", TemplateParams)
 
 
 def _mask(token: str) -> str:
@@ -152,9 +149,11 @@ class _Rates:
     evidence: str = ""
 
 
-@register("templates")
 class TemplateDetector(Detector):
     """Novel log templates and template-rate jumps, per target, over one shared template table."""
+
+    kind: ClassVar[str] = "templates"
+    params_model: ClassVar[type[BaseModel] | None] = TemplateParams
 
     wants_all_logs: ClassVar[bool] = True
 

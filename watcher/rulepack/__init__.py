@@ -1,8 +1,10 @@
-"""Rule packs: the YAML language (schema), its loader with ``file:line:col`` errors, and the
-Prometheus-style pending/firing/resolved state each rule keeps per target."""
+"""Rule packs: the YAML language (schema), its loader with ``file:line:col`` errors, the one compile
+step to an immutable :class:`RuleSet`, and the Prometheus-style pending/firing/resolved state each
+rule keeps per target."""
 
+from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs, lint, lint_text, load_packs
 from watcher.rulepack.durations import DurationError, format_duration, parse_duration
-from watcher.rulepack.loader import LintError, RulePackError, lint, lint_text, load_packs
+from watcher.rulepack.loader import LintError, RulePackError
 from watcher.rulepack.schema import (
     ACTION_NAMES,
     RULE_KINDS,
@@ -20,11 +22,7 @@ from watcher.rulepack.schema import (
     RuleBase,
     RulePack,
     ThresholdRule,
-    check_regex,
-    detector_kinds,
-    register_detector_kind,
     schema_json,
-    unregister_detector_kind,
 )
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
 
@@ -33,6 +31,7 @@ __all__ = [
     "RULE_KINDS",
     "Action",
     "AnyRule",
+    "CompileOptions",
     "Defaults",
     "DetectorRule",
     "DetectorSpec",
@@ -47,18 +46,16 @@ __all__ = [
     "RuleBase",
     "RulePack",
     "RulePackError",
+    "RuleSet",
     "RuleState",
     "RuleStateTable",
     "ThresholdRule",
     "Transition",
-    "check_regex",
-    "detector_kinds",
+    "compile_packs",
     "format_duration",
     "lint",
     "lint_text",
     "load_packs",
     "parse_duration",
-    "register_detector_kind",
     "schema_json",
-    "unregister_detector_kind",
 ]

@@ -3,14 +3,17 @@
 The YAML is composed into nodes first (safe loader only: tags never run code) so each pydantic
 error can be mapped back to the node it is about: the key for an unknown key, the value for a bad
 value, the enclosing mapping for a missing key. PyYAML silently keeps the last of two equal keys;
-the node walk catches that too. Loading is all-or-nothing: :func:`load_packs` returns every pack or
-raises :class:`RulePackError` with all the errors, never a half-loaded set of rules.
+the node walk catches that too. Parsing is all-or-nothing: :func:`parse_paths` returns every pack
+or every error, never a half-loaded set of rules. What the engine would still refuse (patterns,
+detectors) is checked after this, by the one compile step in :mod:`watcher.rulepack.compile`.
 """
 
 from __future__ import annotations
 
 import difflib
+import threading
 import typing
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,31 +53,26 @@ class RulePackError(Exception):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
-def _register_detector_kinds() -> None:
-    """Statistical detectors register their kinds on import; a pack naming one must see it."""
-    import watcher.detectors  # noqa: F401 - imported for its registrations
+def parse_paths(paths: Sequence[Path]) -> tuple[list[RulePack], list[LintError]]:
+    """Every pack of these files (or directories of ``*.yaml``/``*.yml``), or every error in them
+    (pack names, series names and rule ids must be unique across them)."""
+    parsed = [_parse_file(path) for path in _expand(paths)]
+    extra = _duplicate_errors(parsed)
+    errors: list[LintError] = []
+    order = {p.file: i for i, p in enumerate(parsed)}
+    for p in parsed:
+        errors.extend(p.errors)
+    errors.extend(extra)
+    errors.sort(key=lambda e: (order.get(e.file, len(order)), e.line, e.col, e.message))
+    packs = [p.pack for p in parsed if p.pack is not None]
+    return (packs if not errors else []), errors
 
 
-def load_packs(paths: Sequence[Path]) -> list[RulePack]:
-    """Load all packs (files, or directories of ``*.yaml``/``*.yml``) or raise with every error."""
-    _register_detector_kinds()
-    packs, errors = _load(paths)
-    if errors:
-        raise RulePackError(errors)
-    return packs
-
-
-def lint(paths: Sequence[Path]) -> list[LintError]:
-    """Every problem in these packs, considered together (rule ids must be unique across them)."""
-    _register_detector_kinds()
-    return _load(paths)[1]
-
-
-def lint_text(text: str, file: str = "<string>") -> list[LintError]:
-    """Lint one pack given as text (editors, tests, ``rules test`` fixtures)."""
-    _register_detector_kinds()
+def parse_text(text: str, file: str = "<string>") -> tuple[list[RulePack], list[LintError]]:
+    """One pack given as text: the pack, or its errors in line order."""
     result = _parse_text(text, file)
-    return sorted(result.errors + _duplicate_errors([result]), key=lambda e: (e.line, e.col, e.message))
+    errors = sorted(result.errors + _duplicate_errors([result]), key=lambda e: (e.line, e.col, e.message))
+    return ([result.pack] if result.pack is not None and not errors else []), errors
 
 
 # --------------------------------------------------------------------------------------- internals
@@ -96,19 +94,6 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
         else:
             files.append(path)
     return files
-
-
-def _load(paths: Sequence[Path]) -> tuple[list[RulePack], list[LintError]]:
-    parsed = [_parse_file(path) for path in _expand(paths)]
-    extra = _duplicate_errors(parsed)
-    errors: list[LintError] = []
-    order = {p.file: i for i, p in enumerate(parsed)}
-    for p in parsed:
-        errors.extend(p.errors)
-    errors.extend(extra)
-    errors.sort(key=lambda e: (order.get(e.file, len(order)), e.line, e.col, e.message))
-    packs = [p.pack for p in parsed if p.pack is not None]
-    return (packs if not errors else []), errors
 
 
 def _parse_file(path: Path) -> _Parsed:
@@ -273,14 +258,29 @@ def _path(loc: Sequence[int | str]) -> str:
     return text
 
 
+_Index = dict[str, tuple[yaml.Node, yaml.Node]]
+_indexes: weakref.WeakKeyDictionary[yaml.Node, _Index] = weakref.WeakKeyDictionary()
+_indexes_lock = threading.Lock()
+
+
+def _index(node: yaml.MappingNode) -> _Index:
+    """Key -> (key node, value node) of a mapping, built once: a lookup per error would otherwise
+    scan the mapping, and a pack with thousands of unknown keys would lint in quadratic time."""
+    with _indexes_lock:
+        found = _indexes.get(node)
+        if found is None:
+            found = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    found[k.value] = (k, v)  # the last of duplicate keys wins, as PyYAML keeps it
+            _indexes[node] = found
+        return found
+
+
 def _child(node: yaml.Node, seg: int | str) -> tuple[yaml.Node | None, yaml.Node | None]:
     """(key node, value node) of ``seg`` under ``node``; the last of duplicate keys, as PyYAML keeps."""
     if isinstance(node, yaml.MappingNode):
-        found: tuple[yaml.Node | None, yaml.Node | None] = (None, None)
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode) and k.value == str(seg):
-                found = (k, v)
-        return found
+        return _index(node).get(str(seg), (None, None))
     if isinstance(node, yaml.SequenceNode) and isinstance(seg, int) and 0 <= seg < len(node.value):
         return None, node.value[seg]
     return None, None

@@ -15,8 +15,6 @@ from :attr:`RuleBase.pending_for`.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -38,6 +36,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
+from watcher.detectors import registry
+from watcher.matcher import PatternError, PatternSpec, check_pattern
 from watcher.model import LifecycleKind, LifecycleTag, Predicts, Severity
 from watcher.rulepack.durations import (
     DURATION_PATTERN,
@@ -47,8 +47,6 @@ from watcher.rulepack.durations import (
     parse_duration,
 )
 
-MAX_PATTERN_BYTES = 1024
-MAX_REPEAT_COUNT = 1000  # RE2's own limit on {n,m}
 NAME_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
@@ -94,86 +92,6 @@ Duration = Annotated[
 """Seconds as a float, written in YAML the way Prometheus writes durations."""
 
 
-# ------------------------------------------------------------------------------ regex safety check
-
-_sre_parser: Any = importlib.import_module("re._parser")
-_MAXREPEAT: int = importlib.import_module("re._constants").MAXREPEAT
-
-
-def _re2_module() -> Any:
-    try:
-        return importlib.import_module("re2")
-    except ImportError:
-        return None
-
-
-def check_regex(pattern: str, *, ignore_case: bool = False) -> str | None:
-    """Return why ``pattern`` is unsafe or invalid, or None when it may be used.
-
-    Log lines are untrusted input and the matcher may be Python's backtracking ``re``, so only
-    patterns RE2 could run in linear time are accepted: no backreferences, lookaround, atomic
-    groups, possessive quantifiers or conditionals, and (stricter than RE2, because ``re``
-    backtracks) no quantifier nested inside another repeated group, the shape of ``(a+)+$``.
-    When ``google-re2`` is installed it has the last word on RE2 syntax.
-    """
-    size = len(pattern.encode())
-    if size > MAX_PATTERN_BYTES:
-        return f"regex is {size} bytes long; the limit is {MAX_PATTERN_BYTES}"
-    flags = 2 if ignore_case else 0  # re.IGNORECASE
-    try:
-        tree = _sre_parser.parse(pattern, flags)
-    except Exception as exc:  # re.error, and RecursionError on absurd nesting
-        msg = getattr(exc, "msg", str(exc))
-        pos = getattr(exc, "pos", None)
-        return f"invalid regex: {msg}" + (f" at position {pos}" if pos is not None else "")
-    problem = _walk_regex(tree, in_repeat=False)
-    if problem is not None:
-        return problem
-    re2 = _re2_module()
-    if re2 is not None:
-        try:
-            re2.compile(pattern)
-        except Exception as exc:
-            return f"regex is not RE2-compatible: {exc}"
-    return None
-
-
-def _walk_regex(items: Any, *, in_repeat: bool) -> str | None:
-    """Walk the sre parse tree looking for constructs that need backtracking."""
-    for op, arg in items:
-        name = str(op)
-        if name in ("GROUPREF", "GROUPREF_EXISTS"):
-            what = "a backreference" if name == "GROUPREF" else "a conditional group (?(...))"
-            return f"regex uses {what}, which RE2 does not support (it needs backtracking)"
-        if name in ("ASSERT", "ASSERT_NOT"):
-            return "regex uses a lookahead or lookbehind assertion, which RE2 does not support"
-        if name in ("ATOMIC_GROUP", "POSSESSIVE_REPEAT"):
-            return "regex uses an atomic group or possessive quantifier, which RE2 does not support"
-        if name in ("MAX_REPEAT", "MIN_REPEAT"):
-            low, high, sub = arg
-            for count in (low, high):
-                if count != _MAXREPEAT and count > MAX_REPEAT_COUNT:
-                    return f"regex repeat count {count} exceeds RE2's limit of {MAX_REPEAT_COUNT}"
-            repeats = high == _MAXREPEAT or high > 1
-            if repeats and in_repeat:
-                return (
-                    "regex nests a quantifier inside a repeated group, which can backtrack "
-                    "catastrophically (e.g. (a+)+$); rewrite it without nested repetition"
-                )
-            problem = _walk_regex(sub, in_repeat=in_repeat or repeats)
-        elif name == "SUBPATTERN":
-            problem = _walk_regex(arg[-1], in_repeat=in_repeat)
-        elif name == "BRANCH":
-            problem = None
-            for branch in arg[1]:
-                problem = problem or _walk_regex(branch, in_repeat=in_repeat)
-        else:
-            problem = None
-        if problem is not None:
-            return problem
-    return None
-
-
 # -------------------------------------------------------------------------------------- conditions
 
 LogSource = Literal["tfserving", "nginx", "python", "docker", "kernel", "grpc", "json", "any"]
@@ -192,12 +110,12 @@ class LogMatch(StrictModel):
     @field_validator("log")
     @classmethod
     def _check_log(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("regex"):
-            problem = check_regex(value, ignore_case=bool(info.data.get("ignore_case")))
-            if problem is not None:
-                raise PydanticCustomError("regex", problem)
-        elif len(value.encode()) > MAX_PATTERN_BYTES:
-            raise PydanticCustomError("pattern_length", f"pattern is longer than {MAX_PATTERN_BYTES} bytes")
+        """The matcher's own vetting: one definition of a valid pattern, for lint and engine alike."""
+        spec = PatternSpec("", value, bool(info.data.get("regex")), bool(info.data.get("ignore_case")))
+        try:
+            check_pattern(spec)
+        except PatternError as exc:
+            raise PydanticCustomError("regex", exc.reason) from None
         return value
 
 
@@ -260,46 +178,6 @@ class EventMatch(StrictModel):
 # ------------------------------------------------------------------------ statistical detectors
 
 
-class ForecastParams(StrictModel):
-    """Params of the built-in ``forecast`` kind: will ``series`` reach ``fraction * limit`` soon?
-
-    ``limit`` is a number or the name of another series (e.g. the container's memory limit).
-    """
-
-    limit: float | str
-    fraction: float = Field(default=1.0, gt=0, le=1)
-    within: Duration
-
-
-_DETECTOR_KINDS: dict[str, type[BaseModel]] = {"forecast": ForecastParams}
-
-
-def register_detector_kind(name: str, params_model: type[BaseModel], *, replace: bool = False) -> None:
-    """Make ``detector: {kind: name}`` valid, its ``params`` checked by ``params_model`` at load.
-
-    Like a Prometheus registry, a second registration of a name is refused (two detectors fighting
-    over one name is a bug) unless it is the same model again or ``replace`` is set; the real
-    forecast detector uses ``replace`` to supersede the built-in :class:`ForecastParams`.
-    Register before loading packs: a kind unknown at load time is an error.
-    """
-    if not name or not name.replace("_", "-").replace("-", "").isalnum() or name != name.lower():
-        raise ValueError(f"invalid detector kind name {name!r}: use lowercase letters, digits, - and _")
-    current = _DETECTOR_KINDS.get(name)
-    if current is not None and current is not params_model and not replace:
-        raise ValueError(f"detector kind {name!r} is already registered with {current.__name__}")
-    _DETECTOR_KINDS[name] = params_model
-
-
-def unregister_detector_kind(name: str) -> None:
-    """Forget a kind (tests, and plug-ins being unloaded)."""
-    _DETECTOR_KINDS.pop(name, None)
-
-
-def detector_kinds() -> Mapping[str, type[BaseModel]]:
-    """The registered kinds and their params models, a snapshot."""
-    return dict(_DETECTOR_KINDS)
-
-
 def _format_sub_errors(errors: list[Any]) -> str:
     parts = []
     for err in errors:
@@ -318,8 +196,8 @@ class DetectorSpec(StrictModel):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        if value not in _DETECTOR_KINDS:
-            known = ", ".join(sorted(_DETECTOR_KINDS)) or "(none registered)"
+        if registry.params_model(value) is None:
+            known = ", ".join(sorted(registry.detector_kinds())) or "(none registered)"
             raise PydanticCustomError("detector_kind", f"unknown detector kind {value!r}; known kinds: {known}")
         return value
 
@@ -327,7 +205,7 @@ class DetectorSpec(StrictModel):
     @classmethod
     def _valid_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         kind = info.data.get("kind")
-        model = _DETECTOR_KINDS.get(kind) if isinstance(kind, str) else None
+        model = registry.params_model(kind) if isinstance(kind, str) else None
         if model is not None:
             try:
                 model.model_validate(value)
@@ -341,8 +219,11 @@ class DetectorSpec(StrictModel):
         return value
 
     def parsed_params(self) -> BaseModel:
-        """The params validated by the kind's registered model (detectors build themselves from it)."""
-        return _DETECTOR_KINDS[self.kind].model_validate(self.params)
+        """The params validated by the kind's ``params_model`` (detectors build themselves from it)."""
+        model = registry.params_model(self.kind)
+        if model is None:
+            raise KeyError(f"no detector kind {self.kind!r} takes params")
+        return model.model_validate(self.params)
 
 
 class ForecastSpec(StrictModel):

@@ -62,6 +62,7 @@ from watcher.model import (
     Target,
 )
 from watcher.parsers import docker_events
+from watcher.rulepack.compile import RuleSet, compile_packs
 from watcher.rulepack.durations import format_duration
 from watcher.rulepack.loader import (
     MAX_FILE_BYTES,
@@ -71,9 +72,8 @@ from watcher.rulepack.loader import (
     _expand,
     _one_error,
     _yaml_error,
-    load_packs,
 )
-from watcher.rulepack.schema import STRICT_DURATIONS, Duration, RulePack
+from watcher.rulepack.schema import STRICT_DURATIONS, Duration
 from watcher.rules import SHIPPED_RULE_TESTS
 
 T0 = 1_714_557_600.0  # 2024-05-01T10:00:00Z: test time 0s (an epoch far from 0 catches "ts or 0" bugs)
@@ -303,10 +303,10 @@ def run_file(path: Path) -> list[TestResult]:
     if missing:
         return [TestResult(file, "", tuple(f"{file}: rule file not found: {m}" for m in missing))]
     try:
-        packs = load_packs(rule_paths)
+        ruleset = compile_packs(rule_paths)
     except RulePackError as exc:
         return [TestResult(file, "", tuple(str(e) for e in exc.errors))]
-    return [_run_test(file, packs, spec.evaluation_interval, test) for test in spec.tests]
+    return [_run_test(file, ruleset, spec.evaluation_interval, test) for test in spec.tests]
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ def _describe(at: float, rule: str, predicts: Predicts | None, target: Target | 
     return ", ".join(parts)
 
 
-def _run_test(file: str, packs: list[RulePack], step: float, test: RuleTest) -> TestResult:
+def _run_test(file: str, ruleset: RuleSet, step: float, test: RuleTest) -> TestResult:
     default = test.target.target()
     known: dict[str, Target] = {default.container: default}
 
@@ -371,7 +371,7 @@ def _run_test(file: str, packs: list[RulePack], step: float, test: RuleTest) -> 
         return TestResult(file, test.name, (f"until {format_duration(until)} needs more than {MAX_STEPS} steps",))
 
     clock = ManualClock(T0)
-    engine = Engine(packs, clock, upstreams=upstreams)
+    engine = Engine(ruleset, clock, upstreams=upstreams)
     got: list[_Got] = []
 
     def record(findings: list[Finding]) -> None:
@@ -399,7 +399,7 @@ def _run_test(file: str, packs: list[RulePack], step: float, test: RuleTest) -> 
 
     failures.extend(_compare(test, got, step))
     for n, case in enumerate(test.classify):
-        failures.extend(_check_classify(packs, n, case, target_of(case.target)))
+        failures.extend(_check_classify(ruleset, n, case, target_of(case.target)))
     return TestResult(file, test.name, tuple(failures), tuple(g.describe() for g in got))
 
 
@@ -453,9 +453,9 @@ def _compare(test: RuleTest, got: list[_Got], step: float) -> list[str]:
     return failures
 
 
-def _check_classify(packs: list[RulePack], n: int, case: ClassifyCase, target: Target) -> list[str]:
+def _check_classify(ruleset: RuleSet, n: int, case: ClassifyCase, target: Target) -> list[str]:
     # A fresh engine per line: per-container format detection must not carry over between cases.
-    engine = Engine(packs, ManualClock(T0))
+    engine = Engine(ruleset, ManualClock(T0))
     c = engine.classify(LogRecord(target, T0, case.line))
     problems: list[str] = []
     checks: list[tuple[str, Sequence[Any] | None, Sequence[Any]]] = [

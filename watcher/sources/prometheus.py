@@ -10,6 +10,10 @@ earlier result and is absent from a successful one is emitted once with ``stale=
 value), and so is a series not refreshed for ``stale_after_intervals`` intervals because its query
 keeps failing. Detectors drop stale series instead of holding on to a last value that is no longer
 true (a replica that was removed is not "still at 0.9 error ratio").
+
+Each query runs at its own ``interval_s`` (a PromQL rule's ``every``) or the source's interval.
+A reload hands the source its new queries (:meth:`PrometheusSource.set_queries`): new ones run at
+once, removed ones stop and their series are emitted stale.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class PromQuery:
     expr: str
     target_label: str = "replica"
     service_label: str | None = None
+    interval_s: float | None = None  # None: the source's interval
 
 
 Resolver = Callable[[PromQuery, Mapping[str, str]], Target | None]
@@ -67,12 +72,14 @@ class PrometheusSource(Source):
         resolve: Resolver | None = None,
     ) -> None:
         super().__init__(queue)
-        ids = [q.id for q in queries]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate query ids: {sorted({i for i in ids if ids.count(i) > 1})}")
         self.url = url.rstrip("/")
-        self.queries = list(queries)
         self.interval_s = interval_s
+        self._queries_lock = threading.Lock()
+        self._due: dict[str, float] = {}  # query id -> monotonic time it runs next
+        self._wake = threading.Event()  # set by stop() and by set_queries()
+        self.query_errors: dict[str, str] = {}
+        self.queries: list[PromQuery] = []
+        self.set_queries(queries)
         self.timeout_s = timeout_s
         self.stale_after_intervals = stale_after_intervals
         self.engine = engine
@@ -82,7 +89,6 @@ class PrometheusSource(Source):
         session.trust_env = False  # never route to Prometheus through a proxy from the environment
         # No client-side retries: a failure is reported at once and the backoff decides when to retry.
         self.client = PrometheusConnect(url=self.url, session=session, retry=Retry(total=0), timeout=timeout_s)
-        self.query_errors: dict[str, str] = {}
         self.failures = 0
         self._seen: dict[tuple[str, tuple[tuple[str, str], ...]], _Seen] = {}
         self._thread: threading.Thread | None = None
@@ -102,26 +108,59 @@ class PrometheusSource(Source):
 
     def stop(self) -> None:
         super().stop()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.timeout_s + 5)
             self._thread = None
         self.client.close()
 
+    def set_queries(self, queries: Sequence[PromQuery]) -> None:
+        """Replace the queries (a reload); new or changed ones run at the next wake-up."""
+        ids = [q.id for q in queries]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate query ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+        with self._queries_lock:
+            before = {q.id: q for q in self.queries}
+            self.queries = list(queries)
+            self._due = {q.id: self._due.get(q.id, 0.0) if before.get(q.id) == q else 0.0 for q in self.queries}
+            for gone in set(before) - set(self._due):
+                self.query_errors.pop(gone, None)
+        self._wake.set()
+
+    def interval_of(self, query: PromQuery) -> float:
+        return query.interval_s if query.interval_s is not None else self.interval_s
+
     def _run(self) -> None:
         while not self.stopping:
-            ok = self.poll_once() is not None
-            delay = self.interval_s if ok else self.backoff.next_delay()
+            self._wake.clear()
+            started = time.monotonic()
+            with self._queries_lock:
+                due = [q for q in self.queries if self._due.get(q.id, 0.0) <= started]
+            if due:
+                ok = self.poll_once(queries=due) is not None
+            else:  # woken by a reload that only removed queries: their series go stale now
+                ok = True
+                self._emit(self._expire(time.time()))
+            with self._queries_lock:
+                for q in due:
+                    if q.id in self._due:
+                        self._due[q.id] = started + self.interval_of(q)
+                nearest = min(self._due.values(), default=started + self.interval_s)
+            delay = max(0.0, nearest - time.monotonic()) if ok else self.backoff.next_delay()
             if ok:
                 self.backoff.reset()
-            if self._stop.wait(delay):
-                return
+            self._wake.wait(delay)
 
-    def poll_once(self, now: float | None = None) -> list[Sample] | None:
-        """Evaluate every query once and queue the samples; None when every query failed."""
+    def poll_once(self, now: float | None = None, queries: Sequence[PromQuery] | None = None) -> list[Sample] | None:
+        """Evaluate ``queries`` (default: every query) once and queue the samples; None when every
+        one failed."""
         now = time.time() if now is None else now
+        if queries is None:
+            with self._queries_lock:
+                queries = list(self.queries)
         out: list[Sample] = []
         succeeded = 0
-        for query in self.queries:
+        for query in queries:
             try:
                 result = self.client.custom_query(query.expr, timeout=self.timeout_s)
             except Exception as exc:
@@ -131,16 +170,19 @@ class PrometheusSource(Source):
             self.query_errors.pop(query.id, None)
             out.extend(self._fresh(query, result, now))
         out.extend(self._expire(now))
-        all_failed = bool(self.queries) and succeeded == 0
+        all_failed = bool(queries) and succeeded == 0
         self.connected = not all_failed
         if self.query_errors:
             self._error("; ".join(f"{k}: {v}" for k, v in sorted(self.query_errors.items())))
             self.failures += 1
         else:
             self.last_error = None
-        for s in out:
-            self.queue.put(Envelope(s, f"prometheus:{s.series}", None))
+        self._emit(out)
         return None if all_failed else out
+
+    def _emit(self, samples: Sequence[Sample]) -> None:
+        for s in samples:
+            self.queue.put(Envelope(s, f"prometheus:{s.series}", None))
 
     def _fresh(self, query: PromQuery, result: Sequence[Mapping[str, Any]], now: float) -> list[Sample]:
         out: list[Sample] = []
@@ -164,8 +206,15 @@ class PrometheusSource(Source):
         return out
 
     def _expire(self, now: float) -> list[Sample]:
-        limit = self.stale_after_intervals * self.interval_s
-        return [self._stale(key, now) for key, seen in list(self._seen.items()) if now - seen.at > limit]
+        """Series not refreshed for ``stale_after_intervals`` of their query's interval, and every
+        series of a query a reload removed."""
+        with self._queries_lock:
+            limits = {q.id: self.stale_after_intervals * self.interval_of(q) for q in self.queries}
+        return [
+            self._stale(key, now)
+            for key, seen in list(self._seen.items())
+            if key[0] not in limits or now - seen.at > limits[key[0]]
+        ]
 
     def _stale(self, key: tuple[str, tuple[tuple[str, str], ...]], now: float) -> Sample:
         seen = self._seen.pop(key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import watcher.detectors.foresight  # noqa: F401  (registers the foresight kinds)
 from watcher.rulepack.schema import DetectorRule, DetectorSpec
 
 

@@ -7,9 +7,9 @@ import math
 import random
 
 from watcher.detectors.anomaly import AnomalyDetector, AnomalyParams, AnomalyScorer
-from watcher.detectors.base import build_detector
+from watcher.detectors.registry import build_detector, detector_kinds
 from watcher.model import Sample, Target
-from watcher.rulepack.schema import DetectorRule, detector_kinds
+from watcher.rulepack.schema import DetectorRule
 
 # The defaults are what production runs and what NAB is scored with: the tests use nothing else.
 PARAMS = AnomalyParams()

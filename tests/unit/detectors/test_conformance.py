@@ -1,6 +1,6 @@
 """Every registered detector kind, builtin or foresight, honours the one contract (river-style).
 
-Walks :data:`watcher.detectors.base.DETECTORS`: a new kind is covered the moment it registers.
+Walks :func:`watcher.detectors.registry.detector_classes`: a new kind is covered the moment it is listed.
 A kind whose params have required keys needs an example rule in :data:`EXAMPLES`.
 """
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import detector_rule
 
-from watcher.detectors.base import DETECTORS, Detector, Observation, build_detector
+from watcher.detectors.base import Detector, Observation
+from watcher.detectors.registry import build_detector, detector_classes
 from watcher.model import Lifecycle, LifecycleKind, LogRecord, Sample, Signal, Target
 from watcher.rulepack.schema import AnyRule, EventRule, MatchRule, PromQLRule, ThresholdRule
 
@@ -101,7 +102,7 @@ def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
     return back
 
 
-KINDS = sorted(DETECTORS)
+KINDS = sorted(detector_classes())
 
 
 def test_every_foresight_kind_is_registered() -> None:

@@ -195,7 +195,7 @@ def test_leak_at_the_same_rate_fires_30_s_before_the_limit(phase: float) -> None
 
 def test_the_two_tests_above_use_the_shipped_parameters() -> None:
 
-    from watcher.rulepack.loader import load_packs
+    from watcher.rulepack.compile import load_packs
 
     [pack] = load_packs([SHIPPED_RULES / "foresight.yaml"])
     spec = pack.rule("memory-runway").detector_spec()  # type: ignore[attr-defined]

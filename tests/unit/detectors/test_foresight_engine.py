@@ -10,7 +10,7 @@ import numpy as np
 from watcher.clock import ManualClock
 from watcher.engine import Engine
 from watcher.model import Finding, Predicts, Sample, Target
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.store import Store
 
 T0 = 1_714_557_600.0

@@ -9,7 +9,7 @@ import pytest
 from watcher.clock import ManualClock
 from watcher.engine import Engine
 from watcher.model import Lifecycle, LifecycleKind, LifecycleTag, LogRecord, Predicts, Sample, Target
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.store import Store
 
 PACK = """

@@ -14,7 +14,7 @@ from pathlib import Path
 from watcher.clock import ManualClock
 from watcher.engine import Engine
 from watcher.model import LogRecord, Target
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 
 PACK = """
 pack: hostile

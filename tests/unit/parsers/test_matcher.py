@@ -110,6 +110,11 @@ def test_tuples_are_accepted_and_case_insensitivity_is_per_pattern() -> None:
         "",
         "(",
         "a{3,1}",
+        "x?",
+        r"(a{1,30}){1,30}b",
+        "a{2000}",
+        "(?>ab)c",
+        "a++b",
     ],
 )
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -119,8 +124,29 @@ def test_unsafe_or_invalid_patterns_are_rejected(pattern: str, backend: str) -> 
 
 
 def test_bounded_nesting_and_optional_groups_are_allowed() -> None:
-    for ok in (r"(\d{1,3}\.){3}\d{1,3}", r"(?:GET|POST) /", r"(free )?system", r"a+b+c+", r"x(?:ab|cd){2}"):
+    for ok in (
+        r"(\d{1,3}\.){3}\d{1,3}",
+        r"(?:GET|POST) /",
+        r"(free )?system",
+        r"a+b+c+",
+        r"x(?:ab|cd){2}",
+        r"(a{2}){3}",
+    ):
         check_pattern(PatternSpec("ok", ok, is_regex=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_end_anchor_after_an_optional_piece_matches_on_every_backend(backend: str) -> None:
+    """hyperscan's own ``ba?$`` misses ``"x" * 15 + "ba"``; the set must not inherit that."""
+    ps = PatternSet(
+        [PatternSpec("opt", "ba?$", is_regex=True), PatternSpec("star", "Ba*$", is_regex=True, ignore_case=True)],
+        backend=backend,
+    )
+    for n in range(0, 40):
+        assert ps.match("x" * n + "ba") == ["opt", "star"], n
+        assert ps.match("x" * n + "bc") == []
+    block = b"\n".join(b"x" * n + b"ba" for n in range(40))
+    assert [ids for _start, ids in ps.match_block(block)] == [["opt", "star"]] * 40
 
 
 def test_duplicate_ids_are_refused() -> None:
@@ -216,3 +242,11 @@ def test_100k_adversarial_lines_in_bounded_time(backend: str) -> None:
     # and the same answers as naive search on a slice (naive re is the slow part here)
     for line in lines[:2000:7]:
         assert ps.match(line) == _naive(REALISTIC, line.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_width_match_at_a_line_start_is_found_in_blocks(backend: str) -> None:
+    """``^\\bb?`` matches "1" with zero width at its start; a block scan must see that line too."""
+    ps = PatternSet([PatternSpec("a", "a"), PatternSpec("p", r"^\bb?", is_regex=True)], backend=backend)
+    assert ps.match("1") == ["p"]
+    assert ps.match_block(b"\n1") == [(1, ["p"])]

@@ -26,7 +26,7 @@ from watcher.playbook.executor import Executor
 from watcher.playbook.plan import Plan, UnreadableStep
 from watcher.playbook.registry import REGISTRY, DuplicateStepKind, StepRegistry, step_from_json
 from watcher.policy import GuardConfig, Policy
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.store import Store
 
 KINDS = sorted(REGISTRY.kinds())

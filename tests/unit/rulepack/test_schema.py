@@ -8,23 +8,22 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from watcher.detectors import registry
+from watcher.detectors.base import Detector
 from watcher.rulepack import (
     ACTION_NAMES,
     RulePack,
-    check_regex,
-    detector_kinds,
     format_duration,
     lint_text,
     parse_duration,
-    register_detector_kind,
     schema_json,
-    unregister_detector_kind,
 )
 from watcher.rulepack.durations import DurationError
 from watcher.rulepack.schema import (
     AlertAction,
     DrainAction,
     HoldAction,
+    LogMatch,
     RecreateAction,
     RestartAction,
     VerifyAction,
@@ -79,16 +78,31 @@ def test_format_duration() -> None:
         ("a{2000}", "exceeds RE2's limit"),
         ("x" * 1025, "limit is 1024"),
         ("foo(", "invalid regex"),
+        ("(a|aa)*b", "alternation without bound"),
+        ("x?", "matches the empty line"),
+        ("(a{1,30}){1,30}b", "nests bounded quantifiers"),
     ],
 )
 def test_unsafe_regexes_are_rejected(pattern: str, problem: str) -> None:
-    found = check_regex(pattern)
+    found = _regex_problem(pattern)
     assert found is not None and problem in found
 
 
-@pytest.mark.parametrize("pattern", ["OOM when allocating", r"status=(5\d\d)", "(foo|bar)+", r"\d+ms", "a{3,5}b"])
+@pytest.mark.parametrize(
+    "pattern",
+    ["OOM when allocating", r"status=(5\d\d)", "(foo|bar)+", r"\d+ms", "a{3,5}b", "(a{2}){3}", r"(\d{1,3}\.){3}\d"],
+)
 def test_safe_regexes_pass(pattern: str) -> None:
-    assert check_regex(pattern) is None
+    assert _regex_problem(pattern) is None
+
+
+def _regex_problem(pattern: str) -> str | None:
+    """What the schema says of a regex (it asks the matcher: one definition of a valid pattern)."""
+    try:
+        LogMatch.model_validate({"regex": True, "log": pattern})
+    except ValidationError as exc:
+        return str(exc.errors()[0]["msg"])
+    return None
 
 
 def _pack(rule: dict[str, Any]) -> dict[str, Any]:
@@ -140,11 +154,21 @@ class _AnomalyParams(BaseModel):
     window: int = 60
 
 
+class _TestAnomaly(Detector):
+    kind = "test-anomaly"
+    params_model = _AnomalyParams
+
+
+class _OtherAnomaly(Detector):
+    kind = "test-anomaly"
+    params_model = BaseModel
+
+
 def test_registered_detector_kind_validates_its_params() -> None:
-    register_detector_kind("test-anomaly", _AnomalyParams)
+    registry.register(_TestAnomaly)
     try:
-        register_detector_kind("test-anomaly", _AnomalyParams)  # same model again: idempotent
-        assert "test-anomaly" in detector_kinds()
+        registry.register(_TestAnomaly)  # same class again: idempotent
+        assert registry.detector_kinds()["test-anomaly"] is _AnomalyParams
         ok = (
             "pack: p\nrules:\n  - id: a\n"
             "    detector: {kind: test-anomaly, series: s, params: {z: 3}}\n    predicts: latency\n"
@@ -156,9 +180,9 @@ def test_registered_detector_kind_validates_its_params() -> None:
             "a.yaml:4:63: rules[0].detector.params: unknown key 'zz'",
         ]
         with pytest.raises(ValueError, match="already registered"):
-            register_detector_kind("test-anomaly", BaseModel)
+            registry.register(_OtherAnomaly)
     finally:
-        unregister_detector_kind("test-anomaly")
+        registry.unregister("test-anomaly")
     assert "unknown detector kind 'test-anomaly'; known kinds: anomaly, change, forecast" in str(lint_text(ok)[0])
 
 

@@ -13,7 +13,7 @@ from testbed.eval import leadtime
 from testbed.eval.leadtime import ALL, Failure, evaluate, read_recording, score_findings
 from watcher.model import Finding, Predicts, Target
 from watcher.replay import ReplayInputError
-from watcher.rulepack.loader import load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.rules import SHIPPED_RULES
 
 RECORDINGS = Path(__file__).resolve().parents[3] / "recordings"
