@@ -9,12 +9,10 @@ from watcher.actions.base import (
     ActionError,
     Alert,
     Alerter,
-    Backoff,
     Replica,
     Restarter,
     TrafficShifter,
     fingerprint,
-    rfc3339,
 )
 from watcher.actions.docker import DockerRestarter
 from watcher.actions.haproxy import HAProxyShifter
@@ -26,7 +24,6 @@ __all__ = [
     "Alert",
     "Alerter",
     "AlertmanagerAlerter",
-    "Backoff",
     "ContainerNginxReload",
     "DockerRestarter",
     "HAProxyShifter",
@@ -40,5 +37,4 @@ __all__ = [
     "Verifier",
     "WebhookAlerter",
     "fingerprint",
-    "rfc3339",
 ]

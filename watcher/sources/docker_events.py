@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from watcher.model import Lifecycle, LifecycleKind, Target
-from watcher.sources.base import Backoff, Envelope, SignalQueue, Source
+from watcher.retry import Backoff
+from watcher.sources.base import Envelope, SignalQueue, Source
 from watcher.sources.docker_logs import DEFAULT_SELECTOR, make_clients, since_param
 from watcher.store import Store
 

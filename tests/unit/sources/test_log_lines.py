@@ -6,17 +6,17 @@ import random
 
 import pytest
 
+from watcher.model import MAX_LINE_BYTES
 from watcher.sources.docker_logs import (
-    MAX_LINE_BYTES,
     CursorTracker,
     LineSplitter,
     LogCursor,
     cap_message,
     matches_selector,
-    parse_rfc3339_ns,
     since_param,
     split_timestamp,
 )
+from watcher.timefmt import parse_rfc3339_ns
 
 
 def test_lines_split_correctly_whatever_the_chunking() -> None:
