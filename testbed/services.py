@@ -5,6 +5,11 @@ Prometheus data, so tests and benchmarks run the actual Debian binaries rather t
 mocks. Every instance gets its own work dir (config, logs, state, PID file), binds only
 127.0.0.1 and is stopped by the PID this module spawned -- never by process name -- so
 concurrent test runs and the system services on the same host are left alone.
+
+This module only writes the initial configs and runs the processes. Every runtime change goes
+through the product's own actuators -- Nginx weights through :class:`watcher.actions.nginx.NginxShifter`
+(rewrite, ``nginx -t``, HUP, confirm), HAProxy through :class:`watcher.actions.haproxy.HAProxyRuntime`
+-- so a test that changes the testbed's load balancer exercises the code the watcher runs.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,7 +36,12 @@ from typing import Any, Literal, Self
 import requests
 
 from testbed.ports import LOOPBACK, port_is_open
+from watcher import procfs
+from watcher.actions.base import ActionError, Replica
+from watcher.actions.haproxy import HAProxyRuntime
+from watcher.actions.nginx import HostNginxReload, NginxConfigRefused, NginxShifter
 from watcher.fileutil import atomic_write
+from watcher.model import Target
 
 __all__ = [
     "Alertmanager",
@@ -108,37 +117,6 @@ def _tail(path: Path, max_lines: int = 40) -> str:
     except OSError:
         return "<no log>"
     return "\n".join(lines[-max_lines:]) if lines else "<empty log>"
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (zombies have exited but not been reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` from /proc (no psutil dependency)."""
-    out: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
 
 
 def _duration(seconds: float) -> str:
@@ -283,7 +261,7 @@ class HostService:
                 except subprocess.TimeoutExpired:
                     # Children first (e.g. nginx workers): once the master is gone they would
                     # be re-parented and no longer identifiable as ours.
-                    for pid in [*_children(proc.pid), proc.pid]:
+                    for pid in [*procfs.children(proc.pid), proc.pid]:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
                     proc.wait(timeout=5.0)
@@ -340,8 +318,9 @@ class Nginx(HostService):
     Runs its own master in the foreground (``daemon off``), so the PID we spawn is the
     master: SIGHUP reloads it, SIGTERM stops it and its workers. The upstream servers live
     in ``upstreams.conf`` together with a ``$config_generation`` marker that the
-    ``/__config_generation`` location serves; a reload is confirmed only when fresh
-    connections see the new generation.
+    ``/__config_generation`` location serves. Weight changes are the watcher's own drain
+    (:meth:`shifter`); a whole new server list is installed by the same shifter and, beyond
+    its worker-based confirmation, checked end to end: fresh connections see the new generation.
     """
 
     binary = "/usr/sbin/nginx"
@@ -501,15 +480,30 @@ http {{
 
     def check_config(self) -> None:
         """Run ``nginx -t`` on the files on disk; raise :class:`NginxConfigError` with its output."""
-        proc = subprocess.run(
-            [self.binary_path(), "-t", "-q", "-p", f"{self.workdir}/", "-c", str(self.conf_path)],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
+        try:
+            self.reloader().test()
+        except NginxConfigRefused as exc:
+            raise NginxConfigError(str(exc)) from None
+        except ActionError as exc:
+            raise ServiceError(str(exc)) from None
+
+    def reloader(self) -> HostNginxReload:
+        """The product's reloader for this master: ``nginx -t`` on these files, HUP, workers from /proc."""
+        return HostNginxReload(
+            pid_file=self.pid_path,
+            nginx=self.binary_path(),
+            args=("-q", "-p", f"{self.workdir}/", "-c", str(self.conf_path)),
         )
-        if proc.returncode != 0:
-            raise NginxConfigError(f"nginx -t failed:\n{(proc.stderr + proc.stdout).strip()}")
+
+    def shifter(self, reload_timeout_s: float = 10.0) -> NginxShifter:
+        """The product's traffic shifter on this instance's upstream file (what the watcher would use)."""
+        return NginxShifter(
+            self.upstreams_conf_path,
+            self.reloader(),
+            upstream=self.upstream_name,
+            access_log=self.access_log_path,
+            reload_timeout_s=reload_timeout_s,
+        )
 
     def command(self) -> list[str]:
         return [self.binary_path(), "-p", f"{self.workdir}/", "-c", str(self.conf_path)]
@@ -546,13 +540,19 @@ http {{
         return out
 
     def set_weights(self, weights: Mapping[str, int], reload_timeout_s: float = 10.0) -> None:
-        """Change per-upstream weights (0 = ``down``) and hot-reload; unknown names raise KeyError."""
+        """Change per-upstream weights (0 = ``down``) with the watcher's own shifter, one confirmed
+        reload per named upstream; unknown names raise KeyError, negative weights ValueError."""
         known = {u.name for u in self.upstreams}
         unknown = set(weights) - known
         if unknown:
             raise KeyError(f"unknown upstream(s) {sorted(unknown)}; known: {sorted(known)}")
         new = [Upstream(u.name, u.address, weights.get(u.name, u.weight)) for u in self.upstreams]
-        self.set_upstreams(new, reload_timeout_s)
+        with self._lock, self._actuating():
+            shifter = self.shifter(reload_timeout_s)
+            for u in new:
+                if u.name in weights:
+                    shifter.set_weight(Replica(Target(u.name), u.address, f"http://{u.address}", ""), u.weight)
+            self.upstreams = new
 
     def set_upstreams(self, upstreams: Sequence[Upstream], reload_timeout_s: float = 10.0) -> None:
         """Replace the whole server list (validated by ``nginx -t``) and hot-reload."""
@@ -563,59 +563,45 @@ http {{
         self.upstreams = list(upstreams)
 
     def apply_upstream_config(self, text: str, generation: int, reload_timeout_s: float = 10.0) -> None:
-        """Install raw upstream-file text: validate, SIGHUP, confirm ``generation`` is served.
+        """Install raw upstream-file text with the product's shifter, then confirm ``generation`` is served.
 
         On a validation failure the previous file is restored and nothing is signalled, so
         the running config is untouched. ``text`` must define ``$config_generation`` as
         ``generation`` (see :meth:`render_upstreams`) for the reload to be confirmable.
         """
-        with self._lock:
-            if not self.running or self.pid is None:
-                raise ServiceError("nginx is not running")
-            old = self.upstreams_conf_path.read_text()
-            atomic_write(self.upstreams_conf_path, text)
-            try:
-                self.check_config()
-            except NginxConfigError:
-                atomic_write(self.upstreams_conf_path, old)
-                raise
-            old_workers = set(self.worker_pids())
-            os.kill(self.pid, signal.SIGHUP)
+        with self._lock, self._actuating():
+            self.shifter(reload_timeout_s).install(text)
             deadline = time.monotonic() + reload_timeout_s
-            # Done when new workers serve the new generation AND every old worker has stopped
-            # accepting (exited, or retitled "shutting down", which precedes closing its
-            # listeners by microseconds); otherwise an old worker may still take connections.
-            while not (
-                self.served_generation() == generation and not old_workers & set(self.worker_pids(accepting_only=True))
-            ):
-                if not self.running:
-                    raise ServiceError(f"nginx master died during reload\n{self.log_tail()}")
+            while self.served_generation() != generation:
                 if time.monotonic() > deadline:
                     raise ServiceError(
                         f"nginx did not serve config generation {generation} within "
-                        f"{reload_timeout_s}s after SIGHUP\n{self.log_tail()}"
+                        f"{reload_timeout_s}s after a confirmed reload\n{self.log_tail()}"
                     )
                 time.sleep(0.02)
-            time.sleep(0.02)
             self.generation = generation
+
+    @contextlib.contextmanager
+    def _actuating(self) -> Iterator[None]:
+        """Run a shifter call on this instance, its errors in the testbed's terms (with the log tail)."""
+        if not self.running or self.pid is None:
+            raise ServiceError("nginx is not running")
+        try:
+            yield
+        except NginxConfigRefused as exc:
+            raise NginxConfigError(str(exc)) from None
+        except ActionError as exc:
+            raise ServiceError(f"{exc}\n{self.log_tail()}") from None
 
     def worker_pids(self, accepting_only: bool = False) -> list[int]:
         """PIDs of the master's worker children (optionally excluding ones shutting down)."""
-        if self.pid is None:
+        if not self.running:
             return []
-        out: list[int] = []
-        for child in _children(self.pid):
-            try:
-                title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "worker process" not in title:
-                continue
-            if accepting_only and "shutting down" in title:
-                continue
-            if _pid_alive(child):
-                out.append(child)
-        return out
+        try:
+            workers = self.reloader().workers()
+        except ActionError:
+            return []  # the master exited between the check and the read
+        return [pid for pid, accepting in workers.items() if accepting or not accepting_only]
 
 
 # ======================================================================================
@@ -857,10 +843,6 @@ class Alertmanager(HostService):
 
 ServerState = Literal["ready", "drain", "maint"]
 
-# srv_admin_state bits (haproxy include/haproxy/server-t.h): forced/inherited maint and drain.
-_ADMF_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
-_ADMF_DRAIN = 0x08 | 0x10 | 0x80
-
 
 class HAProxy(HostService):
     """HAProxy in foreground (``-db``) with an admin-level runtime API on a unix socket.
@@ -955,27 +937,29 @@ backend {self.backend}
         return [self.binary_path(), "-db", "-f", str(self.config_path)]
 
     def is_ready(self) -> bool:
-        return self.socket_path.exists() and port_is_open(self.listen_port) and "Pid:" in self.runtime("show info")
+        if not (self.socket_path.exists() and port_is_open(self.listen_port)):
+            return False
+        try:
+            return "Pid:" in self.runtime("show info")
+        except ServiceError:
+            return False  # the socket exists but does not answer yet
+
+    def client(self, timeout_s: float = 5.0) -> HAProxyRuntime:
+        """The product's runtime-API client on this instance's admin socket."""
+        return HAProxyRuntime(self.socket_path, timeout_s)
 
     def runtime(self, cmd: str, timeout_s: float = 5.0) -> str:
         """Send one runtime-API command over the admin socket and return the full reply."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout_s)
-            s.connect(str(self.socket_path))
-            s.sendall(cmd.strip().encode() + b"\n")
-            chunks: list[bytes] = []
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        return b"".join(chunks).decode(errors="replace")
+        try:
+            return self.client(timeout_s).command(cmd)
+        except ActionError as exc:
+            raise ServiceError(str(exc)) from None
 
-    def _checked(self, cmd: str) -> str:
-        reply = self.runtime(cmd)
-        if reply.strip() and not reply.strip().startswith("#"):
-            raise ServiceError(f"haproxy runtime {cmd!r}: {reply.strip()}")
-        return reply
+    def _checked(self, cmd: str) -> None:
+        try:
+            self.client().checked(cmd)
+        except ActionError as exc:
+            raise ServiceError(str(exc)) from None
 
     def set_weight(self, name: str, weight: int) -> None:
         """Runtime weight change (0 stops new traffic, like drain but without the state)."""
@@ -990,29 +974,19 @@ backend {self.backend}
         self._checked(f"set server {self.backend}/{name} state {state}")
 
     def show_servers(self) -> dict[str, dict[str, Any]]:
-        """Parse ``show servers state <backend>`` into {server name: fields}.
+        """``show servers state <backend>`` as {server name: fields}, as the shifter reads it.
 
-        Adds derived keys ``weight`` (current user weight), ``state`` (ready/drain/maint)
-        and ``up`` (operational state == running) so callers need not know the bit layout.
+        Derived keys ``weight`` (current user weight), ``state`` (ready/drain/maint) and
+        ``initial_weight`` come from the product's client; ``up`` (operational state ==
+        running) is added here, so callers need not know the bit layout.
         """
-        text = self.runtime(f"show servers state {self.backend}")
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        header: list[str] = []
-        out: dict[str, dict[str, Any]] = {}
-        for ln in lines:
-            if ln.startswith("#"):
-                header = ln.lstrip("# ").split()
-                continue
-            if not header or ln.strip() == "1":
-                continue
-            values = ln.split()
-            row: dict[str, Any] = dict(zip(header, values, strict=False))
-            admin = int(row.get("srv_admin_state", "0"))
-            row["state"] = "maint" if admin & _ADMF_MAINT else "drain" if admin & _ADMF_DRAIN else "ready"
-            row["weight"] = int(row.get("srv_uweight", "0"))
+        try:
+            servers = self.client().servers_state(self.backend)
+        except ActionError as exc:
+            raise ServiceError(str(exc)) from None
+        for row in servers.values():
             row["up"] = row.get("srv_op_state") == "2"
-            out[str(row["srv_name"])] = row
-        return out
+        return servers
 
 
 @contextlib.contextmanager

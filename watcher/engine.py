@@ -16,14 +16,22 @@ from dataclasses import dataclass, field, replace
 
 from watcher.clock import Clock
 from watcher.detectors.base import Detector, Observation
-from watcher.model import Finding, Lifecycle, LifecycleTag, LogRecord, Predicts, Signal, Target, finding_to_json
+from watcher.model import (
+    MAX_LINE_BYTES,
+    Finding,
+    Lifecycle,
+    LifecycleTag,
+    LogRecord,
+    Predicts,
+    Signal,
+    Target,
+    finding_to_json,
+)
 from watcher.parsers import StickyDetector
 from watcher.rulepack.compile import RuleSet, compile_packs
 from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
 from watcher.store import Store
-
-MAX_LINE = 16 * 1024
 
 # rule-pack ``source`` names -> parser kinds that satisfy them
 SOURCE_KINDS: dict[str, frozenset[str]] = {
@@ -125,7 +133,7 @@ class Engine:
         return out
 
     def _log_run(self, records: list[LogRecord]) -> list[Finding]:
-        messages = [r.message[:MAX_LINE] for r in records]
+        messages = [r.message[:MAX_LINE_BYTES] for r in records]
         text = "\n".join(messages)
         if text.count("\n") != len(messages) - 1:  # a message with its own newline: neutralise it
             text = "\n".join(m.replace("\n", " ") for m in messages)
@@ -165,7 +173,7 @@ class Engine:
         """Fill level/source/fields from the raw line unless a source already did."""
         if record.source:
             return record
-        message = record.message if len(record.message) <= MAX_LINE else record.message[:MAX_LINE]
+        message = record.message if len(record.message) <= MAX_LINE_BYTES else record.message[:MAX_LINE_BYTES]
         sticky = self._formats.get(record.target.key)
         if sticky is None:
             sticky = self._formats[record.target.key] = StickyDetector()
@@ -200,7 +208,7 @@ class Engine:
         parser is consulted only for lines some pattern matched, for the rules' source and level
         filters and for attribution. That keeps the 99 % of ordinary lines at scan cost.
         """
-        raw = record.message[:MAX_LINE]
+        raw = record.message[:MAX_LINE_BYTES]
         return self._classify(record, self.patterns.match(raw))
 
     def _classify(self, record: LogRecord, matched: list[str]) -> Classification:
@@ -225,7 +233,7 @@ class Engine:
         self.stats.lines += 1
         self.targets[record.target.key] = record.target
         if matched is None:
-            matched = self.patterns.match(record.message[:MAX_LINE])
+            matched = self.patterns.match(record.message[:MAX_LINE_BYTES])
         c = self._classify(record, matched)
         out: list[tuple[str, Observation]] = []
         for rule_id in c.rules:

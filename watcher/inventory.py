@@ -34,7 +34,7 @@ from typing import Any
 import docker
 
 from watcher.model import Target
-from watcher.sources.base import Backoff
+from watcher.retry import Backoff
 
 log = logging.getLogger(__name__)
 

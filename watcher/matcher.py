@@ -33,11 +33,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from watcher.model import MAX_LINE_BYTES as MAX_LINE  # matched bytes of a line; the one cap, see model
+
 _sre_parse: Any = importlib.import_module("re._parser")
 _sre_c: Any = importlib.import_module("re._constants")
-
-MAX_LINE: Final = 16 * 1024
-"""Bytes of a line that are matched; the rest is ignored (sources already cap lines there)."""
 
 BACKENDS: Final = ("hyperscan", "re2", "python")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -56,9 +56,16 @@ class Target:
         return f"{self.engine}/{self.container}"
 
 
+MAX_LINE_BYTES: Final = 16 * 1024
+"""The longest log line the watcher looks at (16 KiB, Docker's own split size). Sources cut raw
+bytes there (and mark ``fields["truncated"]``); the engine, replay and the matcher cut again at
+the same count, so a record built by hand or read from a file is bounded the same way and every
+regex runs on bounded input."""
+
+
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One log line. ``message`` is untrusted and already capped in length by the source."""
+    """One log line. ``message`` is untrusted and already capped (:data:`MAX_LINE_BYTES`) by the source."""
 
     target: Target
     ts: float

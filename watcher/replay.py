@@ -24,12 +24,10 @@ from typing import Any
 
 from watcher.clock import ManualClock
 from watcher.engine import Engine
-from watcher.model import Finding, Lifecycle, LifecycleKind, LogRecord, Sample, Signal, Target
+from watcher.model import MAX_LINE_BYTES, Finding, Lifecycle, LifecycleKind, LogRecord, Sample, Signal, Target
 from watcher.parsers import parse as parse_line
 from watcher.rulepack.compile import RuleSet
 from watcher.rulepack.schema import RulePack
-
-MAX_LINE = 16 * 1024
 
 
 class ReplayInputError(ValueError):
@@ -52,7 +50,7 @@ def signal_from_json(obj: dict[str, Any]) -> Signal:
     kind = obj.get("type")
     ts = float(obj["ts"])
     if kind == "log":
-        return LogRecord(target=_target(obj), ts=ts, message=str(obj["message"])[:MAX_LINE])
+        return LogRecord(target=_target(obj), ts=ts, message=str(obj["message"])[:MAX_LINE_BYTES])
     if kind == "lifecycle":
         exit_code = obj.get("exit_code")
         return Lifecycle(
@@ -105,7 +103,7 @@ def read_log_file(path: Path, target: Target, start: float = 0.0) -> Iterator[Lo
     ts = start
     with path.open(encoding="utf-8", errors="replace") as f:
         for raw in f:
-            line = raw.rstrip("\n")[:MAX_LINE]
+            line = raw.rstrip("\n")[:MAX_LINE_BYTES]
             if not line:
                 continue
             parsed_ts = parse_line(line).ts

@@ -26,13 +26,13 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from watcher.detectors.anomaly import AnomalyParams, AnomalyScorer
+from watcher.timefmt import parse_iso
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -152,7 +152,10 @@ def probation_rows(n: int) -> int:
 def _epoch(text: str) -> float:
     """NAB timestamps (``YYYY-MM-DD HH:MM:SS[.ffffff]``) as seconds; they carry no zone, UTC is assumed
     so that the result does not depend on the machine's time zone (and its DST gaps)."""
-    return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC).timestamp()
+    ts = parse_iso(text)
+    if ts is None:
+        raise ValueError(f"not a NAB timestamp: {text!r}")
+    return ts
 
 
 def load_profiles(data_dir: Path) -> dict[str, CostProfile]:

@@ -9,12 +9,10 @@ from watcher.actions.base import (
     ActionError,
     Alert,
     Alerter,
-    Backoff,
     Replica,
     Restarter,
     TrafficShifter,
     fingerprint,
-    rfc3339,
 )
 from watcher.actions.docker import DockerRestarter
 from watcher.actions.haproxy import HAProxyShifter
@@ -27,7 +25,6 @@ __all__ = [
     "Alert",
     "Alerter",
     "AlertmanagerAlerter",
-    "Backoff",
     "ContainerNginxReload",
     "DockerRestarter",
     "HAProxyShifter",
@@ -43,5 +40,4 @@ __all__ = [
     "VersionState",
     "WebhookAlerter",
     "fingerprint",
-    "rfc3339",
 ]

@@ -23,16 +23,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from watcher.actions.base import (
-    ActionError,
-    Alert,
-    Alerter,
-    Backoff,
-    RetryableError,
-    http_session,
-    rfc3339,
-    with_retries,
-)
+from watcher.actions.base import ActionError, Alert, Alerter, http_session
+from watcher.retry import Backoff, RetryableError, with_retries
+from watcher.timefmt import format_rfc3339
 
 __all__ = ["AlertmanagerAlerter", "WebhookAlerter", "alertmanager_payload", "redact_url"]
 
@@ -43,11 +36,11 @@ def alertmanager_payload(alert: Alert, *, ends_at: float | None = None, generato
     body: dict[str, Any] = {
         "labels": {k: str(v) for k, v in labels.items()},
         "annotations": {k: str(v) for k, v in alert.annotations.items()},
-        "startsAt": rfc3339(alert.starts_at),
+        "startsAt": format_rfc3339(alert.starts_at),
     }
     end = ends_at if ends_at is not None else alert.ends_at
     if end is not None:
-        body["endsAt"] = rfc3339(end)
+        body["endsAt"] = format_rfc3339(end)
     if generator_url:
         body["generatorURL"] = generator_url
     return body
@@ -87,7 +80,7 @@ class _HttpAlerter(Alerter):
         self.url = url
         self.display_url = redact_url(url)
         self.timeout_s = timeout_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(base_s=0.5, cap_s=8.0, attempts=4)
         self.dedup_window_s = dedup_window_s
         self._session = session or http_session()
         self._clock = clock
@@ -127,7 +120,7 @@ class _HttpAlerter(Alerter):
             if resp.status_code >= 400:
                 raise ActionError(f"{what}: refused with HTTP {resp.status_code}: {resp.text[:300]}")
 
-        with_retries(attempt, self.backoff, what, sleep=self._sleep)
+        with_retries(attempt, self.backoff, what, give_up=ActionError, sleep=self._sleep)
         self.sent_count += 1
 
     def fire(self, alert: Alert) -> None:

@@ -16,16 +16,13 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
 from watcher.model import Target
-
-T = TypeVar("T")
 
 
 class ActionError(RuntimeError):
@@ -179,11 +176,6 @@ class Alerter(ABC):
         """Send the same alert with ``endsAt`` = now."""
 
 
-def rfc3339(ts: float) -> str:
-    """Unix seconds as RFC 3339 UTC with milliseconds (``2024-05-01T10:00:00.123Z``)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def http_session() -> requests.Session:
     """A session that ignores proxy environment variables.
 
@@ -194,42 +186,3 @@ def http_session() -> requests.Session:
     session = requests.Session()
     session.trust_env = False
     return session
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Bounded exponential backoff: ``attempts`` tries, waits base, 2*base, ... capped at ``cap_s``."""
-
-    attempts: int = 4
-    base_s: float = 0.5
-    cap_s: float = 8.0
-
-    def delays(self) -> list[float]:
-        return [min(self.cap_s, self.base_s * 2**i) for i in range(max(0, self.attempts - 1))]
-
-
-class RetryableError(Exception):
-    """Raised inside a retried call for failures worth another try (connection error, 5xx)."""
-
-
-def with_retries(
-    call: Callable[[], T],
-    backoff: Backoff,
-    what: str,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run ``call``; on :class:`RetryableError` wait and retry, then raise :class:`ActionError`.
-
-    Anything else (an :class:`ActionError` for a 4xx, say) propagates at once: retrying a request
-    the receiver has refused as malformed only delays the alert that explains the problem.
-    """
-    delays = backoff.delays()
-    last = ""
-    for attempt in range(len(delays) + 1):
-        try:
-            return call()
-        except RetryableError as exc:
-            last = str(exc)
-            if attempt < len(delays):
-                sleep(delays[attempt])
-    raise ActionError(f"{what}: gave up after {len(delays) + 1} attempts; last error: {last}")

@@ -9,6 +9,9 @@ returns, so "applied" means HAProxy says so.
 The original weight is HAProxy's own ``srv_iweight`` (the weight from the config file), so it
 survives a watcher restart without any state of ours. ``wait_idle`` is exact: ``show stat`` gives
 the server's current sessions (``scur``) and queued requests (``qcur``); idle means both are 0.
+
+The socket protocol itself is :class:`HAProxyRuntime`, usable on its own (the testbed drives its
+HAProxy through it, so tests exercise the client the shifter uses).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from watcher.actions.base import ActionError, Replica, TrafficShifter
 
-__all__ = ["HAProxyShifter", "parse_servers_state", "parse_stat"]
+__all__ = ["HAProxyRuntime", "HAProxyShifter", "parse_servers_state", "parse_stat"]
 
 # srv_admin_state bits (include/haproxy/server-t.h): forced/inherited maintenance and drain
 _ADMF_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
@@ -54,6 +57,53 @@ def parse_stat(text: str) -> list[dict[str, str]]:
     return [dict(row) for row in csv.DictReader(lines)]
 
 
+class HAProxyRuntime:
+    """HAProxy's runtime API on its admin socket: one connection per command, every failure an
+    :class:`ActionError` naming the socket and the command."""
+
+    def __init__(self, socket_path: Path, timeout_s: float = 5.0) -> None:
+        self.socket_path = Path(socket_path)
+        self.timeout_s = timeout_s
+
+    def command(self, cmd: str) -> str:
+        """Send one runtime-API command and return the whole reply."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(self.timeout_s)
+                s.connect(str(self.socket_path))
+                s.sendall(cmd.strip().encode() + b"\n")
+                chunks: list[bytes] = []
+                while data := s.recv(65536):
+                    chunks.append(data)
+        except OSError as exc:
+            raise ActionError(f"haproxy admin socket {self.socket_path}: {cmd!r} failed: {exc}") from None
+        return b"".join(chunks).decode(errors="replace")
+
+    def checked(self, cmd: str) -> None:
+        """A ``set ...`` command: those answer nothing on success, so any reply is a refusal."""
+        reply = self.command(cmd).strip()
+        if reply:
+            raise ActionError(f"haproxy refused {cmd!r}: {reply}")
+
+    def servers_state(self, backend: str) -> dict[str, dict[str, Any]]:
+        """``show servers state <backend>`` by server name, plus derived ``state`` (ready, drain,
+        maint), ``weight`` (current) and ``initial_weight`` (from the config file); {} when the
+        backend has no servers or does not exist."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in parse_servers_state(self.command(f"show servers state {backend}")):
+            admin = int(row.get("srv_admin_state", "0"))
+            info: dict[str, Any] = dict(row)
+            info["state"] = "maint" if admin & _ADMF_MAINT else "drain" if admin & _ADMF_DRAIN else "ready"
+            info["weight"] = int(row.get("srv_uweight", "0"))
+            info["initial_weight"] = int(row.get("srv_iweight", row.get("srv_uweight", "0")))
+            out[row["srv_name"]] = info
+        return out
+
+    def stat(self) -> list[dict[str, str]]:
+        """``show stat``: one row per proxy and server (sessions, queue, health...)."""
+        return parse_stat(self.command("show stat"))
+
+
 class HAProxyShifter(TrafficShifter):
     """A :class:`~watcher.actions.base.TrafficShifter` for one HAProxy backend (see module doc)."""
 
@@ -67,9 +117,8 @@ class HAProxyShifter(TrafficShifter):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.socket_path = Path(socket_path)
+        self.runtime = HAProxyRuntime(socket_path, timeout_s)
         self.backend = backend
-        self.timeout_s = timeout_s
         self.poll_s = poll_s
         self._clock = clock
         self._sleep = sleep
@@ -81,38 +130,11 @@ class HAProxyShifter(TrafficShifter):
         return True
 
     # -- runtime API --------------------------------------------------------------------------
-    def command(self, cmd: str) -> str:
-        """Send one runtime-API command (one connection per command) and return the reply."""
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(self.timeout_s)
-                s.connect(str(self.socket_path))
-                s.sendall(cmd.strip().encode() + b"\n")
-                chunks: list[bytes] = []
-                while data := s.recv(65536):
-                    chunks.append(data)
-        except OSError as exc:
-            raise ActionError(f"haproxy admin socket {self.socket_path}: {cmd!r} failed: {exc}") from None
-        return b"".join(chunks).decode(errors="replace")
-
-    def _checked(self, cmd: str) -> None:
-        reply = self.command(cmd).strip()
-        if reply:  # the set commands answer nothing on success
-            raise ActionError(f"haproxy refused {cmd!r}: {reply}")
-
     def servers(self) -> dict[str, dict[str, Any]]:
         """``show servers state`` of the backend, by server name, with derived weight/state."""
-        rows = parse_servers_state(self.command(f"show servers state {self.backend}"))
-        if not rows:
+        out = self.runtime.servers_state(self.backend)
+        if not out:
             raise ActionError(f"haproxy: backend {self.backend} has no servers (or does not exist)")
-        out: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            admin = int(row.get("srv_admin_state", "0"))
-            info: dict[str, Any] = dict(row)
-            info["state"] = "maint" if admin & _ADMF_MAINT else "drain" if admin & _ADMF_DRAIN else "ready"
-            info["weight"] = int(row.get("srv_uweight", "0"))
-            info["initial_weight"] = int(row.get("srv_iweight", row.get("srv_uweight", "0")))
-            out[row["srv_name"]] = info
         return out
 
     def _server(self, replica: Replica) -> tuple[str, dict[str, Any]]:
@@ -141,10 +163,10 @@ class HAProxyShifter(TrafficShifter):
             name, _ = self._server(replica)
             path = f"{self.backend}/{name}"
             if weight == 0:
-                self._checked(f"set server {path} state drain")
+                self.runtime.checked(f"set server {path} state drain")
             else:
-                self._checked(f"set server {path} weight {weight}")
-                self._checked(f"set server {path} state ready")
+                self.runtime.checked(f"set server {path} weight {weight}")
+                self.runtime.checked(f"set server {path} state ready")
             _, info = self._server(replica)
             applied = 0 if info["state"] != "ready" else int(info["weight"])
             if applied != weight:
@@ -155,7 +177,7 @@ class HAProxyShifter(TrafficShifter):
     def sessions(self, replica: Replica) -> int:
         """Current sessions plus queued requests on the replica's server (``scur`` + ``qcur``)."""
         name, _ = self._server(replica)
-        for row in parse_stat(self.command("show stat")):
+        for row in self.runtime.stat():
             if row.get("pxname") == self.backend and row.get("svname") == name:
                 return int(row.get("scur") or 0) + int(row.get("qcur") or 0)
         raise ActionError(f"haproxy: show stat has no row for {self.backend}/{name}")

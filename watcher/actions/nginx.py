@@ -45,12 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from watcher import procfs
 from watcher.actions.base import ActionError, Replica, TrafficShifter
 from watcher.fileutil import atomic_write
 
 __all__ = [
     "ContainerNginxReload",
     "HostNginxReload",
+    "NginxConfigRefused",
     "NginxReload",
     "NginxShifter",
     "ServerLine",
@@ -216,31 +218,21 @@ class UpstreamFile:
 # ------------------------------------------------------------------------------------- reloaders
 
 
+class NginxConfigRefused(ActionError):
+    """``nginx -t`` refused the file (nothing was signalled); the message carries Nginx's own words."""
+
+
 class NginxReload(Protocol):
     """How to validate, signal and observe one Nginx master (host process or container)."""
 
     def test(self) -> None:
-        """Run ``nginx -t``; raise :class:`ActionError` carrying Nginx's own message on failure."""
+        """Run ``nginx -t``; raise :class:`NginxConfigRefused` carrying Nginx's own message on failure."""
 
     def workers(self) -> dict[int, bool]:
         """Worker PIDs of the master, each with whether it still accepts (not shutting down)."""
 
     def signal_reload(self) -> None:
         """Send SIGHUP to the master."""
-
-
-def _proc_children(pid: int) -> list[int]:
-    out: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
 
 
 class HostNginxReload:
@@ -288,19 +280,16 @@ class HostNginxReload:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ActionError(f"nginx -t could not run: {exc}") from None
         if proc.returncode != 0:
-            raise ActionError(f"nginx -t refused the config: {(proc.stderr + proc.stdout).strip()}")
+            raise NginxConfigRefused(f"nginx -t refused the config: {(proc.stderr + proc.stdout).strip()}")
 
     def workers(self) -> dict[int, bool]:
         master = self.master_pid()
-        if not Path(f"/proc/{master}").exists():
+        if not procfs.alive(master):
             raise ActionError(f"nginx master PID {master} is not running")
         out: dict[int, bool] = {}
-        for child in _proc_children(master):
-            try:
-                title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "worker process" in title:
+        for child in procfs.children(master):
+            title = procfs.cmdline(child)
+            if title is not None and "worker process" in title:
                 out[child] = "shutting down" not in title
         return out
 
@@ -335,7 +324,7 @@ class ContainerNginxReload:
         result = self._container().exec_run(list(self.test_cmd))
         output = result.output.decode(errors="replace") if isinstance(result.output, bytes) else str(result.output)
         if result.exit_code != 0:
-            raise ActionError(f"nginx -t refused the config in {self.container}: {output.strip()}")
+            raise NginxConfigRefused(f"nginx -t refused the config in {self.container}: {output.strip()}")
 
     def workers(self) -> dict[int, bool]:
         top = self._container().top()
@@ -440,13 +429,27 @@ class NginxShifter(TrafficShifter):
             # writing the file and the HUP left a file that is not what Nginx runs.
             for server in servers:
                 parsed.set_weight(server, weight)
-            atomic_write(self.upstreams_file, parsed.render())
-            try:
-                self.reload.test()
-                self._reload_and_confirm()
-            except BaseException:
-                atomic_write(self.upstreams_file, old_text)
-                raise
+            self._install(old_text, parsed.render())
+
+    def install(self, text: str) -> None:
+        """Make ``text`` the whole upstream file, live: write, ``nginx -t``, HUP, confirm.
+
+        The same path as :meth:`set_weight`, for a caller that renders the file itself (the
+        testbed changing its server list). On any failure the previous file is put back byte
+        for byte; a file ``nginx -t`` refuses raises :class:`NginxConfigRefused` and nothing is
+        signalled.
+        """
+        with self._locked():
+            self._install(self._read()[0], text)
+
+    def _install(self, old_text: str, text: str) -> None:
+        atomic_write(self.upstreams_file, text)
+        try:
+            self.reload.test()
+            self._reload_and_confirm()
+        except BaseException:
+            atomic_write(self.upstreams_file, old_text)
+            raise
 
     def _reload_and_confirm(self) -> None:
         before = self.reload.workers()

@@ -8,7 +8,6 @@ bounded work per line: only anchored regular expressions without nested quantifi
 
 from __future__ import annotations
 
-import calendar
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,58 +115,6 @@ class FunctionParser(Parser):
 
     def parse(self, line: str) -> Parsed | None:
         return self.function(line)
-
-
-def _num(text: str) -> int:
-    """Digits only (callers check with ``str.isdigit`` first), as an int."""
-    return int(text)
-
-
-def epoch(year: int, month: int, day: int, hour: int, minute: int, second: int, frac: str = "") -> float | None:
-    """UTC seconds for broken-down time, or None if out of range; ``frac`` is the digits after '.'."""
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
-        return None
-    try:
-        whole: int = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    except (OverflowError, ValueError):
-        return None
-    if frac and frac.isdigit():
-        digits = frac[:9]
-        return whole + int(digits) / float(10 ** len(digits))
-    return float(whole)
-
-
-def parse_iso(text: str) -> float | None:
-    """``2024-05-01T10:00:00.123456789Z`` / ``... 10:00:00+02:00`` / ``2024-05-01 10:00:00`` → UTC."""
-    t = text.strip()
-    if len(t) < 19 or len(t) > 40:
-        return None
-    date, sep, time_ = t[:10], t[10], t[11:]
-    if sep not in "T " or date[4] != "-" or date[7] != "-":
-        return None
-    y, mo, d = date[:4], date[5:7], date[8:10]
-    hh, mm, ss = time_[:2], time_[3:5], time_[6:8]
-    if not all(x.isdigit() for x in (y, mo, d, hh, mm, ss)) or time_[2] != ":" or time_[5] != ":":
-        return None
-    rest = time_[8:]
-    frac = ""
-    if rest.startswith((".", ",")):
-        i = 1
-        while i < len(rest) and rest[i].isdigit():
-            i += 1
-        frac, rest = rest[1:i], rest[i:]
-    offset = 0
-    if rest in ("", "Z", "z"):
-        pass
-    elif len(rest) in (5, 6) and rest[0] in "+-":
-        digits = rest[1:].replace(":", "")
-        if len(digits) != 4 or not digits.isdigit():
-            return None
-        offset = (int(digits[:2]) * 60 + int(digits[2:])) * 60 * (1 if rest[0] == "+" else -1)
-    else:
-        return None
-    base = epoch(_num(y), _num(mo), _num(d), _num(hh), _num(mm), _num(ss), frac)
-    return None if base is None else base - offset
 
 
 MONTHS = {

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from watcher.parsers.base import Parsed, parse_iso
+from watcher.parsers.base import Parsed
+from watcher.timefmt import parse_iso
 
 if TYPE_CHECKING:
     from watcher.model import LifecycleKind

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from watcher.parsers.base import Parsed, normalize_level, parse_iso
+from watcher.parsers.base import Parsed, normalize_level
+from watcher.timefmt import parse_iso
 
 KIND = "json"
 _LEVEL_KEYS = ("level", "levelname", "severity", "lvl", "log.level")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from watcher.parsers.base import MONTHS, Parsed, epoch
+from watcher.parsers.base import MONTHS, Parsed
+from watcher.timefmt import epoch
 
 KIND = "nginx"
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from watcher.parsers.base import Parsed, epoch, normalize_level
+from watcher.parsers.base import Parsed, normalize_level
+from watcher.timefmt import epoch
 
 GUNICORN = "gunicorn"
 UVICORN = "uvicorn"

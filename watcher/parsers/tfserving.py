@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 
-from watcher.parsers.base import Parsed, epoch, normalize_level, servable_fields
+from watcher.parsers.base import Parsed, normalize_level, servable_fields
+from watcher.timefmt import epoch
 
 KIND = "tfserving"
 

@@ -7,26 +7,16 @@ opened (a crash or an OOM kill while drained) is not restarted again.
 
 from __future__ import annotations
 
-import calendar
-import time
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Self
 
 from watcher.actions.base import ActionError
 from watcher.playbook.base import Step, StepFailed
 from watcher.playbook.registry import register
+from watcher.timefmt import docker_time
 
 if TYPE_CHECKING:
     from watcher.playbook.context import StepContext
-
-
-def _docker_time(text: str) -> float:
-    """Docker's RFC3339Nano (``2024-05-01T10:00:00.123456789Z``) as epoch seconds."""
-    if not text or text.startswith("0001-"):
-        return 0.0
-    whole, _, rest = text.rstrip("Z").partition(".")
-    digits = "".join(ch for ch in rest if ch.isdigit())[:9]
-    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + (float(f"0.{digits}") if digits else 0.0)
 
 
 class _ContainerStart(Step):
@@ -38,7 +28,7 @@ class _ContainerStart(Step):
 
     @staticmethod
     def _started_at(ctx: StepContext) -> float:
-        return _docker_time(str(ctx.restarter.state(ctx.replica.target).get("started_at", "")))
+        return docker_time(str(ctx.restarter.state(ctx.replica.target).get("started_at", "")))
 
     def already_happened(self, ctx: StepContext, intent_ts: float) -> bool:
         return self._started_at(ctx) > intent_ts

@@ -4,6 +4,6 @@ Each source runs in its own threads, reports trouble through ``connected`` / ``l
 never blocks on the engine: see :mod:`watcher.sources.base` for the queue between them.
 """
 
-from watcher.sources.base import Backoff, Envelope, SignalQueue, Source
+from watcher.sources.base import Envelope, SignalQueue, Source
 
-__all__ = ["Backoff", "Envelope", "SignalQueue", "Source"]
+__all__ = ["Envelope", "SignalQueue", "Source"]

@@ -176,20 +176,3 @@ class Source(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class Backoff:
-    """Exponential backoff with a cap, reset on success (reconnects to Docker and Prometheus)."""
-
-    def __init__(self, base_s: float = 0.5, cap_s: float = 30.0) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap_s, self.base_s * (2**self.failures))
-        self.failures += 1
-        return float(delay)
-
-    def reset(self) -> None:
-        self.failures = 0

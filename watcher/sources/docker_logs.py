@@ -31,10 +31,7 @@ arrive, so a line without newline cannot grow memory. Docker itself splits lines
 
 from __future__ import annotations
 
-import calendar
-import functools
 import logging
-import re
 import struct
 import threading
 import time
@@ -54,53 +51,19 @@ from watcher.inventory import (
     WatchedContainer,
     shared_or_own,
 )
-from watcher.model import LogRecord
+from watcher.model import MAX_LINE_BYTES, LogRecord
 from watcher.sources.base import Envelope, SignalQueue, Source
 from watcher.store import Store
+from watcher.timefmt import is_rfc3339, parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_BYTES = 16 * 1024
 _TS_PREFIX_MAX = 40  # "2024-05-01T10:00:00.123456789Z " is 31 bytes; margin for offsets
-_TS_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$",
-)
-_SECONDS_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})$")
 _READ_SIZE = 256 * 1024
 _STREAMS = {1: "stdout", 2: "stderr"}
 
 
 # -- pure pieces (unit-tested without Docker) -----------------------------------------------------
-def parse_rfc3339_ns(ts: str) -> int:
-    """Docker's RFC3339Nano timestamp as integer nanoseconds since the epoch (exact, no float).
-
-    Hot path (every log line): UTC stamps reuse the cached whole-second part.
-    """
-    if len(ts) >= 20 and ts[-1] == "Z" and ts[19] in ".Z":
-        frac = ts[20:-1]
-        if len(frac) <= 9 and (not frac or frac.isdigit()):
-            return _utc_seconds(ts[:19]) * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
-    m = _TS_RE.match(ts)
-    if m is None:
-        raise ValueError(f"not an RFC3339 timestamp: {ts!r}")
-    seconds = _utc_seconds(ts[:19])
-    frac = (m.group(7) or "").ljust(9, "0")
-    tz = m.group(8)
-    if tz != "Z":
-        sign = 1 if tz[0] == "+" else -1
-        seconds -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
-    return seconds * 1_000_000_000 + int(frac)
-
-
-@functools.lru_cache(maxsize=4096)
-def _utc_seconds(prefix: str) -> int:
-    """``YYYY-MM-DDTHH:MM:SS`` -> epoch seconds; raises ValueError when malformed."""
-    m = _SECONDS_RE.match(prefix)
-    if m is None:
-        raise ValueError(f"not an RFC3339 timestamp: {prefix!r}")
-    return calendar.timegm((*(int(g) for g in m.groups()), 0, 0, 0))
-
-
 def since_param(ts_ns: int) -> str:
     """``seconds.nanoseconds``: the form Docker's API parses at full precision for ``since``."""
     return f"{ts_ns // 1_000_000_000}.{ts_ns % 1_000_000_000:09d}"
@@ -223,7 +186,7 @@ def split_timestamp(line: bytes) -> tuple[str, bytes] | None:
     if sp <= 0:
         return None
     ts = line[:sp].decode("ascii", errors="replace")
-    if _TS_RE.match(ts) is None:
+    if not is_rfc3339(ts):
         return None
     return ts, line[sp + 1 :]
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from watcher.model import LogRecord, Target
+from watcher.model import MAX_LINE_BYTES, LogRecord, Target
 from watcher.sources.base import Envelope, SignalQueue, Source
 from watcher.store import Store
 
-MAX_LINE_BYTES = 16 * 1024
 READ_CHUNK = 1 << 16
 
 

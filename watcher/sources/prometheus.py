@@ -30,7 +30,8 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from watcher.model import Sample, Target
-from watcher.sources.base import Backoff, Envelope, SignalQueue, Source
+from watcher.retry import Backoff
+from watcher.sources.base import Envelope, SignalQueue, Source
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter, alertmanager_payload
-from watcher.actions.base import ActionError, Alert, Backoff, rfc3339
+from watcher.actions.base import ActionError, Alert
 from watcher.model import Target
+from watcher.retry import Backoff
+from watcher.timefmt import format_rfc3339
 
 TARGET = Target("tfsim-0", engine="local", service="half_plus_two")
 
@@ -67,7 +69,7 @@ def no_sleep(waits: list[float]) -> Any:
 
 
 def test_rfc3339_is_utc_with_milliseconds() -> None:
-    assert rfc3339(1714557600.5) == "2024-05-01T10:00:00.500Z"
+    assert format_rfc3339(1714557600.5) == "2024-05-01T10:00:00.500Z"
 
 
 def test_payload_shape() -> None:
@@ -103,7 +105,7 @@ def test_fire_dedups_within_window_and_resolve_is_always_sent(receiver: Receiver
     path, _headers, body = receiver.requests[0]
     assert path == "/api/v2/alerts" and isinstance(body, list) and body[0]["labels"]["alertname"] == "ReplicaDrained"
     am.resolve(a)
-    assert receiver.requests[-1][2][0]["endsAt"] == rfc3339(1030.0)
+    assert receiver.requests[-1][2][0]["endsAt"] == format_rfc3339(1030.0)
     am.fire(a)  # after a resolve, the same alert fires again
     now[0] += 61
     am.fire(a)  # and outside the window it is re-sent (keeps Alertmanager from expiring it)

@@ -23,8 +23,9 @@ import pytest
 import watcher.actions
 import watcher.service
 from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
-from watcher.actions.base import ActionError, Alert, Alerter, Backoff
+from watcher.actions.base import ActionError, Alert, Alerter
 from watcher.model import Target
+from watcher.retry import Backoff
 
 SECRET = "s3cr3t-Xq7"
 QUICK = {"backoff": Backoff(attempts=3, base_s=0.01), "sleep": lambda _s: None}

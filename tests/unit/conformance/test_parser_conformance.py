@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from watcher.model import MAX_LINE_BYTES
 from watcher.parsers import PARSERS, Parsed, Parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parsers"))
 from parser_samples import SAMPLES, sample_lines
 
-MAX_LINE = 16 * 1024  # what sources hand the parsers at most
+MAX_LINE = MAX_LINE_BYTES  # what sources hand the parsers at most
 ALL_SAMPLES = [line for path in sorted(SAMPLES.glob("*.log")) for line in sample_lines(path.stem)]
 HOSTILE = [
     "",

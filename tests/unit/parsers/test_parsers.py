@@ -22,7 +22,7 @@ from watcher.parsers import (
     python_servers,
     tfserving,
 )
-from watcher.parsers.base import parse_iso
+from watcher.timefmt import parse_iso
 
 KINDS_WITH_SAMPLES = ["tfserving", "nginx", "gunicorn", "uvicorn", "python", "docker_events", "kernel", "grpc", "json"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_executor import PACK, TARGETS, Alerts, FakeFleet, FakeShifter, FakeVerifier
-from watcher.actions.base import Replica, rfc3339
+from watcher.actions.base import Replica
 from watcher.actions.verify import Verifier
 from watcher.journal import IncidentState, Journal, StepStatus
 from watcher.model import Finding, Predicts, Target, finding_to_json
@@ -28,6 +28,7 @@ from watcher.playbook.registry import REGISTRY, DuplicateStepKind, StepRegistry,
 from watcher.policy import GuardConfig, Policy
 from watcher.rulepack.compile import load_packs
 from watcher.store import Store
+from watcher.timefmt import format_rfc3339
 
 KINDS = sorted(REGISTRY.kinds())
 TARGET = TARGETS[1]
@@ -51,7 +52,7 @@ class FakeDocker:
         return {}
 
     def state(self, target: Target) -> dict[str, Any]:
-        return {"started_at": rfc3339(self.started_at)}
+        return {"started_at": format_rfc3339(self.started_at)}
 
 
 class HealthyModel(FakeVerifier):

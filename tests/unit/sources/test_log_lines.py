@@ -7,16 +7,16 @@ import random
 import pytest
 
 from watcher.inventory import matches_selector
+from watcher.model import MAX_LINE_BYTES
 from watcher.sources.docker_logs import (
-    MAX_LINE_BYTES,
     CursorTracker,
     LineSplitter,
     LogCursor,
     cap_message,
-    parse_rfc3339_ns,
     since_param,
     split_timestamp,
 )
+from watcher.timefmt import parse_rfc3339_ns
 
 
 def test_lines_split_correctly_whatever_the_chunking() -> None:

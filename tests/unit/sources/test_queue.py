@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from watcher.model import LogRecord, Target
-from watcher.sources.base import Backoff, Envelope, SignalQueue
+from watcher.retry import Backoff
+from watcher.sources.base import Envelope, SignalQueue
 
 
 def env(source: str, i: int = 0) -> Envelope:
