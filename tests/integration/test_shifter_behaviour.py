@@ -27,6 +27,7 @@ import watcher.actions
 import watcher.service
 from testbed.ports import LOOPBACK, free_port
 from testbed.services import HAProxy, HostService, Nginx, Upstream
+from tests.plugins import implementations
 from watcher.actions.base import ActionError, Replica, TrafficShifter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import HostNginxReload, NginxShifter
@@ -132,16 +133,9 @@ RIGS: dict[
 NOT_LOAD_BALANCERS = {watcher.service._NoShifter}  # ``lb: none``: refuses every change by design
 
 
-def _all_subclasses(cls: type[TrafficShifter]) -> set[type[TrafficShifter]]:
-    out: set[type[TrafficShifter]] = set()
-    for sub in cls.__subclasses__():
-        out |= {sub, *_all_subclasses(sub)}
-    return out
-
-
 def test_every_shifter_has_a_rig() -> None:
     assert watcher.actions.NginxShifter is NginxShifter  # the package is imported: its subclasses exist
-    product = {c for c in _all_subclasses(TrafficShifter) if c.__module__.startswith("watcher.")}
+    product = implementations(TrafficShifter)
     assert product - NOT_LOAD_BALANCERS == set(RIGS)
 
 

@@ -10,19 +10,13 @@ import pytest
 
 import watcher.actions as actions
 import watcher.service  # noqa: F401 - its fan-out alerter and no-LB shifter are family members too
+from tests.plugins import implementations
 from watcher.actions.base import Alerter, Restarter, TrafficShifter
 from watcher.actions.haproxy import parse_servers_state, parse_stat
 
 
 def _subclasses(base: type[Any]) -> list[type[Any]]:
-    out: list[type[Any]] = []
-    todo = list(base.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.__module__.startswith("watcher.") and not inspect.isabstract(cls):
-            out.append(cls)
-    return sorted(out, key=lambda c: c.__name__)
+    return sorted(implementations(base), key=lambda c: c.__name__)
 
 
 FAMILIES: dict[type[Any], list[type[Any]]] = {base: _subclasses(base) for base in (TrafficShifter, Restarter, Alerter)}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from tests.unit.conftest import Receiver
 from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter, alertmanager_payload
 from watcher.actions.base import ActionError, Alert
 from watcher.model import Target
@@ -17,40 +14,6 @@ from watcher.retry import Backoff
 from watcher.timefmt import format_rfc3339
 
 TARGET = Target("tfsim-0", engine="local", service="half_plus_two")
-
-
-class Receiver:
-    """Answers the configured status codes in turn (then 200) and records every request."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = list(statuses)
-        self.requests: list[tuple[str, dict[str, str], Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.requests.append((self.path, dict(self.headers), body))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver([])
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
 
 
 def alert(**labels: str) -> Alert:
@@ -102,10 +65,11 @@ def test_fire_dedups_within_window_and_resolve_is_always_sent(receiver: Receiver
     now[0] += 30
     am.fire(a)
     assert len(receiver.requests) == 1
-    path, _headers, body = receiver.requests[0]
+    path, _headers, _raw = receiver.requests[0]
+    body = receiver.bodies()[0]
     assert path == "/api/v2/alerts" and isinstance(body, list) and body[0]["labels"]["alertname"] == "ReplicaDrained"
     am.resolve(a)
-    assert receiver.requests[-1][2][0]["endsAt"] == format_rfc3339(1030.0)
+    assert receiver.bodies()[-1][0]["endsAt"] == format_rfc3339(1030.0)
     am.fire(a)  # after a resolve, the same alert fires again
     now[0] += 61
     am.fire(a)  # and outside the window it is re-sent (keeps Alertmanager from expiring it)
@@ -143,7 +107,7 @@ def test_client_errors_are_not_retried(receiver: Receiver) -> None:
 
 def test_connection_refused_is_retried() -> None:
     waits: list[float] = []
-    r = Receiver([])
+    r = Receiver()
     url = r.url
     r.server.server_close()  # nothing listens there any more
     am = AlertmanagerAlerter(url, backoff=Backoff(attempts=2, base_s=0.01), sleep=waits.append, timeout_s=1)
@@ -158,11 +122,12 @@ def test_webhook_sends_token_but_never_shows_it(receiver: Receiver) -> None:
     hook = WebhookAlerter(receiver.url + "/hooks/T000/B000/XXXX", token=secret, sleep=lambda _: None)
     assert secret not in repr(hook) and "XXXX" not in repr(hook)
     hook.fire(alert())
-    _path, headers, body = receiver.requests[-1]
+    _path, headers, _raw = receiver.requests[-1]
+    body = receiver.bodies()[-1]
     assert headers["Authorization"] == f"Bearer {secret}"
     assert body["status"] == "firing" and body["alerts"][0]["fingerprint"] == alert().fingerprint
     hook.resolve(alert())
-    assert receiver.requests[-1][2]["status"] == "resolved"
+    assert receiver.bodies()[-1]["status"] == "resolved"
     receiver.statuses = [401]
     with pytest.raises(ActionError) as info:
         hook.fire(alert(other="x"))

@@ -13,8 +13,7 @@ import base64
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +21,8 @@ import pytest
 
 import watcher.actions
 import watcher.service
+from tests.plugins import implementations
+from tests.unit.conftest import Receiver
 from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
 from watcher.actions.base import ActionError, Alert, Alerter
 from watcher.model import Target
@@ -44,59 +45,13 @@ FACTORIES: dict[type[Alerter], Callable[[str, str], Alerter]] = {
 }
 
 
-class Receiver:
-    """Answers the queued status codes in turn (then 200) and records every request."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.requests: list[tuple[str, dict[str, str], str]] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                with receiver._lock:
-                    receiver.requests.append((self.path, dict(self.headers), body))
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def bodies(self) -> list[Any]:
-        return [json.loads(body) for _path, _headers, body in self.requests]
-
-
 def _implementations() -> set[type[Alerter]]:
-    found: set[type[Alerter]] = set()
-    todo = list(Alerter.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.__module__.startswith("watcher.") and not cls.__name__.startswith("_"):
-            found.add(cls)
-    return found
+    return implementations(Alerter, private=False)
 
 
 def test_every_alerter_has_a_factory() -> None:
     assert watcher.actions.WebhookAlerter is WebhookAlerter
     assert _implementations() == set(FACTORIES)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
 
 
 @pytest.fixture(params=list(FACTORIES), ids=lambda c: c.__name__)

@@ -26,6 +26,7 @@ import watcher.sources.docker_logs
 import watcher.sources.docker_stats
 import watcher.sources.file_logs
 import watcher.sources.prometheus
+from tests.plugins import implementations
 from watcher.model import Sample, Target
 from watcher.sources.base import Envelope, SignalQueue, Source
 from watcher.store import Store
@@ -118,14 +119,7 @@ FACTORIES: dict[type[Source], Callable[[Path, SignalQueue], Rig]] = {
 
 
 def _implementations() -> set[type[Source]]:
-    found: set[type[Source]] = set()
-    todo = list(Source.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.__module__.startswith("watcher."):
-            found.add(cls)
-    return found
+    return implementations(Source)
 
 
 def test_every_source_has_a_factory() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from testbed.ports import LOOPBACK, free_port, port_is_open
+from tests.plugins import implementations
 from watcher.actions.base import ActionError, Replica
 from watcher.actions.tfserving import TFServingVerifier
 from watcher.actions.verify import SmokeFileMissingError, Verifier, VersionState
@@ -83,14 +84,7 @@ SERVERS: dict[type[Verifier], Callable[[Path], Server]] = {TFServingVerifier: _t
 
 
 def _implementations() -> set[type[Verifier]]:
-    found: set[type[Verifier]] = set()
-    todo = list(Verifier.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.__module__.startswith("watcher."):
-            found.add(cls)
-    return found
+    return implementations(Verifier)
 
 
 def test_every_verifier_has_a_server() -> None:
