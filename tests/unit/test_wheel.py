@@ -40,3 +40,22 @@ def test_the_wheel_has_no_testbed_evaluations_or_tests(wheel: zipfile.ZipFile) -
     assert "watcher" in tops
     assert not {"testbed", "benchmarks", "tests", "scripts"} & tops
     assert not [n for n in wheel.namelist() if "/testbed/" in n or "/eval/" in n or "simulator" in n]
+
+
+def test_replay_outside_a_checkout_uses_the_packaged_packs(tmp_path: Path) -> None:
+    """It used to find no packs without ``rules/`` beside it and report 0 findings with exit 0."""
+    import subprocess
+    import sys
+
+    recording = REPO / "recordings" / "leak-4mb.jsonl.gz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "replay", str(recording)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    predicts = [line for line in proc.stdout.splitlines() if '"predicts": "oom"' in line]
+    assert predicts, proc.stdout[-2000:] + proc.stderr[-2000:]
