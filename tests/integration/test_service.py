@@ -219,7 +219,7 @@ def test_a_dead_essential_thread_fails_healthz_stops_the_heartbeat_and_ends_the_
     """In-process, so the test can end the decision thread as a bug would; the process-level
     behaviour is the same call: ``run_forever`` returns 1 and the container restarts."""
     from watcher.config import Settings
-    from watcher.rulepack.compile import load_packs
+    from watcher.rulepack.compile import compile_packs
     from watcher.service import Service
 
     sent: list[str] = []
@@ -231,7 +231,7 @@ def test_a_dead_essential_thread_fails_healthz_stops_the_heartbeat_and_ends_the_
         heartbeat_s=0.2,
         reload_poll_s=0.2,
     )
-    service = Service(settings, load_packs([RULES / "docker.yaml"]))
+    service = Service(settings, compile_packs([RULES / "docker.yaml"]))
     service.alerter = type(
         "Recording", (), {"fire": lambda _s, a: sent.append(a.name), "resolve": lambda _s, a: None}
     )()
