@@ -34,6 +34,7 @@ from watcher.policy import GuardConfig
 from watcher.rulepack.compile import CompileOptions, compile_packs
 from watcher.rulepack.schema import Defaults
 from watcher.rules import SHIPPED_RULES
+from watcher.sources.file_logs import FileSpec
 
 RULES = SHIPPED_RULES
 
@@ -101,10 +102,11 @@ class Watcher:
                 defaults=Defaults.model_validate(spec.defaults) if spec.defaults is not None else None,
             ),
         )
-        files: list[tuple[Path, Target]] = []
-        if spec.nginx_dir:
+        files: list[FileSpec] = []
+        if spec.nginx_dir:  # the load balancer's own logs: the only lines that may name a replica
             nginx_dir = Path(spec.nginx_dir)
-            files = [(nginx_dir / "access.log", Target("nginx")), (nginx_dir / "error.log", Target("nginx"))]
+            lb = Target("nginx")
+            files = [FileSpec(nginx_dir / name, lb, load_balancer=True) for name in ("access.log", "error.log")]
         parts = assemble(
             store=Path(spec.store),
             clients={"local": client},

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     model_label: str = "watcher.model"
     packs: list[Path] = Field(default_factory=lambda: [SHIPPED_RULES])
     log_files: dict[str, Path] = Field(default_factory=dict, description="target name -> host log file to follow")
+    lb_log_files: list[str] = Field(
+        default_factory=lambda: ["nginx"],
+        description="names in log_files that are the load balancer's own logs: only their lines name a replica",
+    )
     prometheus_url: str | None = None
     prometheus_target_label: str = "replica"
     prometheus_interval_s: float = Field(default=15.0, gt=0, description="how often the packs' queries run")

@@ -70,13 +70,19 @@ class Engine:
         clock: Clock,
         store: Store | None = None,
         upstreams: dict[str, Target] | None = None,
+        load_balancers: Iterable[Target] = (),
     ) -> None:
-        """Run a compiled :class:`RuleSet`; packs are compiled first, by the same step as lint."""
+        """Run a compiled :class:`RuleSet`; packs are compiled first, by the same step as lint.
+
+        ``upstreams`` maps ``"127.0.0.1:8501"`` to the replica behind it, and ``load_balancers``
+        are the targets whose lines are the load balancer's own (its host log files): only their
+        lines are re-attributed to a replica (see :meth:`parse`)."""
         self.ruleset = rules if isinstance(rules, RuleSet) else compile_packs(rules)
         self.clock = clock
-        # "127.0.0.1:8501" -> the replica behind it: a load balancer's line about an upstream is
-        # evidence about that replica, not about the load balancer.
+        # a load balancer's line about an upstream is evidence about that replica, not about the
+        # load balancer
         self.upstreams: dict[str, Target] = dict(upstreams or {})
+        self.load_balancers: frozenset[str] = frozenset(t.key for t in load_balancers)
         self.store = store
         self.packs = list(self.ruleset.packs)
         self.rules: Mapping[str, AnyRule] = self.ruleset.rules
@@ -181,7 +187,7 @@ class Engine:
         fields = dict(record.fields)
         fields.update(parsed.fields)
         target = record.target
-        replica = self._attribute(fields.get("upstream_addr", ""))
+        replica = self._attribute(fields.get("upstream_addr", "")) if target.key in self.load_balancers else None
         if replica is not None and replica != target:
             fields["reported_by"] = target.key
             target = replica
@@ -195,7 +201,13 @@ class Engine:
         )
 
     def _attribute(self, upstream_addr: str) -> Target | None:
-        """The replica that finally answered: Nginx lists every upstream it tried, last one last."""
+        """The replica that finally answered: Nginx lists every upstream it tried, last one last.
+
+        Called only for the load balancer's own lines, whose ``upstream_addr`` its parser took
+        from the position nginx writes it in (never from client text such as a Referer), and it
+        names only a replica in the upstream map. Any other container's line stays that
+        container's whatever fields it carries: a replica printing ``{"upstream_addr": "<B>"}``
+        speaks about itself, never about B."""
         if not upstream_addr or not self.upstreams:
             return None
         last = upstream_addr.rsplit(",", 1)[-1].strip()

@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from watcher.clock import Clock, WallClock
@@ -44,7 +43,9 @@ class LiveConfig:
     prometheus_interval_s: float = 15.0
     prometheus_window: str = "1m"  # replaces $window in series queries: at least 4 scrape intervals
     stats_interval_s: float | None = 5.0  # None: no Docker stats
-    files: list[tuple[Path, Target]] = field(default_factory=list)  # host log files (e.g. nginx)
+    # host log files; those marked load_balancer (the Nginx access/error logs) are the only lines
+    # the engine attributes to the replica behind their upstream_addr
+    files: list[FileSpec] = field(default_factory=list)
     tick_s: float = 1.0
     checkpoint_s: float = 10.0
     rescan_s: float = 5.0
@@ -67,7 +68,8 @@ class LiveWatcher:
         self.store = store
         self.clock = clock or WallClock()
         self.ruleset = self._compiled(rules)
-        self.engine = Engine(self.ruleset, self.clock, store=store)
+        self.load_balancers = tuple(dict.fromkeys(f.target for f in config.files if f.load_balancer))
+        self.engine = Engine(self.ruleset, self.clock, store=store, load_balancers=self.load_balancers)
         self.queue = SignalQueue()
         self.on_finding = on_finding
         self.on_batch: Callable[[int, float], None] | None = None  # (signals, seconds): detector update cost
@@ -107,7 +109,7 @@ class LiveWatcher:
         if cfg.stats_interval_s:
             sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, inventory=inventory))
         if cfg.files:
-            sources.append(FileLogsSource(self.queue, self.store, [FileSpec(p, t) for p, t in cfg.files]))
+            sources.append(FileLogsSource(self.queue, self.store, list(cfg.files)))
         if cfg.prometheus_url:
             # Even with no queries yet: a reload that adds a series: or PromQL rule hands them over.
             self.prometheus = PrometheusSource(
@@ -208,7 +210,9 @@ class LiveWatcher:
         self._reload = None
         self.engine.checkpoint()  # rules that survive the reload keep their state
         upstreams = self.engine.upstreams
-        self.engine = Engine(ruleset, self.clock, store=self.store, upstreams=upstreams)
+        self.engine = Engine(
+            ruleset, self.clock, store=self.store, upstreams=upstreams, load_balancers=self.load_balancers
+        )
         self.ruleset = ruleset
         if self.prometheus is not None:
             self.prometheus.set_queries(ruleset.queries)

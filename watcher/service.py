@@ -37,6 +37,7 @@ from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
 from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
 from watcher.rulepack.loader import RulePackError
+from watcher.sources.file_logs import FileSpec
 
 log = logging.getLogger("watcher")
 FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
@@ -130,7 +131,10 @@ class Service:
             prometheus_interval_s=settings.prometheus_interval_s,
             prometheus_window=settings.prometheus_window,
             stats_interval_s=settings.stats_interval_s or None if not settings.prometheus_url else None,
-            files=[(path, Target(name)) for name, path in settings.log_files.items()],
+            files=[
+                FileSpec(path, Target(name), load_balancer=name in settings.lb_log_files)
+                for name, path in settings.log_files.items()
+            ],
         )
         parts = assemble(
             store=settings.store,

@@ -19,6 +19,7 @@ from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Predicts, Sample, Target
 from watcher.rulepack.compile import load_packs
 from watcher.rules import SHIPPED_RULES
+from watcher.sources.file_logs import FileSpec
 from watcher.store import Store
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,10 @@ def watcher(bed: Testbed, tmp_path: Path) -> Iterator[LiveWatcher]:
     config = LiveConfig(
         label_selector=(f"serving-testbed={bed.run_id}",),
         stats_interval_s=None,
-        files=[(bed.nginx.access_log_path, Target("nginx")), (bed.nginx.error_log_path, Target("nginx"))],
+        files=[
+            FileSpec(bed.nginx.access_log_path, Target("nginx"), load_balancer=True),
+            FileSpec(bed.nginx.error_log_path, Target("nginx"), load_balancer=True),
+        ],
         rescan_s=1.0,
     )
     live = LiveWatcher(config, load_packs([RULES]), Store(tmp_path / "watcher.db"))

@@ -37,7 +37,10 @@ _NGINX_LEVELS = {
     "emerg": "fatal",
 }
 LEVEL_WORDS = frozenset(_NGINX_LEVELS)
-_CONTEXT_KEYS = ("client", "server", "request", "upstream", "host", "referrer")
+# the keys of an error line's context, in the order nginx writes them (ngx_http_log_error_handler)
+_CONTEXT_ORDER = ("client", "server", "request", "subrequest", "upstream", "host", "referrer")
+_CONTEXT_RANK = {key: n for n, key in enumerate(_CONTEXT_ORDER)}
+_QUOTED = frozenset({"request", "subrequest", "upstream", "host", "referrer"})
 
 
 def upstream_host_port(url: str) -> str:
@@ -80,24 +83,36 @@ def parse_error(line: str) -> Parsed | None:
 
 
 def _context(trailer: str, fields: dict[str, str]) -> None:
+    """The context nginx appends to an error line, read in the one order nginx writes it.
+
+    ``ngx_http_log_error`` / ``ngx_http_log_error_handler`` (src/http/ngx_http_request.c) write
+    ``client: <addr>, server: <name>, request: "<line>"[, subrequest: "<uri>"][, upstream:
+    "<schema><peer><uri>"][, host: "<Host>"][, referrer: "<Referer>"]``, unescaped. The Host and
+    Referer headers come *after* the upstream and are the client's own text: a Referer holding
+    ``", upstream: "http://<other replica>/`` must not name the replica. So each key is taken
+    at most once and only in nginx's order (a key that goes backwards ends the trailer), and a
+    quoted value ends only where nginx's next key begins: ``upstream`` is the one nginx wrote.
+    """
     pos = 0
     size = len(trailer)
+    rank = -1
     while pos < size:
         colon = trailer.find(": ", pos)
         if colon < 0:
             return
         key = trailer[pos:colon]
-        if key not in _CONTEXT_KEYS:
+        if key not in _CONTEXT_RANK or _CONTEXT_RANK[key] <= rank:
             return
+        rank = _CONTEXT_RANK[key]
         start = colon + 2
-        if trailer.startswith('"', start):
-            end = trailer.find('"', start + 1)
-            if end < 0:
-                end = size
+        if key in _QUOTED:
+            if not trailer.startswith('"', start):
+                return
+            end = _quoted_end(trailer, start + 1, rank)
             fields[key] = trailer[start + 1 : end]
             pos = end + 1
         else:
-            end = trailer.find(",", start)
+            end = trailer.find(", ", start)
             if end < 0:
                 end = size
             fields[key] = trailer[start:end]
@@ -106,6 +121,16 @@ def _context(trailer: str, fields: dict[str, str]) -> None:
             pos += 2
         else:
             return
+
+
+def _quoted_end(trailer: str, start: int, rank: int) -> int:
+    """Where a quoted value that may itself hold quotes (a request line, a Referer) ends: at the
+    first ``", <key>: "`` of a key nginx writes later, else at the line's last quote."""
+    ends = [at for later in _CONTEXT_ORDER[rank + 1 :] if (at := trailer.find(f'", {later}: ', start)) >= 0]
+    if ends:
+        return min(ends)
+    last = trailer.rfind('"', start)
+    return last if last >= 0 else len(trailer)
 
 
 # ----------------------------------------------------------------------------- access log

@@ -14,6 +14,7 @@ A test file::
       - name: two OOM lines within a minute fire
         target: {container: tfs-1, service: half_plus_two}   # default target of the inputs
         upstreams: {"127.0.0.1:8501": tfs-1}                 # LB address -> container (optional)
+        load_balancers: [nginx]              # containers whose lines are the LB's own: only they name a replica
         logs:
           - {at: 0s, line: "2024-... W ...] ... OOM when allocating tensor ..."}
           - {at: 20s, line: "...", target: tfs-2}            # per-input target: a container name
@@ -166,6 +167,9 @@ class RuleTest(_Model):
     name: str = Field(min_length=1)
     target: TargetSpec = Field(default_factory=lambda: TargetSpec(container="replica-1"))
     upstreams: dict[str, str] = Field(default_factory=dict, description="LB upstream address -> container")
+    load_balancers: list[str] = Field(
+        default_factory=list, description="containers whose lines are the load balancer's own (only they name a replica)"
+    )
     logs: list[LogInput] = Field(default_factory=list)
     events: list[EventInput] = Field(default_factory=list)
     series: list[SeriesInput] = Field(default_factory=list)
@@ -371,7 +375,7 @@ def _run_test(file: str, ruleset: RuleSet, step: float, test: RuleTest) -> TestR
         return TestResult(file, test.name, (f"until {format_duration(until)} needs more than {MAX_STEPS} steps",))
 
     clock = ManualClock(T0)
-    engine = Engine(ruleset, clock, upstreams=upstreams)
+    engine = Engine(ruleset, clock, upstreams=upstreams, load_balancers=[target_of(n) for n in test.load_balancers])
     got: list[_Got] = []
 
     def record(findings: list[Finding]) -> None:

@@ -24,8 +24,15 @@ READ_CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class FileSpec:
+    """One host log file and the target its lines are about.
+
+    ``load_balancer``: the file is the load balancer's own log (Nginx access/error log). Only
+    such lines may name the replica they are about (``upstream_addr``); a file not marked so is
+    evidence about its own target only."""
+
     path: Path
     target: Target
+    load_balancer: bool = False
 
 
 def _identity(st: os.stat_result) -> str:

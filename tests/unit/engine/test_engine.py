@@ -134,7 +134,7 @@ def test_lifecycle_tag_classifies_without_a_finding(pack_file: Path) -> None:
 
 
 def test_nginx_errors_are_attributed_to_the_replica_behind_the_upstream(pack_file: Path) -> None:
-    engine = Engine(load_packs([pack_file]), ManualClock(T0), upstreams={"127.0.0.1:8501": REPLICA})
+    engine = Engine(load_packs([pack_file]), ManualClock(T0), upstreams={"127.0.0.1:8501": REPLICA}, load_balancers=[NGINX])
     text = (
         "2024/05/01 10:00:00 [error] 31#31: *5 upstream timed out (110: Connection timed out) while reading "
         'response header from upstream, client: 127.0.0.1, server: , request: "POST /v1/models/m:predict '
@@ -246,7 +246,7 @@ def test_batch_path_gives_the_same_findings_as_one_by_one(pack_file: Path) -> No
 
     def run(batch: bool) -> list[tuple[str, str, float, bool]]:
         clock = ManualClock(T0)
-        engine = Engine(load_packs([pack_file]), clock, upstreams={"127.0.0.1:8501": REPLICA})
+        engine = Engine(load_packs([pack_file]), clock, upstreams={"127.0.0.1:8501": REPLICA}, load_balancers=[NGINX])
         found = []
         for i in range(0, len(signals), 50):
             chunk = signals[i : i + 50]
