@@ -226,7 +226,10 @@ class Engine:
     def _classify(self, record: LogRecord, matched: list[str]) -> Classification:
         if not matched:
             return Classification((), (), (), record)
+        reporter = record.target
         record = self.parse(record)
+        if record.target != reporter:
+            matched = self._nginx_written(record, matched)
         ids: list[str] = []
         for rule_id in matched:
             rule = self.rules[rule_id]
@@ -240,6 +243,20 @@ class Engine:
         predicts = tuple(dict.fromkeys(p for i in ids if (p := self.rules[i].predicts) is not None))
         lifecycle = tuple(dict.fromkeys(t for i in ids if (t := self.rules[i].lifecycle) is not None))
         return Classification(tuple(ids), predicts, lifecycle, record)
+
+    def _nginx_written(self, record: LogRecord, matched: list[str]) -> list[str]:
+        """The rules a load balancer's line about a replica may fire: a client writes part of
+        that line (Referer, User-Agent, Host), so the pattern must match the text the LB's parser
+        says the LB wrote (the error message before nginx's context; the access line without
+        the client's headers), and rules for a replica's own output (``source: any``) are not
+        asked: one request with a crafted Referer must not read as the replica's own crash."""
+        trusted = set(self.patterns.match(record.message[:MAX_LINE_BYTES]))
+        out = []
+        for rule_id in matched:
+            rule = self.rules[rule_id]
+            if rule_id in trusted and isinstance(rule, MatchRule) and rule.match.source != "any":
+                out.append(rule_id)
+        return out
 
     def _on_log(self, record: LogRecord, matched: list[str] | None = None) -> list[tuple[str, Observation]]:
         self.stats.lines += 1

@@ -274,7 +274,22 @@ def parse_access(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None
     if status.isdigit():
         level = "error" if status >= "500" else "warning" if status >= "400" else "info"
     ts = _time_local(values["time_local"]) if "time_local" in values else None
-    return Parsed(KIND, line, level, ts, fields)
+    return Parsed(KIND, _without_client_headers(line, values), level, ts, fields)
+
+
+_CLIENT_HEADERS = ("http_referer", "http_user_agent", "http_x_forwarded_for", "remote_user")
+
+
+def _without_client_headers(line: str, values: dict[str, str]) -> str:
+    """The line with the headers a client writes freely blanked to ``-``: the engine matches a
+    load balancer's line about a replica against this text only, so a Referer reading
+    ``upstream server temporarily disabled`` is not the load balancer saying so."""
+    message = line
+    for name in _CLIENT_HEADERS:
+        value = values.get(name, "")
+        if value and value != "-":
+            message = message.replace(f'"{value}"', '"-"', 1) if f'"{value}"' in message else message
+    return message
 
 
 def parse(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None:

@@ -168,7 +168,8 @@ class RuleTest(_Model):
     target: TargetSpec = Field(default_factory=lambda: TargetSpec(container="replica-1"))
     upstreams: dict[str, str] = Field(default_factory=dict, description="LB upstream address -> container")
     load_balancers: list[str] = Field(
-        default_factory=list, description="containers whose lines are the load balancer's own (only they name a replica)"
+        default_factory=list,
+        description="containers whose lines are the LB's own (only they name a replica)",
     )
     logs: list[LogInput] = Field(default_factory=list)
     events: list[EventInput] = Field(default_factory=list)

@@ -134,7 +134,9 @@ def test_lifecycle_tag_classifies_without_a_finding(pack_file: Path) -> None:
 
 
 def test_nginx_errors_are_attributed_to_the_replica_behind_the_upstream(pack_file: Path) -> None:
-    engine = Engine(load_packs([pack_file]), ManualClock(T0), upstreams={"127.0.0.1:8501": REPLICA}, load_balancers=[NGINX])
+    engine = Engine(
+        load_packs([pack_file]), ManualClock(T0), upstreams={"127.0.0.1:8501": REPLICA}, load_balancers=[NGINX]
+    )
     text = (
         "2024/05/01 10:00:00 [error] 31#31: *5 upstream timed out (110: Connection timed out) while reading "
         'response header from upstream, client: 127.0.0.1, server: , request: "POST /v1/models/m:predict '

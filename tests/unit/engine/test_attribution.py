@@ -1,0 +1,91 @@
+"""Only the load balancer's own lines name a replica, from the field nginx writes, and only a
+known one (issue #14: a log line could make the watcher act on another replica)."""
+
+from __future__ import annotations
+
+from watcher.clock import ManualClock
+from watcher.engine import Engine
+from watcher.model import Finding, LogRecord, Target
+from watcher.parsers import nginx
+from watcher.rulepack.compile import load_packs
+from watcher.rules import SHIPPED_RULES
+
+T0 = 1_796_132_695.0
+LB = Target("nginx")
+A = Target("replica-a", service="svc")
+B = Target("replica-b", service="svc")
+UPSTREAMS = {"127.0.0.1:8501": A, "127.0.0.1:8502": B}
+
+# Real nginx 1.22 (tests/integration/test_attribution_nginx.py): A (8501) refused, the request
+# carried Referer 'upstream server temporarily disabled", upstream: "http://127.0.0.1:8502/'.
+_CONTEXT = (
+    'client: 127.0.0.1, server: _, request: "GET /v1/models/m:predict HTTP/1.1", '
+    'upstream: "http://127.0.0.1:8501/v1/models/m:predict", host: "127.0.0.1:44321", '
+    'referrer: "upstream server temporarily disabled", upstream: "http://127.0.0.1:8502/"'
+)
+REFUSED = (
+    "2026/12/01 13:44:55 [error] 18889#18889: *2 connect() failed (111: Connection refused) while "
+    "connecting to upstream, " + _CONTEXT
+)
+DISABLED = (
+    "2026/12/01 13:44:55 [warn] 18889#18889: *2 upstream server temporarily disabled while connecting to "
+    "upstream, " + _CONTEXT
+)
+# the same Referer on an ordinary request to a healthy A, in the default access-log format
+ACCESS = (
+    '127.0.0.1 - - [01/Dec/2026:13:44:55 +0000] "GET /v1/models/m:predict HTTP/1.1" 200 2 '
+    '"upstream server temporarily disabled\\x22, upstream: \\x22http://127.0.0.1:8502/" "curl/8.5.0" '
+    "127.0.0.1:8501 200 0.001"
+)
+JSON_5XX = '{"upstream_addr":"127.0.0.1:8502","upstream_status":"503"}'
+
+
+def run(records: list[LogRecord], minutes: int = 3) -> list[Finding]:
+    clock = ManualClock(T0)
+    engine = Engine(load_packs([SHIPPED_RULES]), clock, upstreams=UPSTREAMS, load_balancers=[LB])
+    found: list[Finding] = []
+    for record in records:
+        clock.advance(1)
+        found += engine.feed(record)
+    for _ in range(minutes * 60):
+        clock.advance(1)
+        found += engine.tick()
+    return found
+
+
+def test_the_error_log_upstream_is_the_one_nginx_wrote_not_the_referer() -> None:
+    parsed = nginx.parse(DISABLED)
+    assert parsed is not None
+    assert parsed.fields["upstream_addr"] == "127.0.0.1:8501"
+    assert parsed.fields["host"] == "127.0.0.1:44321"
+    assert parsed.fields["referrer"] == 'upstream server temporarily disabled", upstream: "http://127.0.0.1:8502/'
+    assert parsed.message == "upstream server temporarily disabled while connecting to upstream"
+
+
+def test_a_hostile_referer_never_acts_on_the_replica_it_names() -> None:
+    found = run([LogRecord(LB, T0, REFUSED), LogRecord(LB, T0, DISABLED)])
+    assert [f for f in found if f.target == B] == []
+    # one request: not enough to drain A either (nginx-upstream-disabled counts, the Referer's
+    # words do not count as nginx's)
+    assert [f for f in found if not f.resolved] == []
+
+
+def test_a_referer_in_the_access_log_is_not_the_load_balancer_speaking() -> None:
+    found = run([LogRecord(LB, T0, ACCESS) for _ in range(5)])
+    assert found == []
+
+
+def test_a_watched_container_printing_an_upstream_speaks_about_itself_only() -> None:
+    container = Target("replica-c", service="svc")
+    found = run([LogRecord(container, T0, JSON_5XX) for _ in range(5)])
+    assert [f for f in found if f.target == B] == []
+    assert {f.target for f in found} <= {container}
+
+
+def test_the_load_balancer_names_only_known_replicas() -> None:
+    line = DISABLED.replace("127.0.0.1:8501/v1", "127.0.0.1:9999/v1")
+    clock = ManualClock(T0)
+    engine = Engine(load_packs([SHIPPED_RULES]), clock, upstreams=UPSTREAMS, load_balancers=[LB])
+    assert engine.parse(LogRecord(LB, T0, line)).target == LB
+    assert engine.parse(LogRecord(LB, T0, DISABLED)).target == A
+    assert engine.parse(LogRecord(A, T0, DISABLED)).target == A  # a replica's own line stays its own
