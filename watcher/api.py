@@ -119,6 +119,7 @@ class Api:
             server_version = "serving-watcher"
             sys_version = ""  # no Python version for a scanner
             protocol_version = "HTTP/1.0"  # one request per connection: the deadlines are per connection
+            default_request_version = "HTTP/1.0"  # never answer as HTTP/0.9 (a body without status or headers)
             timeout = self.limits.read_timeout_s
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -127,6 +128,8 @@ class Api:
             def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
                 """http.server's own refusals (bad request line, headers too long, no such method) as JSON."""
                 self.close_connection = True
+                if not self.request_version.startswith("HTTP/1"):  # a line too long to parse has none
+                    self.request_version = self.default_request_version
                 api._json(self, code, {"error": message or HTTPStatus(code).phrase, "code": code})
 
             def do_GET(self) -> None:
