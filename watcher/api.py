@@ -26,6 +26,7 @@ web server in the dependency set is more code to keep safe than the hundred line
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -361,10 +362,8 @@ class Api:
 
 
 def _shutdown(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):  # already closed by the client
         conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _linger_close(conn: socket.socket) -> None:

@@ -66,7 +66,9 @@ def exchange(api: Api, data: bytes, wait_s: float = 5.0) -> tuple[int, dict[str,
 def post(api: Api, body: bytes, *, headers: str | None = None, ctype: str = "application/json") -> tuple[int, Any]:
     if headers is None:
         headers = f"Content-Length: {len(body)}\r\n"
-    head = f"POST /silence HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {ctype}\r\n{headers}\r\n"
+    head = (
+        f"POST /silence HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {ctype}\r\n{headers}\r\n"
+    )
     return exchange(api, head.encode() + body)
 
 
@@ -104,7 +106,9 @@ def test_mutations_take_only_json(api: Api, recorder: Recorder, ctype: str) -> N
     assert recorder.silences == []
 
 
-@pytest.mark.parametrize("duration", ['"nan"', "NaN", "Infinity", "-Infinity", "1e999", '"60"', "true", "0", "-5", "1e9"])
+@pytest.mark.parametrize(
+    "duration", ['"nan"', "NaN", "Infinity", "-Infinity", "1e999", '"60"', "true", "0", "-5", "1e9"]
+)
 def test_durations_must_be_finite_positive_and_bounded(api: Api, recorder: Recorder, duration: str) -> None:
     body = b'{"matchers": {"target": "local/tfs-1"}, "duration_s": ' + duration.encode() + b"}"
     status, answer = post(api, body)
@@ -191,3 +195,21 @@ def test_status_needs_the_token_when_the_api_is_not_loopback_only(recorder: Reco
                 assert conn.recv(12).startswith(b"HTTP/1.0 200")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:9108", True),
+        ("[::1]:9108", True),
+        ("localhost:9108", True),
+        ("0.0.0.0:9108", False),
+        ("[::]:9108", False),
+        ("watcher:9108", False),
+    ],
+)
+def test_status_is_open_only_on_a_loopback_address(listen: str, loopback: bool) -> None:
+    """The image listens on 0.0.0.0 (deploy/Dockerfile): there /status must need the token."""
+    from watcher.config import Settings
+
+    assert Settings(api_listen=listen).api_loopback_only is loopback
