@@ -9,6 +9,7 @@ the setting (and the file) and say what was expected — never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from watcher.redact import url_secrets
 from watcher.rules import SHIPPED_RULES
 
 
@@ -92,6 +94,30 @@ class Settings(BaseSettings):
     @property
     def dry_run(self) -> bool:
         return not self.actions_enabled
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every part of the configuration that must never be printed (status, logs, alerts):
+        tokens, URL passwords and query strings, and the webhook's path (often the token itself)."""
+        found = url_secrets(self.prometheus_url) + url_secrets(self.alertmanager_url)
+        found += url_secrets(self.webhook_url, keep_path=False)
+        for url in self.engines.values():
+            found += url_secrets(url)
+        for secret in (self.api_token, self.webhook_token):
+            if secret is not None and secret.get_secret_value():
+                found.append(secret.get_secret_value())
+        return found
+
+    @property
+    def api_loopback_only(self) -> bool:
+        """True when the API listens on a loopback address only (then only local processes reach it)."""
+        host = self.api_address[0]
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
 
     @property
     def api_address(self) -> tuple[str, int]:

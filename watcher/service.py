@@ -28,13 +28,14 @@ from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
 from watcher.actions.base import ActionError, Alert, Alerter, TrafficShifter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxReload, NginxShifter
-from watcher.api import Api
+from watcher.api import Api, positive_seconds
 from watcher.assembly import assemble
 from watcher.config import Settings
 from watcher.live import LiveConfig
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
+from watcher.redact import redact_doc, redact_text
 from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
 from watcher.rulepack.loader import RulePackError
 from watcher.sources.file_logs import FileSpec
@@ -42,9 +43,17 @@ from watcher.sources.file_logs import FileSpec
 log = logging.getLogger("watcher")
 FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
 FAILURES = {Predicts.OOM, Predicts.CRASH, Predicts.UNHEALTHY}
+MAX_SILENCE_S = 30 * 86400.0  # a longer silence is a forgotten one: renew it instead
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line, with the configuration's secrets and every URL's credentials and
+    query masked: a library's exception text (requests names the URL it failed on) included."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -57,12 +66,12 @@ class JsonFormatter(logging.Formatter):
             doc.update(extra)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return json.dumps(redact_doc(json.loads(json.dumps(doc, default=str)), self.secrets))
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -170,6 +179,7 @@ class Service:
                 "dry-run": self._m_dry_run,
             },
             settings.api_token.get_secret_value() if settings.api_token else None,
+            protect_status=not settings.api_loopback_only,
         )
         self._stop = threading.Event()
         self.exit_code = 0  # 1 when the service stopped itself because an essential thread died
@@ -302,21 +312,21 @@ class Service:
             policy: dict[str, Any] = self.decisions.call(self._policy_view, timeout_s=5.0)
         except (TimeoutError, RuntimeError) as exc:
             policy = {"unavailable": str(exc)}
-        return {
+        doc = {
             "targets": targets,
             "policy": policy,
             "decisions": self.decisions.stats(),
             "recent_incidents": [i.to_json() for i in self.journal.incidents(limit=20)],
             **self.live.status(),
         }
+        # sources report their URLs and errors (which quote URLs): nothing secret leaves
+        return dict(redact_doc(doc, self.settings.secrets))
 
     def _m_silence(self, body: dict[str, Any]) -> dict[str, Any]:
         matchers = body.get("matchers")
         if not isinstance(matchers, dict) or not matchers:
             raise ValueError('matchers: a non-empty object such as {"target": "local/tfs-1"}')
-        duration = float(body.get("duration_s", 3600))
-        if duration <= 0:
-            raise ValueError("duration_s must be positive")
+        duration = positive_seconds(body, "duration_s", 3600.0, MAX_SILENCE_S)
         now = time.time()
         clean = {str(k): str(v) for k, v in matchers.items()}
         comment = str(body.get("comment", ""))
@@ -425,7 +435,9 @@ class Service:
         try:
             self.alerter.fire(alert)
         except ActionError as exc:
-            log.warning("heartbeat not delivered", extra={"fields": {"error": str(exc)}})
+            # the alerters' messages name only the host; mask again in case a receiver echoed more
+            error = redact_text(str(exc), self.settings.secrets)
+            log.warning("heartbeat not delivered", extra={"fields": {"error": error}})
 
     def stop(self) -> None:
         self._stop.set()
@@ -502,7 +514,7 @@ def load_or_explain(settings: Settings) -> RuleSet:
 
 
 def run(settings: Settings) -> int:
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.secrets)
     service = Service(settings, load_or_explain(settings))
     return service.run_forever()
 

@@ -19,15 +19,15 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
 from watcher.actions.base import ActionError, Alert, Alerter, http_session
+from watcher.redact import redact_text, redact_url, url_secrets
 from watcher.retry import Backoff, RetryableError, with_retries
 from watcher.timefmt import format_rfc3339
 
-__all__ = ["AlertmanagerAlerter", "WebhookAlerter", "alertmanager_payload", "redact_url"]
+__all__ = ["AlertmanagerAlerter", "WebhookAlerter", "alertmanager_payload"]
 
 
 def alertmanager_payload(alert: Alert, *, ends_at: float | None = None, generator_url: str = "") -> dict[str, Any]:
@@ -44,20 +44,6 @@ def alertmanager_payload(alert: Alert, *, ends_at: float | None = None, generato
     if generator_url:
         body["generatorURL"] = generator_url
     return body
-
-
-def redact_url(url: str, keep_path: bool = True) -> str:
-    """The URL without credentials (user:password@, query string, and the path unless kept).
-
-    Webhook URLs often *are* the secret (Slack, Teams: the token is in the path), so messages
-    about them name only the host.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    path = parts.path if keep_path else ("/..." if parts.path not in ("", "/") else "")
-    return f"{parts.scheme}://{host}{path}"
 
 
 class _HttpAlerter(Alerter):
@@ -78,7 +64,7 @@ class _HttpAlerter(Alerter):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url
-        self.display_url = redact_url(url)
+        self.display_url = redact_url(url, keep_path=self._keep_path)
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff(base_s=0.5, cap_s=8.0, attempts=4)
         self.dedup_window_s = dedup_window_s
@@ -92,16 +78,16 @@ class _HttpAlerter(Alerter):
     def _headers(self) -> dict[str, str]:
         return {"Content-Type": "application/json"}
 
+    _keep_path = True  # whether the URL's path may be shown (a webhook's path is its secret)
+
+    @property
+    def secrets(self) -> list[str]:
+        """What of the configuration must never be printed: URL password, query (and path), token."""
+        return url_secrets(self.url, keep_path=self._keep_path) + ([self._token] if self._token else [])
+
     def _scrub(self, text: str) -> str:
-        """``text`` with every secret part of the configuration (URL path/query, password, token) masked."""
-        url, shown = urlsplit(self.url), urlsplit(self.display_url)
-        for secret, mask in ((self.url, self.display_url), (url.path, shown.path), (url.query, "")):
-            if len(secret) > 1 and secret != mask:  # a bare "/" path is no secret
-                text = text.replace(secret, mask)
-        for credential in (url.password, self._token):
-            if credential:
-                text = text.replace(credential, "***")
-        return text
+        """``text`` (an exception's, a receiver's answer) with every secret of the configuration masked."""
+        return redact_text(text, self.secrets)
 
     def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
         raise NotImplementedError
@@ -116,9 +102,9 @@ class _HttpAlerter(Alerter):
                 # requests names the URL (path included) in its messages: scrub before it is kept
                 raise RetryableError(self._scrub(f"{type(exc).__name__}: {exc}")) from None
             if resp.status_code == 429 or resp.status_code >= 500:
-                raise RetryableError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                raise RetryableError(self._scrub(f"HTTP {resp.status_code}: {resp.text[:200]}"))
             if resp.status_code >= 400:
-                raise ActionError(f"{what}: refused with HTTP {resp.status_code}: {resp.text[:300]}")
+                raise ActionError(self._scrub(f"{what}: refused with HTTP {resp.status_code}: {resp.text[:300]}"))
 
         with_retries(attempt, self.backoff, what, give_up=ActionError, sleep=self._sleep)
         self.sent_count += 1
@@ -170,10 +156,10 @@ class WebhookAlerter(_HttpAlerter):
     """
 
     kind = "webhook alert"
+    _keep_path = False
 
     def __init__(self, url: str, token: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.display_url = redact_url(url, keep_path=False)
         self._token = token
 
     def __repr__(self) -> str:

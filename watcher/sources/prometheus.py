@@ -30,6 +30,7 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from watcher.model import Sample, Target
+from watcher.redact import redact_text, redact_url, url_secrets
 from watcher.retry import Backoff
 from watcher.sources.base import Envelope, SignalQueue, Source
 
@@ -165,7 +166,7 @@ class PrometheusSource(Source):
             try:
                 result = self.client.custom_query(query.expr, timeout=self.timeout_s)
             except Exception as exc:
-                self.query_errors[query.id] = _describe(exc)
+                self.query_errors[query.id] = redact_text(_describe(exc), url_secrets(self.url))
                 continue
             succeeded += 1
             self.query_errors.pop(query.id, None)
@@ -223,7 +224,7 @@ class PrometheusSource(Source):
 
     def status(self) -> dict[str, Any]:
         s = super().status()
-        s.update(url=self.url, query_errors=dict(self.query_errors), series=len(self._seen))
+        s.update(url=redact_url(self.url), query_errors=dict(self.query_errors), series=len(self._seen))
         return s
 
 
