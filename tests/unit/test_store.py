@@ -6,6 +6,7 @@ Each refusal is one line and a distinct exit status, never a traceback: under
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -13,12 +14,14 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.unit.test_executor import wait_until
 from watcher.cli import EXIT_STORE_LOCKED, EXIT_STORE_UNUSABLE
 from watcher.journal import Journal
 from watcher.policy import Policy
@@ -160,3 +163,87 @@ def test_a_store_locked_by_another_process_refuses_with_one_line(tmp_path: Path)
             Store(tmp_path / "w.db", writer=True)
     finally:
         other.close()
+
+
+def small_pages(path: Path) -> None:
+    """A store of 512-byte pages: an incident row (finding and plan) needs a page of its own, so once
+    no page can be added, opening an incident fails as it would on a full disk."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA page_size=512")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.close()
+
+
+def fill_disk(store: Store) -> None:
+    """SQLITE_FULL, the error a full disk gives: no page may be added, and the free ones are used up."""
+    with store.reading() as db:
+        db.execute("CREATE TABLE IF NOT EXISTS filler (pad BLOB)")
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count={pages}")
+        for size in (400, 100, 10, 1):
+            with contextlib.suppress(sqlite3.OperationalError):
+                while True:
+                    db.execute("INSERT INTO filler VALUES (?)", (b"x" * size,))
+
+
+def free_disk(store: Store) -> None:
+    with store.reading() as db:
+        db.execute("PRAGMA max_page_count=1073741823")
+
+
+def test_a_full_disk_keeps_watching_refuses_unjournalled_actions_and_recovers(tmp_path: Path) -> None:
+    from tests.unit.test_executor import PACK, TARGETS, Alerts, FakeFleet, FakeShifter, FakeVerifier, NoDocker
+    from watcher.decisions import Decisions
+    from watcher.inventory import Inventory
+    from watcher.live import LiveConfig, LiveWatcher
+    from watcher.model import LogRecord
+    from watcher.playbook.executor import STORE_NOT_WRITABLE, Executor
+    from watcher.rulepack.compile import compile_packs
+    from watcher.sources.base import Envelope
+
+    (tmp_path / "p.yaml").write_text(PACK)
+    ruleset = compile_packs([tmp_path / "p.yaml"])
+    small_pages(tmp_path / "w.db")
+    store = Store(tmp_path / "w.db", writer=True)
+    shifter, alerts, journal = FakeShifter(), Alerts(), Journal(store)
+    executor = Executor(
+        Policy(store),
+        journal,
+        FakeFleet(shifter),  # type: ignore[arg-type]
+        shifter,
+        NoDocker(),
+        FakeVerifier(),  # type: ignore[arg-type]
+        alerts,
+        dict(ruleset.executor_rules),
+    )
+    decisions = Decisions(executor.on_finding).start()
+    config = LiveConfig(stats_interval_s=None, backfill_s=None, tick_s=0.05, checkpoint_s=0.05)
+    live = LiveWatcher(config, ruleset, store, on_finding=decisions.submit, inventory=Inventory({})).start()
+    lines = iter(range(1, 1000))
+
+    def line(target: int) -> None:
+        record = LogRecord(TARGETS[target], time.time(), "upstream timed out")
+        live.queue.put(Envelope(record, "test", ("file:test", str(next(lines)))))
+
+    try:
+        fill_disk(store)
+        line(1)
+        wait_until(lambda: any(reason == STORE_NOT_WRITABLE for _t, _r, reason in executor.refusals))
+        assert (TARGETS[1].key, "slow", STORE_NOT_WRITABLE) in executor.refusals
+        assert shifter.history == [] and journal.incidents() == []  # nothing ran unjournalled
+        assert any(STORE_NOT_WRITABLE in str(a.annotations) for a in alerts.fired)  # still alerting
+        time.sleep(0.3)  # checkpoints go on meanwhile (those that need a new page fail, counted)
+        assert live.alive and store.write_errors >= 1  # the incident (small rows may still fit a page)
+
+        free_disk(store)
+        line(2)
+        wait_until(lambda: shifter.history == [(TARGETS[2].key, 0)])
+        [incident] = journal.incidents()
+        assert incident.target == TARGETS[2].key
+        wait_until(lambda: store.get_cursor("file:test") == "2")  # the held cursors were committed
+        assert live.alive and store.health()["write_ok"]
+    finally:
+        live.stop()
+        decisions.stop()
+        executor.shutdown()
+        store.close()
