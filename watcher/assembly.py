@@ -68,7 +68,7 @@ class Assembly:
 
 def assemble(
     *,
-    store: Path,
+    store: Path | Store,
     clients: Mapping[str, docker.DockerClient],
     ruleset: RuleSet,
     live_config: LiveConfig,
@@ -84,7 +84,7 @@ def assemble(
     which hands it to ``on_finding`` (default: the executor): a plan that only moves traffic waits
     for its finding to resolve. The executor's rules and the live driver's engine and queries come
     from one compiled ``ruleset``."""
-    opened = Store(store)
+    opened = store if isinstance(store, Store) else Store(store, writer=True)  # one writer per store
     journal = Journal(opened)
     policy = Policy(opened, guard)
     # One inventory for the watcher: its sources and the fleet see the same replicas.

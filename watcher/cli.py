@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="serving-watcher: catch model servers before they fail."
 )
+# `watcher run` exit statuses besides 0/1 (2: configuration or rule packs), from sysexits.h
+EXIT_STORE_UNUSABLE = 74  # EX_IOERR: the store is read-only, cannot be opened, or the disk is full
+EXIT_STORE_LOCKED = 75  # EX_TEMPFAIL: another watcher holds the store
+
 rules_app = typer.Typer(no_args_is_help=True, help="Rule packs: lint, test, schema, explain.")
 app.add_typer(rules_app, name="rules")
 
@@ -151,6 +155,7 @@ def run(
     from watcher.config import ConfigError, load_settings
     from watcher.rulepack.loader import RulePackError
     from watcher.service import run as run_service
+    from watcher.store import StoreError, StoreLocked
 
     try:
         settings = load_settings(config)
@@ -161,6 +166,12 @@ def run(
         raise typer.Exit(run_service(settings))
     except RulePackError:
         raise typer.Exit(2) from None
+    except StoreLocked as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_STORE_LOCKED) from None
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_STORE_UNUSABLE) from None
 
 
 @app.command()

@@ -11,6 +11,7 @@ or resolved.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -31,7 +32,7 @@ from watcher.parsers import StickyDetector
 from watcher.rulepack.compile import RuleSet, compile_packs
 from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
-from watcher.store import Store
+from watcher.store import Store, StoreError
 
 # rule-pack ``source`` names -> parser kinds that satisfy them
 SOURCE_KINDS: dict[str, frozenset[str]] = {
@@ -316,9 +317,12 @@ class Engine:
         label = f"{finding.predicts.value}{':resolved' if resolved else ''}"
         self.stats.findings[label] = self.stats.findings.get(label, 0) + 1
         if self.store is not None:
-            self.store.record_finding(
-                finding.ts, key, rule.id, finding.predicts.value, resolved, finding_to_json(finding)
-            )
+            # the findings log is history, not state: a full disk loses the row (counted by the store),
+            # never the finding
+            with contextlib.suppress(StoreError):
+                self.store.record_finding(
+                    finding.ts, key, rule.id, finding.predicts.value, resolved, finding_to_json(finding)
+                )
         return finding
 
     # -- persistence -----------------------------------------------------------------------

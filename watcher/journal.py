@@ -179,7 +179,7 @@ class Journal:
             )
 
     def _steps(self, incident_id: int) -> list[StepRecord]:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             rows = db.execute(
                 "SELECT id, idx, name, params, status, started, ended, detail FROM steps WHERE incident_id = ?"
                 " ORDER BY id",
@@ -190,7 +190,7 @@ class Journal:
     _COLUMNS = "id, target, service, rule_id, predicts, opened, closed, state, dry_run, finding, plan, note"
 
     def _load(self, where: str, args: tuple[Any, ...], limit: int) -> list[Incident]:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             rows = db.execute(
                 f"SELECT {self._COLUMNS} FROM incidents {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed text
                 (*args, limit),
@@ -226,12 +226,12 @@ class Journal:
         return self._load("", (), limit)
 
     def step_counts(self) -> dict[tuple[str, str], int]:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             rows = db.execute("SELECT name, status, COUNT(*) FROM steps GROUP BY name, status").fetchall()
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
     def incident_counts(self) -> dict[str, int]:
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM incidents GROUP BY state").fetchall()
         return {str(r[0]): int(r[1]) for r in rows}
 

@@ -10,6 +10,7 @@ on Docker, a load balancer or a model server to decide what to do.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -29,7 +30,9 @@ from watcher.sources.docker_logs import DockerLogsSource
 from watcher.sources.docker_stats import DockerStatsSource
 from watcher.sources.file_logs import FileLogsSource, FileSpec
 from watcher.sources.prometheus import PrometheusSource, PromQuery
-from watcher.store import Store
+from watcher.store import Store, StoreError
+
+log = logging.getLogger("watcher")
 
 
 @dataclass
@@ -79,6 +82,8 @@ class LiveWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending_cursors: dict[str, str] = {}  # processed but not yet committed (store not writable)
+        self._last_store_warning = -60.0
         self._by_name: dict[str, Target] = {}  # container name -> the watched container's Target
         self.inventory = inventory or Inventory(
             make_clients(config.engines),
@@ -139,7 +144,8 @@ class LiveWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.engine.checkpoint()
+        self._commit_cursors()
+        self._checkpoint()
 
     def __enter__(self) -> LiveWatcher:
         return self.start()
@@ -179,14 +185,14 @@ class LiveWatcher:
                 found.extend(self.engine.feed_batch([e.signal for e in batch]))
                 if self.on_batch is not None:
                     self.on_batch(len(batch), time.perf_counter() - started)
-                cursors = dict(e.cursor for e in batch if e.cursor is not None)
-                self.store.set_cursors(cursors, self.clock.now())
+                self._pending_cursors.update(e.cursor for e in batch if e.cursor is not None)
+                self._commit_cursors()
             now = time.monotonic()
             if now - last_tick >= self.config.tick_s:
                 found.extend(self.engine.tick())
                 last_tick = now
             if now - last_checkpoint >= self.config.checkpoint_s:
-                self.engine.checkpoint()
+                self._checkpoint()
                 last_checkpoint = now
             if now - last_rescan >= self.config.rescan_s:
                 self.refresh_upstreams()
@@ -199,6 +205,33 @@ class LiveWatcher:
             if self._stop.is_set() and not batch:
                 break
 
+    def _commit_cursors(self) -> None:
+        """Commit the processed batches' cursors; when the store cannot write (disk full, read-only),
+        keep them and try again with the next batch: the engine keeps watching meanwhile, and a
+        restart before then re-reads those lines (at-least-once), never skips them."""
+        if not self._pending_cursors:
+            return
+        try:
+            self.store.set_cursors(self._pending_cursors, self.clock.now())
+        except StoreError as exc:
+            self._store_failure("cursors", exc)
+            return
+        self._pending_cursors = {}
+
+    def _checkpoint(self) -> None:
+        """Persist engine state; a failed checkpoint is counted by the store and retried at the next one."""
+        try:
+            self.engine.checkpoint()
+        except StoreError as exc:
+            self._store_failure("checkpoint", exc)
+
+    def _store_failure(self, what: str, exc: StoreError) -> None:
+        now = time.monotonic()
+        if now - self._last_store_warning >= 60.0:  # once a minute: a full disk must not also fill the log
+            self._last_store_warning = now
+            fields = {"what": what, "error": str(exc)}
+            log.warning("store write failed; watching on, retrying", extra={"fields": fields})
+
     def request_reload(self, rules: RuleSet | Sequence[RulePack]) -> None:
         """Swap in a new rule set, whole: done by the engine thread between batches. Compile
         first (packs that do not compile raise :class:`RulePackError` here, in the caller's
@@ -208,7 +241,7 @@ class LiveWatcher:
     def _swap_engine(self, ruleset: RuleSet) -> None:
         """The engine and the Prometheus queries change in one step, on the engine thread."""
         self._reload = None
-        self.engine.checkpoint()  # rules that survive the reload keep their state
+        self._checkpoint()  # rules that survive the reload keep their state
         upstreams = self.engine.upstreams
         self.engine = Engine(
             ruleset, self.clock, store=self.store, upstreams=upstreams, load_balancers=self.load_balancers

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ from watcher.rulepack.schema import (
     VerifyAction,
     WeightAction,
 )
-from watcher.store import Store
+from watcher.store import Store, StoreError
+
+log = logging.getLogger("watcher")
 
 STATE_SCOPE = "guard"
 STATE_KEY = "state"
@@ -196,7 +199,10 @@ class Policy:
             "paused": self.paused,
             "dry_run": self.config.dry_run,
         }
-        self.store.put_state(STATE_SCOPE, STATE_KEY, data, now)
+        try:
+            self.store.put_state(STATE_SCOPE, STATE_KEY, data, now)
+        except StoreError as exc:  # the rails hold in memory; the next save writes them whole
+            log.warning("guard-rail state not saved", extra={"fields": {"error": str(exc)}})
 
     # -- operator controls -----------------------------------------------------------------------
     @_locked

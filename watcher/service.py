@@ -39,6 +39,7 @@ from watcher.redact import redact_doc, redact_text
 from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
 from watcher.rulepack.loader import RulePackError
 from watcher.sources.file_logs import FileSpec
+from watcher.store import Store
 
 log = logging.getLogger("watcher")
 FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
@@ -124,6 +125,8 @@ class Service:
         self.settings = settings
         self.ruleset = ruleset
         self.started = time.time()
+        # first: a store another watcher holds, or one that cannot be written, refuses before anything starts
+        store = Store(settings.store, writer=True)
         self.clients: dict[str, docker.DockerClient] = {
             name: docker.DockerClient(base_url=url) if url else docker.from_env()
             for name, url in settings.engines.items()
@@ -146,7 +149,7 @@ class Service:
             ],
         )
         parts = assemble(
-            store=settings.store,
+            store=store,
             clients=self.clients,
             ruleset=ruleset,
             live_config=live_config,
@@ -164,6 +167,8 @@ class Service:
         self.fleet, self.executor, self.live = parts.fleet, parts.executor, parts.live
         self.parts, self.decisions = parts, parts.decisions
         self.policy.set_dry_run(settings.dry_run)  # the configuration at start wins over a stored toggle
+        if store.replaced is not None:  # the guard rails were lost with the corrupt store: act only when told
+            self.policy.set_paused(True, self.started)
         self._metrics()
         self.live.on_batch = self._on_batch
         self.api = Api(
@@ -267,7 +272,8 @@ class Service:
         sources = {s.name: s.connected for s in self.live.sources}
         writable = self.store.writable()
         healthy, _ = self._health()
-        return all(sources.values()) and writable and healthy, {"sources": sources, "store_writable": writable}
+        detail = {"sources": sources, "store_writable": writable, "store": self.store.health()}
+        return all(sources.values()) and writable and healthy, detail
 
     def _policy_view(self) -> dict[str, Any]:
         """Read on the decision thread, which owns the policy (a read from the API thread could see
@@ -387,6 +393,8 @@ class Service:
 
     # -- run ---------------------------------------------------------------------------------------
     def start(self) -> Service:
+        if self.store.replaced is not None:
+            self._alert_store_replaced(self.store.replaced)
         self.parts.start()
         self.api.start()
         threading.Thread(target=self._background, name="housekeeping", daemon=True).start()
@@ -421,6 +429,25 @@ class Service:
                 last_beat = now
             if self._mtimes() != self._pack_mtimes:
                 self.reload()
+
+    def _alert_store_replaced(self, aside: str) -> None:
+        """The store was corrupt and a fresh one started (see :mod:`watcher.store`): say what was lost."""
+        summary = (
+            f"watcher store was corrupt; moved to {aside} and a fresh store started. Lost: guard-rail history "
+            "(cooldowns, restart budgets, breakers, silences), log cursors (logs re-read from the backfill "
+            "window), open incidents (check for replicas left drained). Actions are paused: POST /resume to act."
+        )
+        log.error("store replaced", extra={"fields": {"corrupt_store": aside}})
+        alert = Alert(
+            name="ServingWatcherStoreReplaced",
+            labels={"alertname": "ServingWatcherStoreReplaced", "severity": "critical"},
+            annotations={"summary": summary},
+            starts_at=self.started,
+        )
+        try:
+            self.alerter.fire(alert)
+        except ActionError as exc:
+            log.warning("store-replaced alert not delivered", extra={"fields": {"error": str(exc)}})
 
     def _heartbeat(self, now: float) -> None:
         """The watchdog alert: always firing while the watcher lives; it lapses when we die."""
@@ -492,7 +519,12 @@ class _LiveCollector(Collector):
             incidents.add_metric([state], n)
         dry = GaugeMetricFamily("watcher_dry_run", "1 while the watcher only plans")
         dry.add_metric([], 1.0 if s.policy.config.dry_run else 0.0)
-        yield from (lines, samples, events, dropped, depth, connected, actions, incidents, dry)
+        store = s.store.health()
+        store_errors = CounterMetricFamily("watcher_store_write_errors", "Failed store writes (disk full, read-only)")
+        store_errors.add_metric([], store["write_errors"])
+        store_ok = GaugeMetricFamily("watcher_store_writable", "1 while the latest store write succeeded")
+        store_ok.add_metric([], 1.0 if store["write_ok"] else 0.0)
+        yield from (lines, samples, events, dropped, depth, connected, actions, incidents, dry, store_errors, store_ok)
 
 
 def compile_options(settings: Settings) -> CompileOptions:

@@ -34,10 +34,12 @@ from watcher.playbook.context import ExecutorConfig, StepContext
 from watcher.playbook.resolutions import ResolvedFindings
 from watcher.policy import Decision, Policy
 from watcher.rulepack.schema import AnyRule, Defaults
+from watcher.store import StoreError
 
 __all__ = ["Executor", "ExecutorConfig"]
 
 MAX_REFUSALS = 1000  # the most recent refusals kept for status and tests
+STORE_NOT_WRITABLE = "store not writable"  # the refusal when the journal cannot record the plan
 
 
 class Executor:
@@ -105,15 +107,20 @@ class Executor:
                 self._refused(finding, Decision(None, "replica has no load-balancer address/model label"), now)
                 return None
             before = self.verifier.served_version(replica)
-            incident_id = self.journal.open_incident(
-                finding,
-                decision.plan,
-                now,
-                version_before=before,
-                state=IncidentState.DRY_RUN if decision.dry_run else IncidentState.RUNNING,
-                dry_run=decision.dry_run,
-                note="dry run: planned, nothing touched" if decision.dry_run else "",
-            )
+            try:
+                incident_id = self.journal.open_incident(
+                    finding,
+                    decision.plan,
+                    now,
+                    version_before=before,
+                    state=IncidentState.DRY_RUN if decision.dry_run else IncidentState.RUNNING,
+                    dry_run=decision.dry_run,
+                    note="dry run: planned, nothing touched" if decision.dry_run else "",
+                )
+            except StoreError as exc:  # no step runs that the journal could not hand to the next start
+                alert = f"store not writable, not acting on {key} ({finding.rule_id}): {exc}"
+                self._refused(finding, Decision(None, STORE_NOT_WRITABLE, escalate=alert), now)
+                return None
             self.policy.record_action(key, finding.rule_id, now)
             if decision.dry_run:
                 return incident_id
@@ -176,6 +183,12 @@ class Executor:
             return
         try:
             self._carry_out(incident)
+        except StoreError as exc:
+            # A step's intent or outcome could not be journalled: stop before the next step. The
+            # journal still shows the incident running at its last journalled step, which is where
+            # the next start resumes it (it checks whether an in-flight step already happened).
+            self.alerts.incident(incident, "critical", f"{STORE_NOT_WRITABLE}: incident stopped, resumes at next start")
+            self._event("failed", {"incident": incident.id, "target": incident.target, "why": str(exc)})
         except Exception as exc:
             self.journal.close(incident.id, IncidentState.HELD, self.clock.now(), f"executor error: {exc}")
             self.alerts.incident(incident, "critical", f"executor error: {exc}")
