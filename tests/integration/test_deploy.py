@@ -3,8 +3,9 @@
 - compose.yaml validates with ``docker compose config`` / ``docker-compose config`` (never ``up``);
 - Prometheus config, rules and rule unit tests pass promtool; Alertmanager config passes amtool;
 - nginx.conf passes ``nginx -t`` with a stub upstream (prefix in a temp dir, loopback servers);
-- the socket proxy's HAProxy config allows exactly the watcher's Docker API calls against the
-  real engine and refuses the rest (403);
+- the socket proxy (watcher/guard_proxy.py) allows exactly the watcher's Docker API calls, on
+  labelled containers only, against the real engine, and refuses the rest (403) -- including every
+  exec body that talked the old HAProxy regex allow-list around;
 - the watcher image builds offline from the locally built base image and a host-built wheelhouse,
   runs as a non-root user, reaches Docker only through the proxy, answers ``/healthz`` on
   127.0.0.1 (host networking) and Docker reports it healthy.
@@ -23,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -30,6 +32,9 @@ import requests
 
 from testbed.images import base_tag
 from testbed.ports import free_port, port_is_open
+from watcher.actions.docker import DockerRestarter
+from watcher.inventory import Inventory, LabelNames
+from watcher.model import Target
 
 pytestmark = pytest.mark.integration
 
@@ -110,22 +115,28 @@ def test_nginx_config_with_stub_upstream(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def socket_proxy(tmp_path: Path) -> Iterator[str]:
-    """The deploy/socket-proxy HAProxy config run by the host's haproxy on a loopback port."""
-    haproxy = _need("haproxy")
+def guard_run_id() -> str:
+    """The value of LABEL that the guard in :func:`socket_proxy` lets through (one per test)."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def socket_proxy(tmp_path: Path, guard_run_id: str) -> Iterator[str]:
+    """watcher/guard_proxy.py (what compose runs as socket-proxy) on a loopback port.
+
+    It lets per-container calls through only for containers labelled ``LABEL=guard_run_id``.
+    """
     if not Path("/var/run/docker.sock").exists():
         pytest.skip("no /var/run/docker.sock")
     port = free_port()
-    env = {**os.environ, "PROXY_BIND": f"127.0.0.1:{port}", "DOCKER_SOCKET": "/var/run/docker.sock"}
-    cfg = str(DEPLOY / "socket-proxy" / "haproxy.cfg")
-    check = _run([haproxy, "-c", "-f", cfg], env=env)
-    assert check.returncode == 0, check.stdout + check.stderr
-    log = (tmp_path / "haproxy.log").open("w")
-    proc = subprocess.Popen([haproxy, "-db", "-f", cfg], env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = (tmp_path / "guard.log").open("w")
+    cmd = [sys.executable, "-m", "watcher.guard_proxy", f"--listen=127.0.0.1:{port}"]
+    cmd += ["--socket=/var/run/docker.sock", f"--allow-label={LABEL}={guard_run_id}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
         while not port_is_open(port):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "haproxy.log").read_text()
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "guard.log").read_text()
             time.sleep(0.1)
         yield f"tcp://127.0.0.1:{port}"
     finally:
@@ -145,39 +156,133 @@ def _status(call: object) -> int:
     return 200
 
 
-def test_socket_proxy_allows_only_the_watchers_calls(docker_client: docker.DockerClient, socket_proxy: str) -> None:
-    run_id = uuid.uuid4().hex[:10]
-    target = docker_client.containers.run(
-        base_tag(), ["sleep", "300"], detach=True, network_mode="none", labels={LABEL: run_id}
-    )
+def _sleeper(client: docker.DockerClient, labels: dict[str, str]) -> Any:
+    """A container that does nothing, on no network at all (the tests never create networks)."""
+    return client.containers.run(base_tag(), ["sleep", "300"], detach=True, network_mode="none", labels=labels)
+
+
+def test_socket_proxy_allows_the_watchers_calls_on_labelled_containers(
+    docker_client: docker.DockerClient, socket_proxy: str, guard_run_id: str
+) -> None:
+    target = _sleeper(docker_client, {LABEL: guard_run_id, "watcher.service": "svc"})
     proxied = docker.DockerClient(base_url=socket_proxy, version="auto")
+    inventory = Inventory({"local": proxied}, LabelNames(selector=(f"{LABEL}={guard_run_id}",)))
     try:
-        c = proxied.containers.get(target.id)
-        # allowed: everything the watcher does
+        c = proxied.containers.get(target.name)  # by name, as DockerRestarter and ContainerNginxReload do
         assert proxied.ping()
-        assert [x.id for x in proxied.containers.list(filters={"label": f"{LABEL}={run_id}"})] == [target.id]
+        assert [x.id for x in proxied.containers.list(filters={"label": f"{LABEL}={guard_run_id}"})] == [target.id]
         assert c.attrs["State"]["Running"]
         assert "PID" in c.top()["Titles"]
         assert "memory_stats" in c.stats(stream=False)
         assert isinstance(c.logs(tail=1, timestamps=True), bytes)
-        events = proxied.events(since=int(time.time()) - 60, until=int(time.time()), decode=True)
-        list(events)
+        list(proxied.events(since=int(time.time()) - 60, until=int(time.time()), decode=True))
         c.kill(signal="HUP")
-        exec_result = c.exec_run(["nginx", "-t"])  # no nginx in this image: the engine, not the proxy, says so
-        assert exec_result.exit_code != 0 and b"403" not in exec_result.output
-        c.restart(timeout=0)
-        # refused: anything else
+        # the watcher's own code through the proxy: the inventory (list, inspect, events) and a restart
+        inventory.start()
+        (watched,) = inventory.snapshot().current()
+        assert watched.id == target.id and watched.running
+        state = DockerRestarter({"local": proxied}, start_timeout_s=30).restart(Target(target.name), 0)
+        assert state["running"] and state["started_at"] != watched.started_at
+        deadline = time.monotonic() + 15  # the restart arrives as events, through the proxy's stream
+        while next(inventory.snapshot().current()).started_at == watched.started_at:
+            assert time.monotonic() < deadline, "the inventory never saw the restart through the proxy"
+            time.sleep(0.2)
+    finally:
+        inventory.stop()
+        proxied.close()
+        target.remove(force=True)
+
+
+def test_socket_proxy_refuses_containers_without_the_label(
+    docker_client: docker.DockerClient, socket_proxy: str, guard_run_id: str
+) -> None:
+    other = _sleeper(docker_client, {LABEL: "someone-else"})
+    proxied = docker.DockerClient(base_url=socket_proxy, version="auto")
+    try:
+        started = docker_client.api.inspect_container(other.id)["State"]["StartedAt"]
+        api = proxied.api
+        for ref in (other.id, other.name, other.id[:12]):
+            calls = {
+                "inspect": lambda r=ref: api.inspect_container(r),  # its environment holds secrets
+                "restart": lambda r=ref: api.restart(r, timeout=0),
+                "kill -s HUP": lambda r=ref: api.kill(r, signal="HUP"),
+                "top": lambda r=ref: api.top(r),
+                "logs": lambda r=ref: api.logs(r, tail=1),
+                "stats": lambda r=ref: api.stats(r, stream=False),
+            }
+            assert {name: _status(call) for name, call in calls.items()} == dict.fromkeys(calls, 403), ref
+        assert docker_client.api.inspect_container(other.id)["State"]["StartedAt"] == started  # never restarted
+        assert _status(lambda: proxied.api.inspect_container("no-such-container-" + guard_run_id)) == 404
+    finally:
+        proxied.close()
+        other.remove(force=True)
+
+
+# What talked HAProxy's regex allow-list around: Docker decodes JSON keys case-insensitively, the
+# last duplicate wins, and whitespace is free. Each one is a root shell through exec.
+_PAD = " " * 20_000
+EXEC_BYPASS_BODIES = {
+    "cmd twice after a newline": '{"Cmd": ["nginx", "-t"],\n"cmd": ["sh", "-c", "id"]}',
+    "privileged with a space": '{"Cmd": ["nginx", "-t"], "Privileged" : true}',
+    "privileged with a tab": '{"Cmd": ["nginx", "-t"], "Privileged":\ttrue}',
+    "user with a space": '{"Cmd": ["nginx", "-t"], "User" : "root"}',
+    "forbidden keys after a 20 KB pad": '{"Cmd": ["nginx", "-t"],' + _PAD + '"cMd": ["sh"], "PRIVILEGED": true}',
+    "mixed-case keys": '{"cMD": ["sh", "-c", "id"], "pRiViLeGeD": true, "uSeR": "root"}',
+    "the one command the old list allowed": '{"Cmd": ["nginx", "-t"]}',
+}
+
+
+@pytest.mark.parametrize("body", list(EXEC_BYPASS_BODIES.values()), ids=list(EXEC_BYPASS_BODIES))
+def test_socket_proxy_refuses_every_exec_body(
+    docker_client: docker.DockerClient, socket_proxy: str, guard_run_id: str, body: str
+) -> None:
+    target = _sleeper(docker_client, {LABEL: guard_run_id})  # labelled: refused for the call, not the container
+    base = socket_proxy.replace("tcp://", "http://")
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        for path in (f"/v1.41/containers/{target.id}/exec", f"/containers/{target.name}/exec"):
+            resp = session.post(base + path, data=body.encode(), headers={"Content-Type": "application/json"})
+            assert resp.status_code == 403, resp.text
+        assert not docker_client.api.inspect_container(target.id)["ExecIDs"]  # no exec instance on the engine
+    finally:
+        session.close()
+        target.remove(force=True)
+
+
+def test_socket_proxy_refuses_everything_else(
+    docker_client: docker.DockerClient, socket_proxy: str, guard_run_id: str
+) -> None:
+    target = _sleeper(docker_client, {LABEL: guard_run_id})
+    proxied = docker.DockerClient(base_url=socket_proxy, version="auto")
+    base = socket_proxy.replace("tcp://", "http://")
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        c = proxied.containers.get(target.id)
         assert _status(lambda: c.kill(signal="KILL")) == 403
-        assert _status(lambda: c.exec_run(["sh", "-c", "id"])) == 403
-        assert _status(lambda: c.exec_run(["nginx", "-t"], privileged=True)) == 403
-        assert _status(lambda: c.exec_run(["nginx", "-t"], user="root")) == 403
+        assert _status(lambda: c.exec_run(["nginx", "-t"])) == 403
         assert _status(lambda: proxied.api.create_container(base_tag(), ["true"])) == 403
         assert _status(lambda: c.stop(timeout=0)) == 403
         assert _status(lambda: c.remove(force=True)) == 403
+        assert _status(lambda: c.attach(stream=False)) == 403
+        assert _status(lambda: c.top(ps_args="eww")) == 403  # `ps e` prints process environments
         assert _status(lambda: proxied.images.list()) == 403
         assert _status(lambda: proxied.info()) == 403
         assert _status(lambda: proxied.volumes.list()) == 403
+        kill = f"{base}/containers/{target.id}/kill"
+        assert session.post(kill + "?signal=HUP&signal=KILL").status_code == 403  # Go takes the first, we refuse
+        assert session.post(kill + "?signal=HUP", data=b'{"x": 1}').status_code == 403  # no body on any call
+        chunked = session.post(kill + "?signal=HUP", data=iter([b"{}"]))  # Transfer-Encoding: chunked
+        assert chunked.status_code == 403
+        upgrade = {"Connection": "Upgrade", "Upgrade": "tcp"}
+        assert session.post(f"{base}/containers/{target.id}/attach?stream=1", headers=upgrade).status_code == 403
+        assert session.get(f"{base}/containers/{target.id}/json", headers=upgrade).status_code == 403
+        assert session.get(f"{base}/containers/%2e%2e/json").status_code == 403
+        assert not docker_client.api.inspect_container(target.id)["ExecIDs"]
+        assert docker_client.api.inspect_container(target.id)["State"]["Running"]
     finally:
+        session.close()
         proxied.close()
         target.remove(force=True)
 

@@ -164,23 +164,23 @@ def test_wait_idle_waits_for_old_workers_and_a_quiet_access_log(tmp_path: Path) 
 
 
 class FakeContainer:
-    """What the Docker SDK returns for an nginx container: exec_run, top, kill."""
+    """What the Docker SDK returns for an nginx container: top, kill (no exec: the guard refuses it)."""
 
     def __init__(self) -> None:
         self.signals: list[str] = []
-        self.exit_code = 0
+        self.accepts_config = True  # False: the master refuses the new config on HUP, keeps its workers
         self.rows = [["root", "10", "1", "nginx: master process nginx"], ["101", "11", "10", "nginx: worker process"]]
 
     def exec_run(self, cmd: list[str]) -> Any:
-        return SimpleNamespace(
-            exit_code=self.exit_code, output=b'nginx: [emerg] unknown directive "x" in /etc/u.conf:3'
-        )
+        raise AssertionError(f"exec is not on the socket proxy's allow-list: {cmd}")
 
     def top(self) -> dict[str, Any]:
         return {"Titles": ["UID", "PID", "PPID", "CMD"], "Processes": self.rows}
 
     def kill(self, signal: str) -> None:
         self.signals.append(signal)
+        if not self.accepts_config:
+            return
         self.rows = [
             ["root", "10", "1", "nginx: master process nginx"],
             ["101", "11", "10", "nginx: worker process is shutting down"],
@@ -188,7 +188,7 @@ class FakeContainer:
         ]
 
 
-def test_container_reload_uses_exec_top_and_kill(tmp_path: Path) -> None:
+def test_container_reload_validates_by_hup_and_confirms_by_workers(tmp_path: Path) -> None:
     container = FakeContainer()
     client = SimpleNamespace(containers=SimpleNamespace(get=lambda name: container))
     reload = ContainerNginxReload(client, "lb")
@@ -199,7 +199,9 @@ def test_container_reload_uses_exec_top_and_kill(tmp_path: Path) -> None:
     s.set_weight(replica(8002), 0)
     assert container.signals == ["HUP"] and s.get_weight(replica(8002)) == 0
     assert s.wait_idle(replica(8002), 0.1) is False  # worker 11 still shutting down
-    container.exit_code = 1
-    with pytest.raises(ActionError, match="unknown directive"):
+    before = path.read_text()
+    container.accepts_config = False  # e.g. a server name that does not resolve
+    with pytest.raises(ActionError, match="did not apply the new upstream config"):
         s.set_weight(replica(8002), 1)
-    assert s.get_weight(replica(8002)) == 0
+    assert container.signals == ["HUP", "HUP"]  # validated by the master, not by exec
+    assert path.read_text() == before and s.get_weight(replica(8002)) == 0  # the old file is back
