@@ -115,15 +115,19 @@ def replay(
     inputs: Annotated[list[Path], typer.Argument(help="recorded signals (.jsonl) or plain log files")],
     pack: Annotated[list[Path] | None, typer.Option(help="rule packs (default: the shipped ones)")] = None,
     container: Annotated[str, typer.Option(help="container name for plain log files")] = "replay",
-    step: Annotated[float, typer.Option(help="evaluation step in simulated seconds")] = 1.0,
+    step: Annotated[float, typer.Option(help="evaluation step in simulated seconds (> 0)")] = 1.0,
 ) -> None:
     """Replay recorded logs/events/series through the engine on a simulated clock; findings as JSON lines."""
+    import math
     from itertools import chain
 
     from watcher.model import Signal, Target, finding_to_json
     from watcher.replay import ReplayInputError, is_recording, read_jsonl, read_log_file
     from watcher.replay import replay as run_replay
 
+    if not (math.isfinite(step) and step > 0):
+        typer.echo(f"error: --step must be a positive number of seconds, got {step:g}", err=True)
+        raise typer.Exit(2)
     packs = _load_or_exit(pack or [])
     streams: list[Iterable[Signal]] = []
     for path in inputs:
@@ -135,6 +139,9 @@ def replay(
         result = run_replay(packs, chain.from_iterable(streams), step_s=step)
     except ReplayInputError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a plain log file that went away or cannot be read
+        typer.echo(f"error: {exc.filename or 'input'}: cannot read: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from None
     for finding in result.findings:
         typer.echo(json.dumps(finding_to_json(finding)))

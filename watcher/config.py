@@ -83,6 +83,16 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a PromQL duration such as 30s, 1m or 1m30s, got {value!r}")
         return value
 
+    @field_validator("haproxy_backend")
+    @classmethod
+    def _haproxy_name(cls, value: str) -> str:
+        """Sent to HAProxy's runtime API as a command argument: only a name HAProxy could have."""
+        from watcher.actions.haproxy import HAPROXY_NAME
+
+        if value and not HAPROXY_NAME.fullmatch(value):
+            raise ValueError(f"expected a HAProxy backend name (letters, digits, - _ . : only), got {value!r}")
+        return value
+
     @field_validator("api_listen")
     @classmethod
     def _host_port(cls, value: str) -> str:

@@ -12,6 +12,7 @@ or resolved.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -174,6 +175,26 @@ class Engine:
                 continue
             findings.extend(self._update(rule_id, key, active, now))
         return findings
+
+    def next_tick_at(self, now: float) -> float:
+        """The earliest time a :meth:`tick` could change anything: a pending rule's ``for`` ending,
+        a cleared firing rule's ``keep_firing_for`` ending, or a detector's own deadline
+        (:meth:`Detector.next_tick_at`). Replay jumps its clock there across quiet stretches; a tick
+        before it is a no-op, so the findings are those of ticking every step."""
+        due = min((d.next_tick_at(now) for d in self.detectors.values()), default=math.inf)
+        for (rule_id, key), active in self._active.items():
+            entry = self.states.get(rule_id, key)
+            rule = self.rules[rule_id]
+            if entry is None or entry.state is RuleState.RESOLVED:
+                if active:
+                    return now  # a condition that holds with no state yet: the next tick opens it
+            elif entry.state is RuleState.PENDING:
+                due = min(due, entry.active_at + rule.pending_for if active else now)
+            elif not active:  # firing with the condition gone: resolves once keep_firing_for has passed
+                if entry.cleared_at is None:
+                    return now
+                due = min(due, entry.cleared_at + rule.keep_firing_for)
+        return due
 
     # -- logs ------------------------------------------------------------------------------
     def parse(self, record: LogRecord) -> LogRecord:

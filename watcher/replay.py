@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ def _target(obj: dict[str, Any]) -> Target:
 def signal_from_json(obj: dict[str, Any]) -> Signal:
     kind = obj.get("type")
     ts = float(obj["ts"])
+    if not math.isfinite(ts):
+        raise ValueError(f"ts must be a finite number of seconds, got {obj['ts']!r}")
     if kind == "log":
         return LogRecord(target=_target(obj), ts=ts, message=str(obj["message"])[:MAX_LINE_BYTES])
     if kind == "lifecycle":
@@ -81,35 +84,58 @@ def read_jsonl(path: Path, on_meta: Callable[[dict[str, Any]], None] | None = No
     """Signals from a recording (``.jsonl`` or ``.jsonl.gz``). ``meta`` lines (ground truth) go to
     ``on_meta`` (skipped without one); an error there is reported with file and line like any other."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("a signal is a JSON object")
-                if obj.get("type") == "meta":
-                    if on_meta is not None:
-                        on_meta(obj)
-                    continue
-                yield signal_from_json(obj)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise ReplayInputError(f"{path}:{n}: {exc}") from None
+    n = 0
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                yield from _signal_line(path, n, line, on_meta)
+    except (OSError, EOFError) as exc:  # not gzip, truncated, unreadable
+        raise ReplayInputError(f"{path}:{n + 1}: cannot read: {exc}") from None
+
+
+def _signal_line(path: Path, n: int, line: str, on_meta: Callable[[dict[str, Any]], None] | None) -> Iterator[Signal]:
+    """The signal of one recording line (none for blanks and meta lines), or ``file:line: why``."""
+    if not line.strip():
+        return
+    try:
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+            raise ValueError("a signal is a JSON object")
+        if obj.get("type") == "meta":
+            if on_meta is not None:
+                on_meta(obj)
+            return
+        signal = signal_from_json(obj)
+    except KeyError as exc:
+        raise ReplayInputError(f"{path}:{n}: missing field {exc}") from None
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ReplayInputError(f"{path}:{n}: {exc}") from None
+    yield signal
 
 
 def read_log_file(path: Path, target: Target, start: float = 0.0) -> Iterator[LogRecord]:
-    """Plain log lines; a line without a timestamp inherits the previous one's."""
-    ts = start
+    """Plain log lines; a line without a timestamp inherits the previous one's, and the lines
+    before the first timestamp take that first one (not ``start``: a head of untimed lines would
+    otherwise sit decades before the rest). A file with no timestamp at all is all at ``start``."""
+    ts: float | None = None
+    untimed: list[str] = []  # the head of the file, until a line says what time it is
     with path.open(encoding="utf-8", errors="replace") as f:
         for raw in f:
             line = raw.rstrip("\n")[:MAX_LINE_BYTES]
             if not line:
                 continue
             parsed_ts = parse_line(line).ts
-            if parsed_ts is not None:
-                ts = max(ts, parsed_ts)
+            if parsed_ts is not None and math.isfinite(parsed_ts):
+                ts = parsed_ts if ts is None else max(ts, parsed_ts)
+            if ts is None:
+                untimed.append(line)
+                continue
+            for head in untimed:
+                yield LogRecord(target=target, ts=ts, message=head)
+            untimed = []
             yield LogRecord(target=target, ts=ts, message=line)
+    for head in untimed:
+        yield LogRecord(target=target, ts=start, message=head)
 
 
 def replay(
@@ -118,27 +144,42 @@ def replay(
     step_s: float = 1.0,
     upstreams: dict[str, Target] | None = None,
     engine: Engine | None = None,
+    load_balancers: Iterable[Target] = (),
 ) -> ReplayResult:
-    """Feed signals in time order; tick every ``step_s`` of simulated time between them.
+    """Feed signals in time order; the engine ticks on a grid of ``step_s`` from the first signal.
 
-    ``packs`` is a compiled :class:`RuleSet` or packs (compiled here, by the same step as lint)."""
+    Grid points before :meth:`Engine.next_tick_at` are skipped (a tick there changes nothing), so
+    a month of silence costs a few ticks while every ``for``, ``within`` and ``keep_firing_for``
+    deadline is still evaluated at the grid point it falls on: the findings are those of ticking
+    every step. ``packs`` is a compiled :class:`RuleSet` or packs (compiled here, as lint does).
+    ``upstreams`` attributes lines to replicas only when they come from ``load_balancers`` (the
+    load balancer's own logs), as live."""
+    if not (math.isfinite(step_s) and step_s > 0):
+        raise ValueError(f"step must be a positive number of seconds, got {step_s!r}")
     ordered = sorted(signals, key=lambda s: s.ts)
     if not ordered:
         return ReplayResult([], 0, None, None)
-    clock = ManualClock(ordered[0].ts)
+    start = ordered[0].ts
+    clock = ManualClock(start)
     if engine is None:
-        engine = Engine(packs, clock, upstreams=upstreams)
+        engine = Engine(packs, clock, upstreams=upstreams, load_balancers=load_balancers)
     else:
         engine.clock = clock
     findings: list[Finding] = []
-    next_tick = ordered[0].ts + step_s
+    n = 1  # index of the next grid point, start + n * step_s (multiplied: no drift from summing)
     for signal in ordered:
-        while next_tick <= signal.ts:
-            clock.set(next_tick)
+        while (at := start + n * step_s) <= signal.ts:
+            due = min(engine.next_tick_at(clock.now()), signal.ts)
+            # stop one grid point short of the deadline: rounding can never make a tick late
+            skip = math.floor((due - at) / step_s) - 1
+            if skip > 0:
+                n += skip
+                continue
+            clock.set(at)
             findings.extend(engine.tick())
-            next_tick += step_s
+            n += 1
         clock.set(max(clock.now(), signal.ts))
         findings.extend(engine.feed(signal))
-    clock.set(max(clock.now(), next_tick))
+    clock.set(max(clock.now(), start + n * step_s))
     findings.extend(engine.tick())
-    return ReplayResult(findings, len(ordered), ordered[0].ts, ordered[-1].ts)
+    return ReplayResult(findings, len(ordered), start, ordered[-1].ts)

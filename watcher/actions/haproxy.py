@@ -17,6 +17,7 @@ HAProxy through it, so tests exercise the client the shifter uses).
 from __future__ import annotations
 
 import csv
+import re
 import socket
 import threading
 import time
@@ -26,7 +27,20 @@ from typing import Any
 
 from watcher.actions.base import ActionError, Replica, TrafficShifter
 
-__all__ = ["HAProxyRuntime", "HAProxyShifter", "parse_servers_state", "parse_stat"]
+__all__ = ["HAPROXY_NAME", "HAProxyRuntime", "HAProxyShifter", "haproxy_name", "parse_servers_state", "parse_stat"]
+
+HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+"""A proxy or server name as HAProxy itself accepts it (``invalid_char()`` in src/tools.c: letters,
+digits, ``-``, ``_``, ``.``, ``:``). The runtime API splits commands on ``;`` and newlines and
+arguments on spaces, so a name outside this set could chain a command of its own."""
+
+
+def haproxy_name(kind: str, name: str) -> str:
+    """``name`` if HAProxy could have it as a ``kind`` (backend, server) name, else ActionError."""
+    if not HAPROXY_NAME.fullmatch(name):
+        raise ActionError(f"haproxy: {kind} name {name!r} is not a HAProxy name (letters, digits, - _ . : only)")
+    return name
+
 
 # srv_admin_state bits (include/haproxy/server-t.h): forced/inherited maintenance and drain
 _ADMF_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
@@ -90,7 +104,7 @@ class HAProxyRuntime:
         maint), ``weight`` (current) and ``initial_weight`` (from the config file); {} when the
         backend has no servers or does not exist."""
         out: dict[str, dict[str, Any]] = {}
-        for row in parse_servers_state(self.command(f"show servers state {backend}")):
+        for row in parse_servers_state(self.command(f"show servers state {haproxy_name('backend', backend)}")):
             admin = int(row.get("srv_admin_state", "0"))
             info: dict[str, Any] = dict(row)
             info["state"] = "maint" if admin & _ADMF_MAINT else "drain" if admin & _ADMF_DRAIN else "ready"
@@ -118,7 +132,7 @@ class HAProxyShifter(TrafficShifter):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.runtime = HAProxyRuntime(socket_path, timeout_s)
-        self.backend = backend
+        self.backend = haproxy_name("backend", backend)
         self.poll_s = poll_s
         self._clock = clock
         self._sleep = sleep
@@ -140,6 +154,7 @@ class HAProxyShifter(TrafficShifter):
     def _server(self, replica: Replica) -> tuple[str, dict[str, Any]]:
         servers = self.servers()
         if replica.lb_name is not None:
+            haproxy_name("server", replica.lb_name)
             if replica.lb_name in servers:
                 return replica.lb_name, servers[replica.lb_name]
             raise ActionError(f"haproxy: no server {replica.lb_name} in backend {self.backend} for {replica}")
@@ -161,7 +176,7 @@ class HAProxyShifter(TrafficShifter):
             raise ActionError(f"haproxy: weight must be within 0..256, got {weight} for {replica}")
         with self._lock:
             name, _ = self._server(replica)
-            path = f"{self.backend}/{name}"
+            path = f"{haproxy_name('backend', self.backend)}/{haproxy_name('server', name)}"
             if weight == 0:
                 self.runtime.checked(f"set server {path} state drain")
             else:

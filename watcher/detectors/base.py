@@ -9,6 +9,7 @@ the same contract. A class declares its ``kind`` and, for ``detector: {kind, par
 
 from __future__ import annotations
 
+import math
 from abc import ABC
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -60,6 +61,15 @@ class Detector(ABC):
     def on_tick(self, now: float) -> list[Observation]:
         """Time passing without signals (windows expiring, forecasts ageing)."""
         return []
+
+    def next_tick_at(self, now: float) -> float:
+        """The earliest time at which :meth:`on_tick` could change anything; replay jumps its clock
+        to it across quiet stretches instead of ticking every step.
+
+        Early is always safe (a tick with nothing to do is a no-op), late is not. A detector that
+        overrides :meth:`on_tick` without this is ticked at every step (``now``); one with the
+        base :meth:`on_tick` never needs a tick (``inf``)."""
+        return now if type(self).on_tick is not Detector.on_tick else math.inf
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state for checkpoints; restoring it must give the same future findings."""

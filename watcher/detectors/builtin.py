@@ -8,6 +8,7 @@ fires at once and resolves after five quiet minutes.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, ClassVar
 
@@ -60,6 +61,10 @@ class _Windowed(Detector):
                 del self._hits[key]
                 self._active.pop(key, None)
         return out
+
+    def next_tick_at(self, now: float) -> float:
+        """When the oldest hit of some target leaves its window (``_expire`` drops it there)."""
+        return min((hits[0] + self.within for hits in self._hits.values() if hits), default=math.inf)
 
     def state(self) -> dict[str, Any]:
         return {"hits": {k: list(v) for k, v in self._hits.items()}}

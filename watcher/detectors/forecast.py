@@ -254,6 +254,10 @@ class RunwayDetector(Detector):
                 out.append(Observation(self._targets[key], False, now, evidence=f"{self.series} stopped reporting"))
         return out
 
+    def next_tick_at(self, now: float) -> float:
+        """When the longest-silent series has been silent a whole window (``on_tick`` forgets it)."""
+        return min((s.last_ts + self.params.window for s in self._state.values()), default=math.inf)
+
     # -- checkpoint ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ fleet-wide :class:`~watcher.detectors.vectorized.PeerBatch`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -94,6 +95,10 @@ class PeerDetector(Detector):
             out.extend(self._evaluate(service, now))
         self._dirty.clear()
         return out
+
+    def next_tick_at(self, now: float) -> float:
+        """Only a service with new values is evaluated (stale values are dropped then too)."""
+        return now if self._dirty else math.inf
 
     def _evaluate(self, service: str, now: float) -> list[Observation]:
         group = self._values.get(service, {})

@@ -103,6 +103,7 @@ class FailurePredictor(Detector):
         self._restarts: dict[str, deque[float]] = {}
         self._snapshots: dict[str, deque[tuple[float, dict[str, float]]]] = {}
         self._last: dict[str, float] = {}
+        self._heard: dict[str, float] = {}  # last signal per target: a replay hint, not checkpointed
 
     def _fresh_model(self) -> linear_model.LogisticRegression:
         priors = {**DEFAULT_PRIORS, **self.params.priors}
@@ -150,6 +151,7 @@ class FailurePredictor(Detector):
         if key not in self._targets and len(self._targets) >= MAX_TARGETS:
             return []
         self._targets[key] = sample.target
+        self._heard[key] = sample.ts
         self.runway.on_sample(sample)
         if sample.series == self.params.memory_series and not sample.stale:
             self._usage[key] = sample.value
@@ -162,6 +164,7 @@ class FailurePredictor(Detector):
     def on_lifecycle(self, event: Lifecycle) -> list[Observation]:
         key = event.target.key
         self._targets[key] = event.target
+        self._heard[key] = event.ts
         self.runway.on_lifecycle(event)
         for det in (self.errors, self.latency):
             if det is not None:
@@ -206,6 +209,26 @@ class FailurePredictor(Detector):
             p = self.probability(x)
             out.append(self._observation(key, now, x, p))
         return out
+
+    def next_tick_at(self, now: float) -> float:
+        """For each target still heard from: its next snapshot and the ageing of its oldest
+        snapshot into a negative; and the runway's own deadlines.
+
+        A target silent for a whole ``horizon`` has no deadlines: live, the watcher keeps
+        snapshotting its frozen features every ``every`` seconds and learning each as a negative;
+        replay leaves that to the next tick it makes anyway (the next signal), so a month of
+        silence costs one tick instead of hours, and teaches the model nothing about failures."""
+        due = self.runway.next_tick_at(now)
+        for key in self._targets:
+            heard = self._heard.get(key)
+            if heard is not None and now - heard > self.params.horizon:
+                continue
+            snaps = self._snapshots.get(key)
+            if snaps:
+                due = min(due, snaps[0][0] + self.params.horizon)
+            last = self._last.get(key)
+            due = min(due, now if last is None else last + self.params.every)
+        return due
 
     def _observation(self, key: str, now: float, x: dict[str, float], p: float) -> Observation:
         active = p >= self.params.threshold

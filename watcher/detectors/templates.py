@@ -261,6 +261,15 @@ class TemplateDetector(Detector):
                 del self._rates[key]
         return out
 
+    def next_tick_at(self, now: float) -> float:
+        """The end of each target's rate interval (closed then) and the end of its hold."""
+        due = math.inf
+        for rates in self._rates.values():
+            due = min(due, (rates.interval + 1) * self.params.rate_interval)
+            if rates.active_until != -math.inf:
+                due = min(due, rates.active_until)
+        return due
+
     def state(self) -> dict[str, Any]:
         return {
             "miner": self.miner.to_json(),

@@ -89,3 +89,24 @@ def test_the_load_balancer_names_only_known_replicas() -> None:
     assert engine.parse(LogRecord(LB, T0, line)).target == LB
     assert engine.parse(LogRecord(LB, T0, DISABLED)).target == A
     assert engine.parse(LogRecord(A, T0, DISABLED)).target == A  # a replica's own line stays its own
+
+
+def test_replay_attributes_the_load_balancers_lines_only_when_told_which_they_are() -> None:
+    """Replay (notebooks, lead-time evaluation) attributes as live does: only from the LB's logs."""
+    from watcher.replay import replay
+
+    lines = [
+        LogRecord(
+            LB,
+            T0 + i,
+            f"2026/12/01 13:44:{55 + i} [error] 18889#18889: *{i} connect() failed "
+            "(111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: _, "
+            'request: "GET / HTTP/1.1", upstream: "http://127.0.0.1:8501/", host: "127.0.0.1:44321"',
+        )
+        for i in range(4)
+    ]
+    packs = load_packs([SHIPPED_RULES])
+    told = replay(packs, lines, upstreams=UPSTREAMS, load_balancers=[LB])
+    untold = replay(packs, lines, upstreams=UPSTREAMS)
+    assert {f.target.container for f in told.findings if not f.resolved} == {"replica-a"}
+    assert "replica-a" not in {f.target.container for f in untold.findings}
