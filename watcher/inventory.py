@@ -65,12 +65,16 @@ def matches_selector(labels: Mapping[str, str], selector: Sequence[str]) -> bool
 
 
 def make_clients(engines: Mapping[str, Any] | None) -> dict[str, docker.DockerClient]:
-    """Engine name -> client. A value is a base URL (``unix://...``, ``tcp://127.0.0.1:2375``) or a client."""
+    """Engine name -> client. A value is a base URL (``unix://...``, ``tcp://127.0.0.1:2375``), ``""``
+    for the engine the environment names (``DOCKER_HOST``, else the local socket), or a client."""
     if not engines:
         return {"local": docker.from_env()}
     clients: dict[str, docker.DockerClient] = {}
     for name, spec in engines.items():
-        clients[name] = docker.DockerClient(base_url=spec) if isinstance(spec, str) else spec
+        if isinstance(spec, str):
+            clients[name] = docker.DockerClient(base_url=spec) if spec else docker.from_env()
+        else:
+            clients[name] = spec
     return clients
 
 

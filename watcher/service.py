@@ -31,6 +31,7 @@ from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxRe
 from watcher.api import Api, positive_seconds
 from watcher.assembly import assemble
 from watcher.config import Settings
+from watcher.inventory import make_clients
 from watcher.live import LiveConfig
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import ExecutorConfig
@@ -127,10 +128,7 @@ class Service:
         self.started = time.time()
         # first: a store another watcher holds, or one that cannot be written, refuses before anything starts
         store = Store(settings.store, writer=True)
-        self.clients: dict[str, docker.DockerClient] = {
-            name: docker.DockerClient(base_url=url) if url else docker.from_env()
-            for name, url in settings.engines.items()
-        }
+        self.clients: dict[str, docker.DockerClient] = make_clients(settings.engines)
         self.shifter = self._shifter()
         self.alerter = self._alerter()
         live_config = LiveConfig(
@@ -444,10 +442,7 @@ class Service:
             annotations={"summary": summary},
             starts_at=self.started,
         )
-        try:
-            self.alerter.fire(alert)
-        except ActionError as exc:
-            log.warning("store-replaced alert not delivered", extra={"fields": {"error": str(exc)}})
+        self._fire(alert, "store-replaced alert")
 
     def _heartbeat(self, now: float) -> None:
         """The watchdog alert: always firing while the watcher lives; it lapses when we die."""
@@ -459,12 +454,16 @@ class Service:
             # outlive the alerter's dedup window (60 s), which may swallow the refreshes in between
             ends_at=now + 3 * max(self.settings.heartbeat_s, 60.0),
         )
+        self._fire(alert, "heartbeat")
+
+    def _fire(self, alert: Alert, what: str) -> None:
+        """The service's own alerts (heartbeat, store replaced): a failed delivery is logged, never raised."""
         try:
             self.alerter.fire(alert)
         except ActionError as exc:
             # the alerters' messages name only the host; mask again in case a receiver echoed more
             error = redact_text(str(exc), self.settings.secrets)
-            log.warning("heartbeat not delivered", extra={"fields": {"error": error}})
+            log.warning(f"{what} not delivered", extra={"fields": {"error": error}})
 
     def stop(self) -> None:
         self._stop.set()
