@@ -27,7 +27,8 @@ SCHEMA_FILE = RULES / "schema" / "rulepack.json"
 
 
 def test_the_expected_packs_ship() -> None:
-    assert {p.stem for p in PACKS} >= {"tfserving", "nginx", "docker", "python", "kernel"}
+    expected = {"tfserving", "nginx", "docker", "python", "kernel", "mlserver", "kserve", "triton", "torchserve"}
+    assert {p.stem for p in PACKS} >= expected
 
 
 def test_all_shipped_packs_lint_clean_together() -> None:
