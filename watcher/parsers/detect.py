@@ -32,7 +32,6 @@ if len(PARSERS) != len(_REGISTERED):  # two formats under one name: one would si
 KINDS = (*PARSERS, RAW)
 
 _UVICORN_PREFIXES = ("INFO:     ", "ERROR:    ", "WARNING:  ", "DEBUG:    ", "CRITICAL: ", "TRACE:    ")
-_UVICORN_OLD_PREFIXES = ("INFO: ", "ERROR: ", "WARNING: ", "DEBUG: ", "CRITICAL: ", "TRACE: ")
 _GUNICORN_BARE_PREFIXES = ("[INFO] ", "[ERROR] ", "[WARNING] ", "[DEBUG] ", "[CRITICAL] ")
 # nginx's context trailer after an upstream action (ngx_http_log_error_handler), when a shipper
 # dropped the "date [level] pid#tid: *conn " header
@@ -68,9 +67,7 @@ def detect(line: str) -> str:
         (head[1:5].isdigit() and head[5:6] == " ") or (head[1:2] == " " and line.find(".cc:", 0, 600) > 0)
     ):
         return tfserving.KIND
-    elif head.startswith(_UVICORN_PREFIXES) or (
-        head.startswith(_UVICORN_OLD_PREFIXES) and head[head.find(":") + 2 : head.find(":") + 3] != " "
-    ):
+    elif head.startswith(_UVICORN_PREFIXES):
         return python_servers.UVICORN
     if "StatusCode." in line or "RpcError" in head or head.lstrip().startswith('details = "'):
         return grpc.KIND

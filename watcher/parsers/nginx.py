@@ -259,7 +259,10 @@ INGRESS_UPSTREAMINFO_OLD = (
 )
 """ingress-nginx before 0.22 (kubernetes/ingress-nginx#3610 pastes a line of it)."""
 
-VHOST = '$host $remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"'
+VHOST = (
+    '$host $remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer"'
+    ' "$http_user_agent"'
+)
 """nginx-proxy's ``vhost`` format (the virtual host first); newer releases append ``"$upstream_addr"``."""
 
 DEFAULT_FORMAT = AccessLogFormat.compile(UPSTREAM)

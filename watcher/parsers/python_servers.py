@@ -55,10 +55,9 @@ def parse_gunicorn(line: str) -> Parsed | None:
 
 
 def parse_uvicorn(line: str) -> Parsed | None:
-    """A uvicorn line: ``LEVEL:`` padded to 9 columns (before 0.11: one space), then an access record
-    or a message (Kludex/uvicorn#458 shows the old ``INFO: Started server process [86542]``)."""
+    """A uvicorn line: ``LEVEL:`` padded to 9 columns, then an access record or a message."""
     m = _UVICORN.match(line)
-    if m is None or (len(m.group(1)) + 1 + len(m.group(2)) != 10 and m.group(2) != " "):
+    if m is None or len(m.group(1)) + 1 + len(m.group(2)) != 10:
         return None
     message = line[m.end() :]
     fields: dict[str, str] = {}
