@@ -32,6 +32,10 @@ if len(PARSERS) != len(_REGISTERED):  # two formats under one name: one would si
 KINDS = (*PARSERS, RAW)
 
 _UVICORN_PREFIXES = ("INFO:     ", "ERROR:    ", "WARNING:  ", "DEBUG:    ", "CRITICAL: ", "TRACE:    ")
+_GUNICORN_BARE_PREFIXES = ("[INFO] ", "[ERROR] ", "[WARNING] ", "[DEBUG] ", "[CRITICAL] ")
+# nginx's context trailer after an upstream action (ngx_http_log_error_handler), when a shipper
+# dropped the "date [level] pid#tid: *conn " header
+_NGINX_HEADERLESS = (" upstream, client: ",)
 _KERNEL_MARKERS = ("out of memory: ", "oom-kill:", "invoked oom-killer", "Killed process ", "oom_reaper:")
 
 
@@ -54,7 +58,7 @@ def detect(line: str) -> str:
     elif first == "[":
         if head.startswith(("[evhttp_server", "[libprotobuf ")):
             return tfserving.KIND
-        if head[1:5].isdigit() and head[5:6] == "-":
+        if (head[1:5].isdigit() and head[5:6] == "-") or head.startswith(_GUNICORN_BARE_PREFIXES):
             return python_servers.GUNICORN
         close = head.find("] ")
         if 2 < close < 10 and head[1:close] in nginx.LEVEL_WORDS:
@@ -73,6 +77,8 @@ def detect(line: str) -> str:
     if stripped.startswith("Traceback (") or (":" in line and python_servers.parse_traceback(line[:300]) is not None):
         return python_servers.PYTHON
     if '] "' in line and " - " in head:
+        return nginx.KIND
+    if any(marker in line for marker in _NGINX_HEADERLESS):
         return nginx.KIND
     return RAW
 

@@ -60,11 +60,25 @@ def parse_error(line: str) -> Parsed | None:
     else:  # shippers that strip the date keep "[level] pid#tid: "
         m = _ERROR_UNDATED.match(line)
         if m is None or m.group(1) not in _NGINX_LEVELS:
-            return None
+            return _parse_headerless(line)
         level, pid, tid, conn = m.groups()
         ts = None
     body = line[m.end() :]
     fields: dict[str, str] = {"pid": pid, "tid": tid}
+    return _error_body(body, level, ts, fields, conn)
+
+
+def _parse_headerless(line: str) -> Parsed | None:
+    """An error line whose shipper dropped the whole header (nginx-proxy/nginx-proxy#1048 pastes
+    ``connect() failed (113: Host is unreachable) while connecting to upstream, client: ...``): only
+    the context trailer nginx writes after an upstream action says it is nginx's."""
+    if " upstream, client: " not in line[:4096]:
+        return None
+    return _error_body(line, "error", None, {}, None)
+
+
+def _error_body(body: str, level: str, ts: float | None, fields: dict[str, str], conn: str | None) -> Parsed:
+    """The message, the context trailer's fields and the errno of an error line's body."""
     if conn:
         fields["connection"] = conn
     # context trailer: ", client: 1.2.3.4, server: x, request: "...", upstream: "...", host: "...""
@@ -156,6 +170,7 @@ _LIST_VARS = frozenset(
     }
 )
 _NUMERIC_VARS = frozenset({"status", "body_bytes_sent", "bytes_sent", "request_length", "request_time"})
+_NO_SPACE_VARS = frozenset({"remote_addr", "the_real_ip", "host", "req_id"})
 _VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]{1,64})\}|([A-Za-z0-9_]{1,64}))")
 
 
@@ -226,11 +241,40 @@ def _plausible(name: str, value: str) -> bool:
         return value == "-" or value.replace(".", "", 1).isdigit()
     if name in _LIST_VARS:
         return '"' not in value and "[" not in value
+    if name in _NO_SPACE_VARS:
+        return bool(value) and " " not in value and '"' not in value
     return True
 
 
+INGRESS_UPSTREAMINFO = (
+    COMBINED + " $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name]"
+    " $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id"
+)
+"""ingress-nginx's default ``upstreaminfo`` (internal/ingress/controller/config/config.go logFormatUpstream)."""
+
+INGRESS_UPSTREAMINFO_OLD = (
+    '$the_real_ip - [$the_real_ip] - $remote_user [$time_local] "$request" $status $body_bytes_sent'
+    ' "$http_referer" "$http_user_agent" $request_length $request_time [$proxy_upstream_name]'
+    " $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id"
+)
+"""ingress-nginx before 0.22 (kubernetes/ingress-nginx#3610 pastes a line of it)."""
+
+VHOST = (
+    '$host $remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer"'
+    ' "$http_user_agent"'
+)
+"""nginx-proxy's ``vhost`` format (the virtual host first); newer releases append ``"$upstream_addr"``."""
+
 DEFAULT_FORMAT = AccessLogFormat.compile(UPSTREAM)
-_FALLBACK_FORMATS = (DEFAULT_FORMAT, AccessLogFormat.compile(MAIN), AccessLogFormat.compile(COMBINED))
+_FALLBACK_FORMATS = (
+    DEFAULT_FORMAT,
+    AccessLogFormat.compile(MAIN),
+    AccessLogFormat.compile(COMBINED),
+    AccessLogFormat.compile(INGRESS_UPSTREAMINFO),
+    AccessLogFormat.compile(INGRESS_UPSTREAMINFO_OLD),
+    AccessLogFormat.compile(VHOST),
+    AccessLogFormat.compile(VHOST + ' "$upstream_addr"'),
+)
 
 
 def _time_local(text: str) -> float | None:
@@ -298,4 +342,4 @@ def parse(line: str, fmt: AccessLogFormat | None = None) -> Parsed | None:
         parsed = parse_error(line)
         if parsed is not None:
             return parsed
-    return parse_access(line, fmt)
+    return parse_access(line, fmt) or _parse_headerless(line)

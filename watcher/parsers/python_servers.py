@@ -21,6 +21,8 @@ PYTHON = "python"
 _GUNICORN = re.compile(
     r"\[?(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?: ([+-])(\d\d)(\d\d))?\]? \[(\d{1,10})\] \[([A-Z]{1,10})\] "
 )
+# the same without the time (a formatter or a paste that dropped it): "[INFO] Booting worker with pid: 575558"
+_GUNICORN_BARE = re.compile(r"\[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ")
 _WORKER_PID = re.compile(r"\(pid:(\d{1,10})\)|[Ww]orker with pid:? (\d{1,10})")
 # INFO:     127.0.0.1:5000 - "POST /predict HTTP/1.1" 500 Internal Server Error
 _UVICORN = re.compile(r"(TRACE|DEBUG|INFO|WARNING|ERROR|CRITICAL):( {1,10})")
@@ -31,14 +33,19 @@ _EXCEPTION_SUFFIXES = ("Error", "Exception", "Exit", "Interrupt", "Warning", "Fa
 def parse_gunicorn(line: str) -> Parsed | None:
     """A gunicorn error-log line (the arbiter's and the workers' own)."""
     m = _GUNICORN.match(line)
+    fields: dict[str, str] = {}
     if m is None:
-        return None
-    y, mo, d, hh, mi, ss, sign, oh, om, pid, level = m.groups()
-    ts = epoch(int(y), int(mo), int(d), int(hh), int(mi), int(ss))
-    if ts is not None and sign:
-        ts -= (1 if sign == "+" else -1) * (int(oh) * 3600 + int(om) * 60)
-    message = line[m.end() :]
-    fields = {"pid": pid}
+        bare = _GUNICORN_BARE.match(line)
+        if bare is None:
+            return None
+        level, ts, message = bare.group(1), None, line[bare.end() :]
+    else:
+        y, mo, d, hh, mi, ss, sign, oh, om, pid, level = m.groups()
+        ts = epoch(int(y), int(mo), int(d), int(hh), int(mi), int(ss))
+        if ts is not None and sign:
+            ts -= (1 if sign == "+" else -1) * (int(oh) * 3600 + int(om) * 60)
+        message = line[m.end() :]
+        fields["pid"] = pid
     w = _WORKER_PID.search(message, 0, 512)
     if w is not None:
         fields["worker_pid"] = w.group(1) or w.group(2)

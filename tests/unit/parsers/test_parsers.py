@@ -309,3 +309,39 @@ def test_parsers_never_raise_and_stay_fast_on_hostile_lines() -> None:
         for parser in PARSERS.values():
             parser(line)
     assert time.perf_counter() - start < 20
+
+
+def test_nginx_access_formats_of_ingress_and_nginx_proxy_are_read() -> None:
+    """ingress-nginx's upstreaminfo (now and before 0.22) and nginx-proxy's vhost lines give status
+    and the upstream that answered last (kubernetes/ingress-nginx#9443, #3610; rancher-active-proxy#6)."""
+    ingress = nginx.parse(
+        '108.162.227.25 - - [08/Mar/2023:16:02:45 +0000] "GET / HTTP/1.1" 504 562 "-" "Mozilla/5.0 (X11)" 1100 14.998'
+        " [pc-dev-example-web-service-80] [] 192.168.215.1:80, 192.168.215.2:80 0, 0 5.000, 5.000 504, 504 a7c98d98"
+    )
+    assert ingress is not None and ingress.kind == "nginx"
+    assert ingress.fields["status"] == "504" and ingress.fields["upstream_addr"] == "192.168.215.2:80"
+    old = nginx.parse(
+        '223.65.108.109 - [223.65.108.109] - - [29/Dec/2018:16:02:02 +0000] "GET /actuator/health HTTP/1.1" 502 157'
+        ' "-" "PostmanRuntime/7.4.0" 240 0.002 [dop-gateway-server-14523] 10.36.0.1:8888 0 0.000 502 d22a7685'
+    )
+    assert old is not None and old.fields["upstream_status"] == "502"
+    vhost = nginx.parse(
+        'test.myservice.com 88.153.6.236 - admin [20/Jan/2017:08:52:14 +0000] "GET /api/industries HTTP/2.0" 502 638'
+        ' "-" "Mozilla/5.0 (Macintosh)"'
+    )
+    assert vhost is not None and vhost.fields["status"] == "502" and vhost.fields["host"] == "test.myservice.com"
+
+
+def test_headerless_nginx_error_and_bare_gunicorn_lines_are_read() -> None:
+    """Pasted or shipped without their headers (nginx-proxy/nginx-proxy#1048, devilry/devilry-django#1297)."""
+    e = nginx.parse(
+        "connect() failed (113: Host is unreachable) while connecting to upstream, client: 172.17.0.1, server: a.eu,"
+        ' request: "GET /feed/ HTTP/1.1", upstream: "http://172.17.0.7:2368/feed/", host: "a.eu"'
+    )
+    assert e is not None and e.message.startswith("connect() failed (113")
+    assert e.fields["upstream_addr"] == "172.17.0.7:2368" and e.fields["errno"] == "113"
+    assert nginx.parse("connect() failed somewhere else") is None
+    g = python_servers.parse_gunicorn("[CRITICAL] WORKER TIMEOUT (pid:414077)")
+    assert g is not None and g.level == "fatal" and g.fields["worker_pid"] == "414077" and g.ts is None
+    assert detect("[INFO] Booting worker with pid: 575558") == "gunicorn"
+    assert python_servers.parse_gunicorn("[notice] not gunicorn") is None
