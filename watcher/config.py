@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = None
     webhook_url: str | None = None
     webhook_token: SecretStr | None = None
+    alert_queue_max: int = Field(
+        default=1000,
+        ge=1,
+        description="alerts queued per receiver while it is down; when full the oldest non-critical go",
+    )
     cooldown_override_s: float | None = Field(
         default=None, ge=0, description="replaces every pack's defaults.cooldown (seconds); unset: the packs' own"
     )
