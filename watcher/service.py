@@ -36,12 +36,13 @@ from watcher.live import LiveConfig
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
-from watcher.redact import redact_doc, redact_text
+from watcher.redact import redact_doc, redact_text, redact_url
 from watcher.retry import Backoff
 from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
 from watcher.rulepack.loader import RulePackError
 from watcher.sources.file_logs import FileSpec
 from watcher.store import Store
+from watcher.timefmt import format_rfc3339
 
 log = logging.getLogger("watcher")
 FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
@@ -166,6 +167,7 @@ class Service:
         self._stop = threading.Event()
         self.exit_code = 0  # 1 when the service stopped itself because an essential thread died
         self._first_finding: dict[str, float] = {}
+        self._blind: Alert | None = None  # the "watcher blind" alert while it fires
         self._pack_mtimes = self._mtimes()
 
     # -- wiring -------------------------------------------------------------------------------
@@ -304,6 +306,12 @@ class Service:
             "decisions": self.decisions.stats(),
             "recent_incidents": [i.to_json() for i in self.journal.incidents(limit=20)],
             "alert_queues": {o.name: o.stats() for o in self.outboxes},
+            "blind": {
+                "prometheus_unreachable_since": self.live.prometheus.unreachable_since
+                if self.live.prometheus
+                else None,
+                "alerting": self._blind is not None,
+            },
             **self.live.status(),
         }
         # sources report their URLs and errors (which quote URLs): nothing secret leaves
@@ -405,6 +413,7 @@ class Service:
                 self.exit_code = 1
                 self._stop.set()
                 return
+            self._check_blind(now)
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat(now)
                 last_beat = now
@@ -426,6 +435,35 @@ class Service:
             starts_at=self.started,
         )
         self._fire(alert, "store-replaced alert")
+
+    def _check_blind(self, now: float) -> None:
+        """Prometheus unreachable for ``prometheus_blind_after_s``: the watcher sees none of its
+        series, so it cannot predict (and, by design, finds nothing from stale ones). Say so once,
+        as a warning, and resolve it when a query answers again."""
+        source = self.live.prometheus
+        since = source.unreachable_since if source is not None else None
+        if since is not None and self._blind is None and now - since >= self.settings.prometheus_blind_after_s:
+            url = redact_url(source.url) if source is not None else ""
+            self._blind = Alert.build(
+                "ServingWatcherBlind",
+                None,
+                severity="warning",
+                labels={"source": "prometheus"},
+                annotations={
+                    "summary": f"watcher blind: Prometheus unreachable since {format_rfc3339(since)} ({url}); "
+                    "no predictions from its series until it answers"
+                },
+                starts_at=since,
+            )
+            log.warning("watcher blind: Prometheus unreachable", extra={"fields": {"since": since}})
+            self._fire(self._blind, "blind-spot alert")
+        elif since is None and self._blind is not None:
+            blind, self._blind = self._blind, None
+            log.info("Prometheus answers again", extra={"fields": {"blind_s": round(now - blind.starts_at, 1)}})
+            try:
+                self.alerter.resolve(blind)
+            except ActionError as exc:
+                log.warning("blind-spot resolve not delivered", extra={"fields": {"error": str(exc)}})
 
     def _heartbeat(self, now: float) -> None:
         """The watchdog alert: always firing while the watcher lives; it lapses when we die."""
