@@ -9,15 +9,17 @@ callback the executor needs (resolved findings, for instance) is wired for both 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 
+from watcher.actions.alerts import FanoutAlerter
 from watcher.actions.base import Alerter, TrafficShifter
 from watcher.actions.docker import DockerRestarter
+from watcher.actions.outbox import AlertOutbox
 from watcher.actions.tfserving import TFServingVerifier
 from watcher.decisions import Decisions
 from watcher.fleet import Fleet
@@ -42,10 +44,14 @@ class Assembly:
     executor: Executor
     decisions: Decisions
     live: LiveWatcher
+    alerter: Alerter
+    outboxes: list[AlertOutbox] = field(default_factory=list)
 
     def start(self) -> None:
         """Resume incidents a dead watcher left open, then decide, then read (in that order, so no
         finding meets a half-started watcher)."""
+        for outbox in self.outboxes:  # first: alerts queued by a previous watcher go out while it resumes
+            outbox.start()
         resumed = self.executor.recover()
         if resumed:
             log.info("resuming incidents left running", extra={"fields": {"incidents": resumed}})
@@ -64,6 +70,8 @@ class Assembly:
         except TimeoutError:
             log.warning("playbook steps still running at shutdown; the journal hands them to the next start")
         self.executor.shutdown()
+        for outbox in self.outboxes:  # last: what it could not deliver stays queued in the store
+            outbox.stop()
 
 
 def assemble(
@@ -73,7 +81,10 @@ def assemble(
     ruleset: RuleSet,
     live_config: LiveConfig,
     shifter: TrafficShifter,
-    alerter: Alerter,
+    alerter: Alerter | None = None,
+    alert_sinks: Mapping[str, Alerter] | None = None,
+    alert_queue_max: int = 1000,
+    alert_secrets: Sequence[str] = (),
     guard: GuardConfig,
     executor_config: ExecutorConfig,
     model_label: str = "watcher.model",
@@ -83,8 +94,18 @@ def assemble(
     """Every finding, resolved ones included, goes from the engine thread to the decision thread,
     which hands it to ``on_finding`` (default: the executor): a plan that only moves traffic waits
     for its finding to resolve. The executor's rules and the live driver's engine and queries come
-    from one compiled ``ruleset``."""
+    from one compiled ``ruleset``.
+
+    Alerts go either to ``alerter`` directly (the testbed's recording alerters) or, given
+    ``alert_sinks`` (name -> receiver), through one durable outbox per receiver in the store
+    (:mod:`watcher.actions.outbox`), so a receiver that is down delays alerts instead of losing them."""
     opened = store if isinstance(store, Store) else Store(store, writer=True)  # one writer per store
+    outboxes = [
+        AlertOutbox(opened, sink, name, max_queued=alert_queue_max, secrets=alert_secrets)
+        for name, sink in (alert_sinks or {}).items()
+    ]
+    if alerter is None:
+        alerter = FanoutAlerter(list(outboxes))
     journal = Journal(opened)
     policy = Policy(opened, guard)
     # One inventory for the watcher: its sources and the fleet see the same replicas.
@@ -107,4 +128,4 @@ def assemble(
     )
     decisions = Decisions(on_finding or executor.on_finding)
     live = LiveWatcher(live_config, ruleset, opened, on_finding=decisions.submit, inventory=inventory)
-    return Assembly(opened, journal, policy, fleet, executor, decisions, live)
+    return Assembly(opened, journal, policy, fleet, executor, decisions, live, alerter, outboxes)

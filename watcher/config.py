@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     prometheus_window: str = Field(
         default="1m", description="rate window replacing $window in series queries (>= 4 scrape intervals)"
     )
+    prometheus_blind_after_s: float = Field(
+        default=30.0, gt=0, description="alert 'watcher blind' once every Prometheus query has failed this long"
+    )
     stats_interval_s: float = Field(default=5.0, ge=0, description="Docker stats period; 0 = off")
     # memory
     store: Path = Path("watcher.db")
@@ -65,6 +68,11 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = None
     webhook_url: str | None = None
     webhook_token: SecretStr | None = None
+    alert_queue_max: int = Field(
+        default=1000,
+        ge=1,
+        description="alerts queued per receiver while it is down; when full the oldest non-critical go",
+    )
     cooldown_override_s: float | None = Field(
         default=None, ge=0, description="replaces every pack's defaults.cooldown (seconds); unset: the packs' own"
     )

@@ -36,11 +36,13 @@ from watcher.live import LiveConfig
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
-from watcher.redact import redact_doc, redact_text
+from watcher.redact import redact_doc, redact_text, redact_url
+from watcher.retry import Backoff
 from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
 from watcher.rulepack.loader import RulePackError
 from watcher.sources.file_logs import FileSpec
 from watcher.store import Store
+from watcher.timefmt import format_rfc3339
 
 log = logging.getLogger("watcher")
 FAILURE_PACK = "docker"  # findings of this pack mark a failure that happened (for lead times)
@@ -81,30 +83,6 @@ def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-class FanoutAlerter(Alerter):
-    """Every configured alerter gets every alert; one failing does not stop the others."""
-
-    def __init__(self, alerters: list[Alerter]) -> None:
-        self.alerters = alerters
-
-    def fire(self, alert: Alert) -> None:
-        errors = []
-        for a in self.alerters:
-            try:
-                a.fire(alert)
-            except ActionError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise ActionError("; ".join(errors))
-
-    def resolve(self, alert: Alert) -> None:
-        for a in self.alerters:
-            try:
-                a.resolve(alert)
-            except ActionError:
-                log.warning("resolve failed", extra={"fields": {"alert": alert.name}})
-
-
 class _NoShifter(TrafficShifter):
     """``lb: none``: the watcher can restart and verify, but cannot move traffic."""
 
@@ -130,7 +108,6 @@ class Service:
         store = Store(settings.store, writer=True)
         self.clients: dict[str, docker.DockerClient] = make_clients(settings.engines)
         self.shifter = self._shifter()
-        self.alerter = self._alerter()
         live_config = LiveConfig(
             engines=self.clients,
             label_selector=tuple(settings.label_selector),
@@ -152,7 +129,9 @@ class Service:
             ruleset=ruleset,
             live_config=live_config,
             shifter=self.shifter,
-            alerter=self.alerter,
+            alert_sinks=self._alert_sinks(),
+            alert_queue_max=settings.alert_queue_max,
+            alert_secrets=settings.secrets,
             guard=GuardConfig(dry_run=settings.dry_run),
             executor_config=ExecutorConfig(
                 model_repo=settings.model_repo, pinned_versions=dict(settings.pinned_versions)
@@ -164,6 +143,7 @@ class Service:
         self.store, self.journal, self.policy = parts.store, parts.journal, parts.policy
         self.fleet, self.executor, self.live = parts.fleet, parts.executor, parts.live
         self.parts, self.decisions = parts, parts.decisions
+        self.alerter, self.outboxes = parts.alerter, parts.outboxes
         self.policy.set_dry_run(settings.dry_run)  # the configuration at start wins over a stored toggle
         if store.replaced is not None:  # the guard rails were lost with the corrupt store: act only when told
             self.policy.set_paused(True, self.started)
@@ -187,6 +167,7 @@ class Service:
         self._stop = threading.Event()
         self.exit_code = 0  # 1 when the service stopped itself because an essential thread died
         self._first_finding: dict[str, float] = {}
+        self._blind: Alert | None = None  # the "watcher blind" alert while it fires
         self._pack_mtimes = self._mtimes()
 
     # -- wiring -------------------------------------------------------------------------------
@@ -210,14 +191,17 @@ class Service:
             return NginxShifter(s.nginx_upstreams_file, reload)
         return _NoShifter()
 
-    def _alerter(self) -> Alerter:
-        alerters: list[Alerter] = []
+    def _alert_sinks(self) -> dict[str, Alerter]:
+        """The receivers, each behind its own outbox. They try twice: the outbox retries for as long
+        as a receiver is down, so their own retries would only hold up its delivery thread."""
+        quick = Backoff(base_s=0.5, cap_s=1.0, attempts=2)
+        sinks: dict[str, Alerter] = {}
         if self.settings.alertmanager_url:
-            alerters.append(AlertmanagerAlerter(self.settings.alertmanager_url))
+            sinks["alertmanager"] = AlertmanagerAlerter(self.settings.alertmanager_url, backoff=quick)
         if self.settings.webhook_url:
             token = self.settings.webhook_token.get_secret_value() if self.settings.webhook_token else None
-            alerters.append(WebhookAlerter(self.settings.webhook_url, token))
-        return FanoutAlerter(alerters)
+            sinks["webhook"] = WebhookAlerter(self.settings.webhook_url, token, backoff=quick)
+        return sinks
 
     def _metrics(self) -> None:
         self.registry = CollectorRegistry()
@@ -321,6 +305,13 @@ class Service:
             "policy": policy,
             "decisions": self.decisions.stats(),
             "recent_incidents": [i.to_json() for i in self.journal.incidents(limit=20)],
+            "alert_queues": {o.name: o.stats() for o in self.outboxes},
+            "blind": {
+                "prometheus_unreachable_since": self.live.prometheus.unreachable_since
+                if self.live.prometheus
+                else None,
+                "alerting": self._blind is not None,
+            },
             **self.live.status(),
         }
         # sources report their URLs and errors (which quote URLs): nothing secret leaves
@@ -422,6 +413,7 @@ class Service:
                 self.exit_code = 1
                 self._stop.set()
                 return
+            self._check_blind(now)
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat(now)
                 last_beat = now
@@ -443,6 +435,35 @@ class Service:
             starts_at=self.started,
         )
         self._fire(alert, "store-replaced alert")
+
+    def _check_blind(self, now: float) -> None:
+        """Prometheus unreachable for ``prometheus_blind_after_s``: the watcher sees none of its
+        series, so it cannot predict (and, by design, finds nothing from stale ones). Say so once,
+        as a warning, and resolve it when a query answers again."""
+        source = self.live.prometheus
+        since = source.unreachable_since if source is not None else None
+        if since is not None and self._blind is None and now - since >= self.settings.prometheus_blind_after_s:
+            url = redact_url(source.url) if source is not None else ""
+            self._blind = Alert.build(
+                "ServingWatcherBlind",
+                None,
+                severity="warning",
+                labels={"source": "prometheus"},
+                annotations={
+                    "summary": f"watcher blind: Prometheus unreachable since {format_rfc3339(since)} ({url}); "
+                    "no predictions from its series until it answers"
+                },
+                starts_at=since,
+            )
+            log.warning("watcher blind: Prometheus unreachable", extra={"fields": {"since": since}})
+            self._fire(self._blind, "blind-spot alert")
+        elif since is None and self._blind is not None:
+            blind, self._blind = self._blind, None
+            log.info("Prometheus answers again", extra={"fields": {"blind_s": round(now - blind.starts_at, 1)}})
+            try:
+                self.alerter.resolve(blind)
+            except ActionError as exc:
+                log.warning("blind-spot resolve not delivered", extra={"fields": {"error": str(exc)}})
 
     def _heartbeat(self, now: float) -> None:
         """The watchdog alert: always firing while the watcher lives; it lapses when we die."""
@@ -523,7 +544,21 @@ class _LiveCollector(Collector):
         store_errors.add_metric([], store["write_errors"])
         store_ok = GaugeMetricFamily("watcher_store_writable", "1 while the latest store write succeeded")
         store_ok.add_metric([], 1.0 if store["write_ok"] else 0.0)
+        queued = GaugeMetricFamily("watcher_alerts_queued", "Alerts waiting for their receiver", labels=["sink"])
+        alerts_dropped = CounterMetricFamily(
+            "watcher_alerts_dropped",
+            "Queued alerts dropped: the queue was full, or the receiver refused",
+            labels=["sink", "why"],
+        )
+        delivered = CounterMetricFamily("watcher_alerts_delivered", "Alerts delivered from the queue", labels=["sink"])
+        for outbox in s.outboxes:
+            q = outbox.stats()
+            queued.add_metric([outbox.name], q["queued"])
+            alerts_dropped.add_metric([outbox.name, "full"], q["dropped"])
+            alerts_dropped.add_metric([outbox.name, "refused"], q["refused"])
+            delivered.add_metric([outbox.name], q["delivered"])
         yield from (lines, samples, events, dropped, depth, connected, actions, incidents, dry, store_errors, store_ok)
+        yield from (queued, alerts_dropped, delivered)
 
 
 def compile_options(settings: Settings) -> CompileOptions:

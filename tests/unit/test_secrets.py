@@ -15,14 +15,14 @@ import pytest
 from prometheus_client import generate_latest
 
 from tests.unit.conftest import Receiver
-from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
+from watcher.actions.alerts import AlertmanagerAlerter, FanoutAlerter, WebhookAlerter
 from watcher.actions.base import ActionError, Alert
 from watcher.config import Settings
 from watcher.redact import redact_text, url_secrets
 from watcher.retry import Backoff
 from watcher.rulepack.compile import compile_packs
 from watcher.rules import SHIPPED_RULES
-from watcher.service import FanoutAlerter, JsonFormatter, Service
+from watcher.service import JsonFormatter, Service
 
 PROM_PASSWORD = "pr0m-Passw0rd"
 HOOK_PATH = "hooks/T0ABC/B0DEF/XyZsecretPath"
@@ -71,8 +71,9 @@ def service(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, log_output: io.Strin
         if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is log_output:
             handler.setFormatter(JsonFormatter(settings.secrets))
     assert isinstance(svc.alerter, FanoutAlerter)
-    for alerter in svc.alerter.alerters:
-        alerter.backoff = Backoff(0, 0, 1)
+    for outbox in svc.outboxes:
+        assert isinstance(outbox.sink, AlertmanagerAlerter | WebhookAlerter)
+        outbox.sink.backoff = Backoff(0, 0, 1)
     yield svc
     svc.api.stop()
     svc.store.close()
@@ -86,9 +87,13 @@ def test_status_metrics_and_the_heartbeat_warning_show_no_secret(service: Servic
     assert "127.0.0.1:9/prom" in status  # the source is still named, by host and path
     assert_clean(status, "/status")
     assert_clean(generate_latest(service.registry).decode(), "/metrics")
-    service._heartbeat(time.time())  # both receivers unreachable: a warning with the requests error text
+    service._heartbeat(time.time())  # queued: both receivers unreachable, a warning with the requests error text
+    assert [outbox.deliver_once() for outbox in service.outboxes] == [False, False]
     logged = log_output.getvalue()
-    assert "heartbeat not delivered" in logged
+    assert logged.count("alert receiver unreachable; alerts are queued") == 2
+    status = repr(service.status())
+    assert "alert_queues" in status
+    assert_clean(status, "/status with failed deliveries")
     assert_clean(logged, "the log")
 
 

@@ -15,6 +15,7 @@ periodically; keep ``dedup_window_s`` well below ``resolve_timeout`` so those re
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,16 @@ from watcher.redact import redact_text, redact_url, url_secrets
 from watcher.retry import Backoff, RetryableError, with_retries
 from watcher.timefmt import format_rfc3339
 
-__all__ = ["AlertmanagerAlerter", "WebhookAlerter", "alertmanager_payload"]
+__all__ = ["AlertRefused", "AlertmanagerAlerter", "FanoutAlerter", "WebhookAlerter", "alertmanager_payload"]
+
+log = logging.getLogger("watcher")
+
+
+class AlertRefused(ActionError):
+    """The receiver refused the payload (a 4xx other than 429): sending it again cannot help.
+
+    A subclass so that a caller that retries on its own (the outbox) can tell a refusal, which it
+    drops, from a receiver that is down, which it waits for."""
 
 
 def alertmanager_payload(alert: Alert, *, ends_at: float | None = None, generator_url: str = "") -> dict[str, Any]:
@@ -104,7 +114,7 @@ class _HttpAlerter(Alerter):
             if resp.status_code == 429 or resp.status_code >= 500:
                 raise RetryableError(self._scrub(f"HTTP {resp.status_code}: {resp.text[:200]}"))
             if resp.status_code >= 400:
-                raise ActionError(self._scrub(f"{what}: refused with HTTP {resp.status_code}: {resp.text[:300]}"))
+                raise AlertRefused(self._scrub(f"{what}: refused with HTTP {resp.status_code}: {resp.text[:300]}"))
 
         with_retries(attempt, self.backoff, what, give_up=ActionError, sleep=self._sleep)
         self.sent_count += 1
@@ -176,3 +186,27 @@ class WebhookAlerter(_HttpAlerter):
         item["status"] = status
         item["fingerprint"] = alert.fingerprint
         return {"version": "4", "status": status, "receiver": "serving-watcher", "alerts": [item]}
+
+
+class FanoutAlerter(Alerter):
+    """Every configured alerter gets every alert; one failing does not stop the others."""
+
+    def __init__(self, alerters: list[Alerter]) -> None:
+        self.alerters = alerters
+
+    def fire(self, alert: Alert) -> None:
+        errors = []
+        for a in self.alerters:
+            try:
+                a.fire(alert)
+            except ActionError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ActionError("; ".join(errors))
+
+    def resolve(self, alert: Alert) -> None:
+        for a in self.alerters:
+            try:
+                a.resolve(alert)
+            except ActionError:
+                log.warning("resolve failed", extra={"fields": {"alert": alert.name}})

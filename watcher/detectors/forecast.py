@@ -145,9 +145,16 @@ class RunwayDetector(Detector):
         return []
 
     def on_sample(self, sample: Sample) -> list[Observation]:
-        if sample.target is None or sample.stale:
+        if sample.target is None:
             return []
         key = sample.target.key
+        if sample.stale:
+            # the series went unrefreshed (Prometheus unreachable, the series gone): the points
+            # before the gap say nothing about the trend after it, so relearn rather than fit across
+            st = self._state.pop(key, None) if sample.series == self.series else None
+            if st is not None and st.active:
+                return [Observation(sample.target, False, sample.ts, evidence=f"{self.series} stale: forecast reset")]
+            return []
         if sample.series == self.limit_series:
             if sample.value > 0:
                 self._limits[key] = sample.value

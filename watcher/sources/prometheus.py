@@ -3,7 +3,8 @@
 Prometheus being down or slow is a *reported condition*, never a crash and never a finding: a
 failed query emits no samples (a detector must not read "no data" as "zero errors" or as a
 spike), the source turns ``connected=False`` with ``last_error``, and retries back off
-exponentially up to a cap so a struggling Prometheus is not hammered.
+exponentially up to a cap so a struggling Prometheus is not hammered. While every query fails,
+``unreachable_since`` says since when: the service raises a "watcher blind" alert on it.
 
 Staleness, as Prometheus itself defines it for a series that disappears: a series that was in an
 earlier result and is absent from a successful one is emitted once with ``stale=True`` (its last
@@ -92,6 +93,9 @@ class PrometheusSource(Source):
         # No client-side retries: a failure is reported at once and the backoff decides when to retry.
         self.client = PrometheusConnect(url=self.url, session=session, retry=Retry(total=0), timeout=timeout_s)
         self.failures = 0
+        # wall time of the first poll of the current run of polls in which every query failed:
+        # the watcher is blind to Prometheus' series since then (the service alerts on it)
+        self.unreachable_since: float | None = None
         self._seen: dict[tuple[str, tuple[tuple[str, str], ...]], _Seen] = {}
         self._thread: threading.Thread | None = None
 
@@ -174,6 +178,11 @@ class PrometheusSource(Source):
         out.extend(self._expire(now))
         all_failed = bool(queries) and succeeded == 0
         self.connected = not all_failed
+        if all_failed:
+            if self.unreachable_since is None:
+                self.unreachable_since = now
+        elif queries:
+            self.unreachable_since = None
         if self.query_errors:
             self._error("; ".join(f"{k}: {v}" for k, v in sorted(self.query_errors.items())))
             self.failures += 1
@@ -224,7 +233,12 @@ class PrometheusSource(Source):
 
     def status(self) -> dict[str, Any]:
         s = super().status()
-        s.update(url=redact_url(self.url), query_errors=dict(self.query_errors), series=len(self._seen))
+        s.update(
+            url=redact_url(self.url),
+            query_errors=dict(self.query_errors),
+            series=len(self._seen),
+            unreachable_since=self.unreachable_since,
+        )
         return s
 
 

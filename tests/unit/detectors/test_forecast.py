@@ -203,3 +203,22 @@ def test_the_two_tests_above_use_the_shipped_parameters() -> None:
     for key, value in SHIPPED_RUNWAY.items():
         expected = 5.0 if key == "bucket" else value
         assert getattr(params, key) == expected, key
+
+
+def test_a_stale_series_resets_the_forecast_and_old_points_are_not_extrapolated_across_the_gap() -> None:
+    """Prometheus unreachable: the source marks the series stale. The points before the gap must
+    not be fitted together with those after it: the detector relearns from the first fresh point."""
+    rng = np.random.default_rng(3)
+    d = _detector()
+    t = 0.0
+    while d.eta(TGT.key, T0 + t) is None or d.eta(TGT.key, T0 + t) > 600:  # a leak with a forecast
+        _feed(d, t, leak(t, rng, rate=4 * MiB))
+        t += 5.0
+    assert d.eta(TGT.key, T0 + t) is not None
+    d.on_sample(Sample("memory_working_set_bytes", T0 + t, leak(t, rng), target=TGT, stale=True))
+    assert d.eta(TGT.key, T0 + t) is None  # forgotten
+    t += 60.0  # the gap; the first points after it have no trend yet
+    for _ in range(3):
+        obs = _feed(d, t, leak(t, rng, rate=4 * MiB))
+        assert not any(o.active for o in obs) and d.eta(TGT.key, T0 + t) is None
+        t += 5.0
