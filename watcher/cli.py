@@ -6,11 +6,12 @@ checkout (see :mod:`testbed.cli`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
@@ -82,22 +83,50 @@ def rules_schema(
 @rules_app.command("explain")
 def rules_explain(
     packs: Annotated[list[Path], typer.Argument(help="pack files or directories")],
-    log: Annotated[Path, typer.Option(help="log file to classify, one line per input line")],
+    log: Annotated[Path, typer.Option(help="log file to classify, one line per input line; - for standard input")],
     container: Annotated[str, typer.Option(help="container name the lines come from")] = "explain",
 ) -> None:
-    """One JSON object per input line: which rules match it, what it predicts, its lifecycle tag."""
+    """One JSON object per input line: which rules match it, what it predicts, its lifecycle tag.
+
+    Lines end at ``\n`` only (a ``\r`` inside a line is part of it, one ``\r\n`` ending is one
+    ending), as the watcher's log sources split them; a missing or unreadable file is an error, exit 2."""
+    import sys
+
     from watcher.clock import ManualClock
     from watcher.engine import Engine
     from watcher.model import LogRecord, Target
 
     engine = Engine(_load_or_exit(packs), ManualClock())
     target = Target(container)
-    with log.open(encoding="utf-8", errors="replace") as f:
-        for n, raw in enumerate(f, 1):
-            c = engine.classify(LogRecord(target, 0.0, raw.rstrip("\n")))
-            row = {"line": n, "rules": list(c.rules), "predicts": [p.value for p in c.predicts]}
-            row["lifecycle"] = [t.value for t in c.lifecycle]
-            typer.echo(json.dumps(row))
+    name = "standard input" if str(log) == "-" else str(log)
+    try:
+        with contextlib.nullcontext(sys.stdin.buffer) if str(log) == "-" else log.open("rb") as f:
+            for n, line in enumerate(_log_lines(f), 1):
+                c = engine.classify(LogRecord(target, 0.0, line))
+                row = {"line": n, "rules": list(c.rules), "predicts": [p.value for p in c.predicts]}
+                row["lifecycle"] = [t.value for t in c.lifecycle]
+                typer.echo(json.dumps(row))
+    except OSError as exc:
+        typer.echo(f"error: {name}: cannot read: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _log_lines(f: BinaryIO) -> Iterator[str]:
+    """The lines of a binary stream split at ``\n`` alone, decoded as UTF-8 (bad bytes replaced).
+
+    A line longer than the engine reads is cut (its rest skipped, still one line), so one endless
+    line cannot take the memory: the engine matches only the first ``MAX_LINE_BYTES`` anyway."""
+    from watcher.model import MAX_LINE_BYTES
+
+    limit = 4 * MAX_LINE_BYTES  # MAX_LINE_BYTES characters of UTF-8
+    while chunk := f.readline(limit):
+        if not chunk.endswith(b"\n"):
+            while (rest := f.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+        line = chunk[:-1] if chunk.endswith(b"\n") else chunk
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        yield line.decode("utf-8", errors="replace")
 
 
 @rules_app.command("test")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from watcher.clock import Clock
@@ -29,11 +29,23 @@ from watcher.model import (
     Target,
     finding_to_json,
 )
-from watcher.parsers import StickyDetector
+from watcher.parsers import PARSERS, RAW, StickyDetector
+from watcher.parsers.base import Parsed
+from watcher.parsers.envelope import Unwrapped, unwrap, wrapped_line_starts
 from watcher.rulepack.compile import RuleSet, compile_packs
 from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
 from watcher.store import Store, StoreError
+
+
+def _line_indices(block: bytes, starts: Sequence[int]) -> Iterator[int]:
+    """The line number of each line-start offset in ``block`` (offsets ascending), counted incrementally."""
+    index, position = 0, 0
+    for start in starts:
+        index += block.count(b"\n", position, start)
+        position = start
+        yield index
+
 
 # rule-pack ``source`` names -> parser kinds that satisfy them
 SOURCE_KINDS: dict[str, frozenset[str]] = {
@@ -146,17 +158,29 @@ class Engine:
         if text.count("\n") != len(messages) - 1:  # a message with its own newline: neutralise it
             text = "\n".join(m.replace("\n", " ") for m in messages)
         block = text.encode("utf-8", "replace")
-        matched: dict[int, list[str]] = {}
-        index, position = 0, 0
-        for start, ids in self.patterns.match_block(block):  # offsets ascend: count lines incrementally
-            index += block.count(b"\n", position, start)
-            position = start
-            matched[index] = ids
+        found = self.patterns.match_block(block)
+        matched: dict[int, list[str]] = {
+            index: ids for index, (_, ids) in zip(_line_indices(block, [s for s, _ in found]), found, strict=True)
+        }
+        # lines in a wrapper (Compose prefix, JSON record, ...) are matched again by their inner text
+        starts = wrapped_line_starts(block)
+        candidates = range(len(records)) if starts is None else _line_indices(block, starts)
+        wrapped: dict[int, Unwrapped] = {}
+        for index in candidates:
+            inner, unwrapped = self._scan_text(records[index])
+            if unwrapped is None:
+                continue
+            wrapped[index] = unwrapped
+            ids = self.patterns.match(inner)
+            if ids:
+                matched[index] = ids
+            else:
+                matched.pop(index, None)
         out: list[Finding] = []
         for i, record in enumerate(records):
             hit = matched.get(i)
             if hit or self._all_lines:
-                out.extend(self._observe(self._on_log(record, hit or [])))
+                out.extend(self._observe(self._on_log(record, hit or [], wrapped.get(i))))
                 if not hit:
                     self.stats.lines -= 1  # counted once, below, with the other unmatched lines
         self.stats.lines += len(records) - len(matched)
@@ -197,16 +221,46 @@ class Engine:
         return due
 
     # -- logs ------------------------------------------------------------------------------
+    def _scan_text(self, record: LogRecord) -> tuple[str, Unwrapped | None]:
+        """The text the patterns see: the line without its wrappers (:mod:`watcher.parsers.envelope`).
+
+        A load balancer's own lines are not unwrapped: its log format is configured and its
+        parser's positions are what attribution trusts; a wrapper's text (a JSON member) could
+        be a client's. A record whose source already parsed it is taken as it is."""
+        raw = record.message if len(record.message) <= MAX_LINE_BYTES else record.message[:MAX_LINE_BYTES]
+        if record.source or record.target.key in self.load_balancers:
+            return raw, None
+        wrapped = unwrap(raw)
+        return (raw, None) if wrapped is None else (wrapped.text, wrapped)
+
     def parse(self, record: LogRecord) -> LogRecord:
         """Fill level/source/fields from the raw line unless a source already did."""
         if record.source:
             return record
-        message = record.message if len(record.message) <= MAX_LINE_BYTES else record.message[:MAX_LINE_BYTES]
+        return self._parse(record, self._scan_text(record)[1])
+
+    def _parse(self, record: LogRecord, wrapped: Unwrapped | None) -> LogRecord:
+        """Parse the text inside the wrappers; a JSON wrapper's level and members fill what the
+        inner text does not say (a plain message in a JSON record stays a ``json`` line)."""
+        if record.source:
+            return record
+        if wrapped is not None:
+            message = wrapped.text
+        elif len(record.message) <= MAX_LINE_BYTES:
+            message = record.message
+        else:
+            message = record.message[:MAX_LINE_BYTES]
         sticky = self._formats.get(record.target.key)
         if sticky is None:
             sticky = self._formats[record.target.key] = StickyDetector()
         parsed = sticky.parse(message)
+        kind, level = parsed.kind, parsed.level
         fields = dict(record.fields)
+        if wrapped is not None and "json" in wrapped.shapes:
+            fields.update(wrapped.fields)
+            level = level or wrapped.level
+            if kind == RAW:
+                kind = "json"
         fields.update(parsed.fields)
         target = record.target
         replica = self._attribute(fields.get("upstream_addr", "")) if target.key in self.load_balancers else None
@@ -217,8 +271,8 @@ class Engine:
             record,
             target=target,
             message=parsed.message,
-            level=parsed.level or record.level,
-            source=parsed.kind,
+            level=level or record.level,
+            source=kind,
             fields=fields,
         )
 
@@ -238,18 +292,21 @@ class Engine:
     def classify(self, record: LogRecord) -> Classification:
         """Which rules a line matches, honouring each rule's source and level filters.
 
-        Patterns match the raw line as the container wrote it (what ``grep`` would see); the
-        parser is consulted only for lines some pattern matched, for the rules' source and level
-        filters and for attribution. That keeps the 99 % of ordinary lines at scan cost.
+        Patterns match the line as the server wrote it (what ``grep`` would see), inside any
+        wrapper it arrived in (Compose prefix, kubectl timestamp, JSON record: see
+        :mod:`watcher.parsers.envelope`); the parser is consulted only for lines some pattern
+        matched, for the rules' source and level filters and for attribution. That keeps the
+        99 % of ordinary lines at scan cost.
         """
-        raw = record.message[:MAX_LINE_BYTES]
-        return self._classify(record, self.patterns.match(raw))
+        text, wrapped = self._scan_text(record)
+        return self._classify(record, self.patterns.match(text), wrapped)
 
-    def _classify(self, record: LogRecord, matched: list[str]) -> Classification:
+    def _classify(self, record: LogRecord, matched: list[str], wrapped: Unwrapped | None) -> Classification:
         if not matched:
             return Classification((), (), (), record)
         reporter = record.target
-        record = self.parse(record)
+        text = wrapped.text if wrapped is not None else record.message[:MAX_LINE_BYTES]
+        record = self._parse(record, wrapped)
         if record.target != reporter:
             matched = self._nginx_written(record, matched)
         ids: list[str] = []
@@ -257,14 +314,36 @@ class Engine:
             rule = self.rules[rule_id]
             assert isinstance(rule, MatchRule)
             wanted = rule.match.source
-            if wanted != "any" and record.source not in SOURCE_KINDS.get(wanted, frozenset({wanted})):
-                continue
-            if rule.match.level is not None and record.level not in rule.match.level:
+            level = record.level
+            kinds = SOURCE_KINDS.get(wanted, frozenset({wanted}))
+            if wanted != "any" and record.source not in kinds:
+                if reporter.key in self.load_balancers:
+                    continue  # a load balancer's line counts only as its own parser read it (issue #14)
+                parsed = self._parse_as(kinds, text)
+                if parsed is None:
+                    continue
+                level = parsed.level or (wrapped.level if wrapped is not None else "") or record.level
+            if rule.match.level is not None and level not in rule.match.level:
                 continue
             ids.append(rule_id)
         predicts = tuple(dict.fromkeys(p for i in ids if (p := self.rules[i].predicts) is not None))
         lifecycle = tuple(dict.fromkeys(t for i in ids if (t := self.rules[i].lifecycle) is not None))
         return Classification(tuple(ids), predicts, lifecycle, record)
+
+    @staticmethod
+    def _parse_as(kinds: frozenset[str], text: str) -> Parsed | None:
+        """``text`` read by the parser of one of ``kinds``, whatever the container's detected format.
+
+        Why: format detection is a guess per container (sticky, so a mixed log keeps one guess),
+        and a rule's ``source`` asks what the line *is*: a TF Serving line in a container
+        detected as something else is still a TF Serving line. Asked only for lines a pattern
+        already matched, so ordinary lines never pay for it."""
+        for kind in sorted(kinds):
+            parser = PARSERS.get(kind)
+            parsed = parser(text) if parser is not None else None
+            if parsed is not None:
+                return parsed
+        return None
 
     def _nginx_written(self, record: LogRecord, matched: list[str]) -> list[str]:
         """The rules a load balancer's line about a replica may fire: a client writes part of
@@ -280,19 +359,23 @@ class Engine:
                 out.append(rule_id)
         return out
 
-    def _on_log(self, record: LogRecord, matched: list[str] | None = None) -> list[tuple[str, Observation]]:
+    def _on_log(
+        self, record: LogRecord, matched: list[str] | None = None, wrapped: Unwrapped | None = None
+    ) -> list[tuple[str, Observation]]:
+        """One line: ``matched`` and ``wrapped`` are what a block scan already found (else scanned here)."""
         self.stats.lines += 1
         self.targets[record.target.key] = record.target
         if matched is None:
-            matched = self.patterns.match(record.message[:MAX_LINE_BYTES])
-        c = self._classify(record, matched)
+            text, wrapped = self._scan_text(record)
+            matched = self.patterns.match(text)
+        c = self._classify(record, matched, wrapped)
         out: list[tuple[str, Observation]] = []
         for rule_id in c.rules:
             if self.rules[rule_id].predicts is None:
                 continue  # lifecycle tags classify; they predict nothing
             out.extend((rule_id, o) for o in self.detectors[rule_id].on_log(c.record))
         if self._all_lines:
-            parsed = c.record if c.record.source else self.parse(record)
+            parsed = c.record if c.record.source else self._parse(record, wrapped)
             for d in self._all_lines:
                 out.extend((d.rule.id, o) for o in d.on_log(parsed))
         return out

@@ -11,7 +11,10 @@ A row is classified correctly when:
 - a failure label: that prediction, and any other prediction only from ``ALSO_FINE`` (a proxy timeout
   is an upstream failure and latency evidence; an out-of-memory abort is also a death).
 
-``python -m tests.corpus.score`` prints accuracy per class and overall.
+``python -m tests.corpus.score`` prints accuracy per class and overall; ``--shapes`` also runs every
+line in each of the :data:`SHAPES` real lines arrive in (a Compose prefix, a kubectl timestamp, a
+journald prefix, Docker's json-file record, a JSON logger's record) and counts the lines whose
+classification differs from the plain line's (it must be none: issue #13, "robust to the shapes").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,18 @@ ALSO_FINE: dict[str, frozenset[str]] = {
     "latency": frozenset({"upstream_failure"}),
     "oom": frozenset({"crash"}),
 }
+
+
+SHAPES: dict[str, Callable[[str], str]] = {
+    "compose": lambda line: "tfs-1    | " + line,
+    "kubectl_timestamps": lambda line: "2023-10-01T12:00:00.123456789Z " + line,
+    "journald": lambda line: "Oct 01 12:00:00 host dockerd[123]: " + line,
+    "docker_json_file": lambda line: json.dumps(
+        {"log": line + "\n", "stream": "stderr", "time": "2023-10-01T12:00:00.123456789Z"}
+    ),
+    "json_message": lambda line: json.dumps({"message": line}),
+}
+"""How a line reaches a watcher besides plain: the wrappers :mod:`watcher.parsers.envelope` peels."""
 
 
 @dataclass(frozen=True)
@@ -90,15 +105,18 @@ def load(files: Iterable[Path] | None = None) -> list[Row]:
     return rows
 
 
-def classify(rows: list[Row], packs: list[Path] | None = None, seed: int = 13) -> list[Verdict]:
-    """Run ``watcher rules explain`` (the shipped CLI, a subprocess) over all rows at once."""
+def explain(
+    lines: Sequence[str], packs: list[Path] | None = None, seed: int = 13
+) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    """``(rules, predicts, lifecycle)`` per line, in input order, from one ``watcher rules explain``
+    run (the shipped CLI, a subprocess) over all lines in one file, in a fixed shuffled order."""
     from watcher.rules import SHIPPED_RULES
 
-    order = list(range(len(rows)))
+    order = list(range(len(lines)))
     random.Random(seed).shuffle(order)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "corpus.log"
-        log.write_bytes(b"".join(rows[i].line.encode("utf-8") + b"\n" for i in order))
+        log.write_bytes(b"".join(lines[i].encode("utf-8") + b"\n" for i in order))
         pack_args = [str(p) for p in (packs or sorted(SHIPPED_RULES.glob("*.yaml")))]
         out = subprocess.run(
             [sys.executable, "-m", "watcher.cli", "rules", "explain", *pack_args, "--log", str(log)],
@@ -107,13 +125,43 @@ def classify(rows: list[Row], packs: list[Path] | None = None, seed: int = 13) -
             text=True,
         ).stdout
     results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    if len(results) != len(rows):
-        raise AssertionError(f"explain gave {len(results)} rows for {len(rows)} lines")
-    verdicts: list[Verdict | None] = [None] * len(rows)
+    if len(results) != len(lines):
+        raise AssertionError(f"explain gave {len(results)} rows for {len(lines)} lines")
+    found: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [((), (), ())] * len(lines)
     for position, i in enumerate(order):
         r = results[position]
-        verdicts[i] = Verdict(rows[i], tuple(r["predicts"]), tuple(r["lifecycle"]), tuple(r["rules"]))
-    return [v for v in verdicts if v is not None]
+        found[i] = (tuple(r["rules"]), tuple(r["predicts"]), tuple(r["lifecycle"]))
+    return found
+
+
+def classify(
+    rows: list[Row], packs: list[Path] | None = None, seed: int = 13, shape: str | None = None
+) -> list[Verdict]:
+    """Each row's verdict, all rows in one explain run; ``shape`` wraps every line first (:data:`SHAPES`)."""
+    wrap = SHAPES[shape] if shape is not None else None
+    lines = [wrap(row.line) if wrap is not None else row.line for row in rows]
+    return [
+        Verdict(row, predicts, lifecycle, rules)
+        for row, (rules, predicts, lifecycle) in zip(rows, explain(lines, packs, seed), strict=True)
+    ]
+
+
+def shape_differences(
+    rows: list[Row], packs: list[Path] | None = None, plain: list[Verdict] | None = None
+) -> dict[str, list[tuple[Verdict, Verdict]]]:
+    """Per shape, the rows whose wrapped line is classified otherwise than the plain line:
+    (plain verdict, wrapped verdict). Same rules, predictions and lifecycle tags, or it is listed.
+    ``plain`` is ``classify(rows, packs)`` when the caller has it already."""
+    plain = plain if plain is not None else classify(rows, packs)
+    out: dict[str, list[tuple[Verdict, Verdict]]] = {}
+    for shape in SHAPES:
+        wrapped = classify(rows, packs, shape=shape)
+        out[shape] = [
+            (p, w)
+            for p, w in zip(plain, wrapped, strict=True)
+            if (p.rules, p.predicts, p.lifecycle) != (w.rules, w.predicts, w.lifecycle)
+        ]
+    return out
 
 
 def report(verdicts: list[Verdict]) -> str:
@@ -130,7 +178,8 @@ def report(verdicts: list[Verdict]) -> str:
 
 def main(argv: list[str]) -> int:
     files = [Path(a) for a in argv if not a.startswith("-")] or None
-    verdicts = classify(load(files))
+    rows = load(files)
+    verdicts = classify(rows)
     print(report(verdicts))
     if "-v" in argv:
         for v in verdicts:
@@ -138,6 +187,14 @@ def main(argv: list[str]) -> int:
                 print(
                     f"MISS {v.row.file}:{v.row.number} label={v.row.label} got predicts={list(v.predicts)} "
                     f"lifecycle={list(v.lifecycle)} rules={list(v.rules)}\n    {v.row.line[:200]}"
+                )
+    if "--shapes" in argv:
+        for shape, differing in shape_differences(rows, plain=verdicts).items():
+            print(f"shape {shape:<20} {len(rows) - len(differing):>5} of {len(rows)} lines classified as plain")
+            for plain, wrapped in differing if "-v" in argv else ():
+                print(
+                    f"DIFF {shape} {plain.row.file}:{plain.row.number} plain={list(plain.rules)} "
+                    f"wrapped={list(wrapped.rules)}\n    {plain.row.line[:200]}"
                 )
     return 0
 

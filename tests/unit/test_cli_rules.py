@@ -105,3 +105,50 @@ def test_replay_bad_input_names_file_and_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["replay", str(signals), "--pack", str(pack)])
     assert result.exit_code == 2
     assert f"{signals}:2:" in result.output and "Traceback" not in result.output
+
+
+LOADED = (
+    "2024-05-01 10:00:00.000000: I tensorflow_serving/core/loader_harness.cc:87] "
+    "Successfully loaded servable version {name: m version: 2}"
+)
+
+
+def test_explain_splits_lines_at_newline_only(tmp_path: Path) -> None:
+    """A progress bar's ``\\r`` inside a line keeps it one line (one row per line, as the watcher reads
+    it); a CRLF ending is one ending."""
+    pack = write(tmp_path, "p.yaml", PACK)
+    log = tmp_path / "in.log"
+    log.write_bytes(b"downloading 10%\rdownloading 100%\r" + LOADED.encode() + b"\r\nhealthy\n")
+    result = runner.invoke(app, ["rules", "explain", str(pack), "--log", str(log)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["line"] for r in rows] == [1, 2]
+    assert rows[0]["lifecycle"] == ["model_loaded"]  # the loaded message is in the line, not a line of its own
+
+
+def test_explain_reads_standard_input_for_dash(tmp_path: Path) -> None:
+    pack = write(tmp_path, "p.yaml", PACK)
+    result = runner.invoke(app, ["rules", "explain", str(pack), "--log", "-"], input=(LOADED + "\nhealthy\n").encode())
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["lifecycle"] for r in rows] == [["model_loaded"], []]
+
+
+def test_explain_missing_or_unreadable_log_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    pack = write(tmp_path, "p.yaml", PACK)
+    for log in (tmp_path / "nope.log", tmp_path):
+        result = runner.invoke(app, ["rules", "explain", str(pack), "--log", str(log)])
+        assert result.exit_code == 2
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert result.stderr.startswith(f"error: {log}: cannot read: ")
+        assert "Traceback" not in result.output
+
+
+def test_explain_cuts_an_endless_line_but_keeps_counting_lines(tmp_path: Path) -> None:
+    pack = write(tmp_path, "p.yaml", PACK)
+    log = tmp_path / "in.log"
+    log.write_bytes(b"x" * 300_000 + b"\n" + LOADED.encode() + b"\n")
+    result = runner.invoke(app, ["rules", "explain", str(pack), "--log", str(log)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["lifecycle"] for r in rows] == [[], ["model_loaded"]]
