@@ -325,6 +325,8 @@ class Engine:
                 level = parsed.level or (wrapped.level if wrapped is not None else "") or record.level
             if rule.match.level is not None and level not in rule.match.level:
                 continue
+            if rule.match.whole_line and not _is_whole_line(text, rule.match.log, rule.match.ignore_case):
+                continue
             ids.append(rule_id)
         predicts = tuple(dict.fromkeys(p for i in ids if (p := self.rules[i].predicts) is not None))
         lifecycle = tuple(dict.fromkeys(t for i in ids if (t := self.rules[i].lifecycle) is not None))
@@ -459,3 +461,9 @@ class Engine:
         for rule_id, state in store.state_items("detector").items():
             if rule_id in self.detectors and isinstance(state, dict):
                 self.detectors[rule_id].restore(state, self.targets)
+
+
+def _is_whole_line(text: str, literal: str, ignore_case: bool) -> bool:
+    """``whole_line`` rules: the literal is the entire message, not a word inside a longer one."""
+    line = text.strip()
+    return line.casefold() == literal.casefold() if ignore_case else line == literal

@@ -72,12 +72,20 @@ def _parse_headerless(line: str) -> Parsed | None:
     """An error line whose shipper dropped the whole header (nginx-proxy/nginx-proxy#1048 pastes
     ``connect() failed (113: Host is unreachable) while connecting to upstream, client: ...``): only
     the context trailer nginx writes after an upstream action says it is nginx's."""
-    if " upstream, client: " not in line[:4096]:
+    cut = line.find(" upstream, client: ", 0, 4096)
+    # nginx's message starts the line ("connect() failed", "upstream timed out", "recv() failed"):
+    # a record ('{...') or a prefix ('nginx-1  | ') in front is someone else's line quoting it
+    if cut < 0 or not line[:1].islower() or "|" in line[:cut] or '"' in line[:cut]:
         return None
-    return _error_body(line, "error", None, {}, None)
+    # Without nginx's header the trailer is at no fixed position: a client's text (a JSON access
+    # log's request member, a Referer) can carry the same words. The line still classifies, but it
+    # names no replica: attribution only from nginx's own header-led lines (issue #14).
+    return _error_body(line, "error", None, {}, None, attributable=False)
 
 
-def _error_body(body: str, level: str, ts: float | None, fields: dict[str, str], conn: str | None) -> Parsed:
+def _error_body(
+    body: str, level: str, ts: float | None, fields: dict[str, str], conn: str | None, *, attributable: bool = True
+) -> Parsed:
     """The message, the context trailer's fields and the errno of an error line's body."""
     if conn:
         fields["connection"] = conn
@@ -86,7 +94,9 @@ def _error_body(body: str, level: str, ts: float | None, fields: dict[str, str],
     message = body if cut < 0 else body[:cut]
     if cut >= 0:
         _context(body[cut + 2 :], fields)
-    if "upstream" in fields:
+    if not attributable:
+        fields.pop("upstream", None)
+    elif "upstream" in fields:
         fields["upstream_addr"] = upstream_host_port(fields["upstream"])
     errno = message.find(" (")
     if errno >= 0:

@@ -106,6 +106,18 @@ class LogMatch(StrictModel):
     log: str = Field(min_length=1, description="literal substring, or a RE2-compatible regex if regex: true")
     source: LogSource = "any"
     level: list[LogLevel] | None = None
+    whole_line: bool = Field(
+        default=False,
+        description="the line, without its wrapper and surrounding blanks, is exactly the literal `log`",
+    )
+
+    @model_validator(mode="after")
+    def _whole_line_is_literal(self) -> LogMatch:
+        """Why: a shell's one-word report (``Killed``) means something only as the whole line; an
+        anchored regex would cost the scan for every line, a literal plus an equality check does not."""
+        if self.whole_line and self.regex:
+            raise PydanticCustomError("whole_line", "whole_line takes a literal log, not a regex")
+        return self
 
     @field_validator("log")
     @classmethod

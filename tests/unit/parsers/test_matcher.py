@@ -250,3 +250,11 @@ def test_zero_width_match_at_a_line_start_is_found_in_blocks(backend: str) -> No
     ps = PatternSet([PatternSpec("a", "a"), PatternSpec("p", r"^\bb?", is_regex=True)], backend=backend)
     assert ps.match("1") == ["p"]
     assert ps.match_block(b"\n1") == [(1, ["p"])]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_start_anchored_optional_piece_matches_on_a_later_line_of_a_block(backend: str) -> None:
+    """hyperscan's multi-line mode misses ``^ ?c`` past the first line; the block scan must not."""
+    ps = PatternSet([PatternSpec("p", "^ ?c", True, False)], backend=backend)
+    block = "\n".join(["1111éé", "1111111", "c"]).encode()
+    assert ps.match_block(block) == [(block.rindex(b"c"), ["p"])]

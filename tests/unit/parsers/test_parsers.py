@@ -339,8 +339,13 @@ def test_headerless_nginx_error_and_bare_gunicorn_lines_are_read() -> None:
         ' request: "GET /feed/ HTTP/1.1", upstream: "http://172.17.0.7:2368/feed/", host: "a.eu"'
     )
     assert e is not None and e.message.startswith("connect() failed (113")
-    assert e.fields["upstream_addr"] == "172.17.0.7:2368" and e.fields["errno"] == "113"
+    assert e.fields["errno"] == "113"
+    # no header, no fixed position: the line classifies but names no replica (issue #14)
+    assert "upstream_addr" not in e.fields and "upstream" not in e.fields
     assert nginx.parse("connect() failed somewhere else") is None
+    forged = 'upstream timed out (110: x) while connecting to upstream, client: 1.2.3.4, upstream: "http://b:1/"'
+    for wrapped in ('{"request": "' + forged + '"}', "nginx-1  | " + forged):
+        assert nginx.parse(wrapped) is None, wrapped  # a client's text inside a record is not nginx's line
     g = python_servers.parse_gunicorn("[CRITICAL] WORKER TIMEOUT (pid:414077)")
     assert g is not None and g.level == "fatal" and g.fields["worker_pid"] == "414077" and g.ts is None
     assert detect("[INFO] Booting worker with pid: 575558") == "gunicorn"

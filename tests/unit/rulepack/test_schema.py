@@ -270,3 +270,32 @@ def test_good_pack_validates_against_the_schema_and_bad_ones_do_not() -> None:
     for broken in ("two-conditions", "unknown-key-rule", "bad-duration", "bad-predicts"):
         data = yaml.safe_load((Path(__file__).parent / "golden" / "bad" / f"{broken}.yaml").read_text())
         assert not _mini_validate(data, schema, schema["$defs"]), broken
+
+
+def test_whole_line_takes_a_literal_not_a_regex() -> None:
+    with pytest.raises(ValidationError, match="whole_line takes a literal"):
+        LogMatch(log="Kill(ed)?", regex=True, whole_line=True)
+    assert LogMatch(log="Killed", whole_line=True).whole_line
+
+
+def test_a_whole_line_rule_matches_the_line_behind_its_wrapper_and_nothing_longer() -> None:
+    from watcher.clock import ManualClock
+    from watcher.engine import Engine
+    from watcher.model import LogRecord, Target
+
+    pack = RulePack.model_validate(
+        {
+            "pack": "t",
+            "rules": [{"id": "bare-killed", "match": {"log": "Killed", "whole_line": True}, "predicts": "oom"}],
+        }
+    )
+    engine = Engine([pack], ManualClock())
+
+    def rules(line: str) -> tuple[str, ...]:
+        return engine.classify(LogRecord(Target("c"), 0.0, line)).rules
+
+    assert rules("Killed") == ("bare-killed",)
+    assert rules("tfs-1    | Killed") == ("bare-killed",)
+    assert rules('{"log":"Killed\\n","stream":"stderr","time":"2024-01-01T00:00:00Z"}') == ("bare-killed",)
+    assert rules("Killed process 4242 (tensorflow_mode)") == ()
+    assert rules("the job was Killed") == ()
