@@ -1,0 +1,187 @@
+"""The Docker engine restarts under the watcher mid-stream (issue #14): no log line lost or repeated.
+
+A second engine of the test's own (:class:`testbed.engines.ExtraEngine`; the shared engine serves
+the other tests and is never restarted) runs one watched container printing numbered lines at a
+steady rate. The watcher's own log source reads it the way the watcher is assembled (one shared
+inventory over ``make_clients({name: url})``, the logs and events sources on it, cursors committed
+after processing), while the engine is stopped with SIGTERM and started again with the same flags.
+What was delivered is compared with the engine's own log of the container, line for line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from testbed.engines import ExtraEngine
+from testbed.images import base_tag
+from tests.integration.test_sources import Consumer
+from watcher.inventory import Inventory, LabelNames, make_clients
+from watcher.sources.base import SignalQueue
+from watcher.sources.docker_events import DockerEventsSource
+from watcher.sources.docker_logs import DockerLogsSource
+from watcher.store import Store
+
+pytestmark = pytest.mark.integration
+
+ENGINE = "second"
+RATE_HZ = 20
+RECONNECT_BOUND_S = 10.0  # the inventory rescans every 5 s; its events stream backs off from 0.5 s
+# Numbered lines at a steady rate; the boot stamp tells the runs of one container apart, and
+# SIGTERM ends it at once (PID 1 ignores SIGTERM without a handler).
+COUNTER = f"""
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+boot, i, t = time.time_ns(), 0, time.monotonic()
+while True:
+    i += 1
+    print(f"seq {{boot}} {{i}}", flush=True)
+    t += {1 / RATE_HZ}
+    time.sleep(max(0.0, t - time.monotonic()))
+"""
+
+
+@pytest.fixture(scope="module")
+def engine(docker_client: docker.DockerClient) -> Iterator[ExtraEngine]:
+    with ExtraEngine(live_restore=True, name=ENGINE) as eng:
+        took = eng.copy_image(docker_client, base_tag())
+        print(f"\nsecond engine up (pid {eng.pid}), image copied in {took:.1f} s")
+        yield eng
+
+
+class Watcher:
+    """The watcher's Docker sources on one engine, built as ``LiveWatcher`` builds them."""
+
+    def __init__(self, url: str, store: Store) -> None:
+        self.queue = SignalQueue(100_000, 200_000)
+        self.inventory = Inventory(make_clients({ENGINE: url}), LabelNames(), rescan_s=5.0)
+        self.logs = DockerLogsSource(self.queue, store, backfill_s=None, inventory=self.inventory)
+        self.events = DockerEventsSource(self.queue, store, inventory=self.inventory)
+        self.consumer = Consumer(self.queue, store)
+
+    def start(self) -> None:
+        self.logs.start()
+        self.events.start()
+        self.inventory.start()  # after the sources, as LiveWatcher does
+
+    def stop(self) -> None:
+        self.inventory.stop()
+        self.logs.stop()
+        self.events.stop()
+        self.consumer.stop()
+
+    def lines(self) -> list[str]:
+        return self.consumer.messages("counter")
+
+
+def run_counter(engine: ExtraEngine, **kw: Any) -> Any:
+    return engine.client().containers.run(
+        base_tag(),
+        ["python3", "-u", "-c", COUNTER],
+        name="counter",
+        labels={"watcher.enable": "true", "watcher.service": "svc"},
+        network_mode="host",
+        detach=True,
+        **kw,
+    )
+
+
+def restart_mid_stream(engine: ExtraEngine, w: Watcher, down_s: float) -> dict[str, float]:
+    """Stream a while, restart the engine, and time how long until the source delivers again."""
+    w.consumer.wait_for(lambda: len(w.lines()) >= 2 * RATE_HZ, 20)
+    before = len(w.lines())
+    stop_s, start_s = engine.restart(down_s=down_s)
+    up = time.monotonic()
+    w.consumer.wait_for(lambda: len(w.lines()) > before, 30)
+    reconnect_s = time.monotonic() - up
+    w.consumer.wait_for(lambda: len(w.lines()) >= before + 2 * RATE_HZ, 20)
+    return {"stop_s": stop_s, "start_s": start_s, "reconnect_s": reconnect_s}
+
+
+def engine_log(container: Any) -> list[str]:
+    """The container's lines as the engine itself stored them: the ground truth."""
+    return container.logs(stdout=True, stderr=True).decode().splitlines()  # type: ignore[no-any-return]
+
+
+def finish(engine: ExtraEngine, w: Watcher, container: Any) -> list[str]:
+    """Stop the container so its log is complete, wait for the source to drain it, return the truth."""
+    container.stop(timeout=5)
+    truth = engine_log(container)
+    w.consumer.wait_for(lambda: len(w.lines()) >= len(truth), 20)
+    time.sleep(1.0)  # a repeat would arrive after the count is reached
+    return truth
+
+
+def runs(lines: list[str]) -> dict[str, list[int]]:
+    """boot stamp -> its sequence numbers in delivery order."""
+    out: dict[str, list[int]] = {}
+    for line in lines:
+        _, boot, n = line.split()
+        out.setdefault(boot, []).append(int(n))
+    return out
+
+
+def report(label: str, delivered: list[str], truth: list[str], timing: dict[str, float]) -> None:
+    repeated = len(delivered) - len(set(delivered))
+    missing = len(set(truth) - set(delivered))
+    print(
+        f"\n{label}: {len(delivered)} lines delivered, {missing} missing, {repeated} repeated; engine stop "
+        f"{timing['stop_s']:.1f} s, start {timing['start_s']:.1f} s, source delivering again "
+        f"{timing['reconnect_s']:.1f} s after the engine answered"
+    )
+
+
+def test_live_restore_engine_restart_loses_and_repeats_no_line(engine: ExtraEngine, tmp_path: Path) -> None:
+    """With --live-restore the container prints on while dockerd is down; the source reconnects by
+    itself, resumes at its cursor, and delivers the one unbroken sequence exactly once, in order."""
+    engine.live_restore = True
+    if engine.pid is None:
+        engine.start()
+    container = run_counter(engine)
+    w = Watcher(engine.url, Store(tmp_path / "s.db"))
+    w.start()
+    try:
+        timing = restart_mid_stream(engine, w, down_s=1.5)
+        assert container.id in w.logs.followed().values()  # re-attached by itself
+        truth = finish(engine, w, container)
+        delivered = w.lines()
+    finally:
+        w.stop()
+        container.remove(force=True)
+    report("live-restore", delivered, truth, timing)
+    (seq,) = runs(truth).values()  # one run: the container never stopped
+    assert seq == list(range(1, len(seq) + 1))
+    assert delivered == truth  # every line once, none missing, in order
+    assert timing["reconnect_s"] <= RECONNECT_BOUND_S
+    assert w.inventory.streams_opened()[ENGINE] >= 2  # the events stream reconnected too
+
+
+def test_engine_restart_without_live_restore_repeats_no_earlier_line(engine: ExtraEngine, tmp_path: Path) -> None:
+    """Without --live-restore the engine stops the container on its way down and its restart policy
+    starts it again: the lines of the first run are not delivered again, the second run's all are."""
+    if engine.live_restore:
+        engine.live_restore = False
+        engine.restart()
+    container = run_counter(engine, restart_policy={"Name": "always"})
+    w = Watcher(engine.url, Store(tmp_path / "s.db"))
+    w.start()
+    try:
+        timing = restart_mid_stream(engine, w, down_s=0.5)
+        truth = finish(engine, w, container)
+        delivered = w.lines()
+    finally:
+        w.stop()
+        container.remove(force=True)
+        engine.live_restore = True
+    report("no live-restore", delivered, truth, timing)
+    by_boot = runs(truth)
+    assert len(by_boot) == 2  # stopped with the engine, started again by the policy
+    for seq in by_boot.values():
+        assert seq == list(range(1, len(seq) + 1))
+    assert delivered == truth
+    assert timing["reconnect_s"] <= RECONNECT_BOUND_S
