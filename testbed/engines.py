@@ -93,21 +93,17 @@ class ExtraEngine:
         )
         self.starts += 1
         deadline = t0 + timeout_s
-        probe = docker.DockerClient(base_url=self.url, timeout=2)
-        try:
-            while True:
-                if self._proc.poll() is not None:
-                    raise EngineError(f"{self.name}: dockerd exited with {self._proc.returncode}\n{self.log_tail()}")
-                try:
-                    if probe.ping():
-                        return time.monotonic() - t0
-                except DockerException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise EngineError(f"{self.name}: dockerd did not answer in {timeout_s:.0f} s\n{self.log_tail()}")
-                time.sleep(0.1)
-        finally:
-            probe.close()
+        while True:
+            if self._proc.poll() is not None:
+                raise EngineError(f"{self.name}: dockerd exited with {self._proc.returncode}\n{self.log_tail()}")
+            try:  # a client asks the engine for its API version as it is made: that is the probe
+                docker.DockerClient(base_url=self.url, timeout=2).close()
+                return time.monotonic() - t0
+            except DockerException:
+                pass
+            if time.monotonic() > deadline:
+                raise EngineError(f"{self.name}: dockerd did not answer in {timeout_s:.0f} s\n{self.log_tail()}")
+            time.sleep(0.1)
 
     def stop(self, timeout_s: float = _TERM_TIMEOUT_S) -> float:
         """SIGTERM the dockerd started here and wait for it to exit (SIGKILL after ``timeout_s``);
