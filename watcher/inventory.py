@@ -11,8 +11,9 @@ so a container started while the stream was down is found at once; and a rescan 
 engine answering while its stream is down reconnects the stream at once, so after a restarted
 dockerd the stream is back within one rescan period, not after a backoff grown during the outage.
 The raw events are forwarded, before anything else is done with them, to the subscribers that
-want them (the lifecycle source), so the whole watcher reads one stream per engine. That stream resumes from the earliest ``since``
-its subscribers ask for (the lifecycle source's persisted cursor), so restarts lose nothing.
+want them (the lifecycle source), so the whole watcher reads one stream per engine. That stream
+resumes from the earliest ``since`` its subscribers ask for (the lifecycle source's persisted
+cursor), so restarts lose nothing.
 
 State is re-read from Docker (``inspect``) on every state-changing event rather than inferred from
 the event, so replayed, reordered or missed events cannot leave a wrong state behind; events older
