@@ -93,6 +93,14 @@ class ExtraEngine:
         )
         self.starts += 1
         deadline = t0 + timeout_s
+        try:
+            return self._wait_answering(t0, deadline, timeout_s)
+        except BaseException:
+            self.stop(timeout_s=5)  # never leave a half-started engine behind
+            raise
+
+    def _wait_answering(self, t0: float, deadline: float, timeout_s: float) -> float:
+        assert self._proc is not None
         while True:
             if self._proc.poll() is not None:
                 raise EngineError(f"{self.name}: dockerd exited with {self._proc.returncode}\n{self.log_tail()}")
@@ -131,7 +139,10 @@ class ExtraEngine:
         return stopped, self.start()
 
     def close(self) -> None:
-        """Remove every container, stop the engine, delete its directory. Safe to call twice."""
+        """Remove every container, stop the engine, unmount and delete its directory. Safe to call twice.
+
+        dockerd leaves mounts under its roots (a private bind of the data root, the default network
+        namespace under the exec root) when it stops with live-restore, so they are detached first."""
         if self.pid is not None:
             try:
                 for container in self.client().containers.list(all=True):
@@ -142,10 +153,27 @@ class ExtraEngine:
         if self._client is not None:
             self._client.close()
             self._client = None
+        for mountpoint in self.mounts():
+            subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def mounts(self) -> list[str]:
+        """Mount points under this engine's directory, deepest first (the order to detach them)."""
+        root = str(self.root.resolve())
+        try:
+            lines = Path("/proc/self/mounts").read_text().splitlines()
+        except OSError:
+            return []
+        points = {line.split()[1] for line in lines if len(line.split()) > 1}
+        inside = [p for p in points if p == root or p.startswith(root + "/")]
+        return sorted(inside, key=len, reverse=True)
+
     def __enter__(self) -> ExtraEngine:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(

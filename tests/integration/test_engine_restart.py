@@ -57,6 +57,19 @@ def engine(docker_client: docker.DockerClient) -> Iterator[ExtraEngine]:
         print(f"\nsecond engine up (pid {eng.pid}), image copied in {took:.1f} s")
         yield eng
     assert docker_client.ping()  # the shared engine was never touched
+    # Nothing of the second engine is left: no dockerd, containerd or shim, no mount, no directory.
+    assert processes_mentioning(str(eng.root)) == [] and eng.mounts() == [] and not eng.root.exists()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue  # ended meanwhile
+    return pids
 
 
 class Watcher:
