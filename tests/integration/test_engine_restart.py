@@ -22,7 +22,8 @@ from testbed.engines import ExtraEngine
 from testbed.images import base_tag
 from tests.integration.test_sources import Consumer
 from watcher.inventory import Inventory, LabelNames, make_clients
-from watcher.sources.base import SignalQueue
+from watcher.model import Lifecycle, LogRecord
+from watcher.sources.base import Envelope, SignalQueue
 from watcher.sources.docker_events import DockerEventsSource
 from watcher.sources.docker_logs import DockerLogsSource
 from watcher.store import Store
@@ -72,6 +73,21 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+class RecordingConsumer(Consumer):
+    """Also keeps the lifecycle signals (the events stream's deliveries), in order."""
+
+    def __init__(self, queue: SignalQueue, store: Store) -> None:
+        self.lifecycle: list[Lifecycle] = []
+        super().__init__(queue, store)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch: list[Envelope] = self.queue.get_batch(1024, 0.1)
+            self.records.extend(e.signal for e in batch if isinstance(e.signal, LogRecord))
+            self.lifecycle.extend(e.signal for e in batch if isinstance(e.signal, Lifecycle))
+            self.store.set_cursors(dict(e.cursor for e in batch if e.cursor is not None))
+
+
 class Watcher:
     """The watcher's Docker sources on one engine, built as ``LiveWatcher`` builds them."""
 
@@ -80,7 +96,7 @@ class Watcher:
         self.inventory = Inventory(make_clients({ENGINE: url}), LabelNames(), rescan_s=RESCAN_S)
         self.logs = DockerLogsSource(self.queue, store, backfill_s=None, inventory=self.inventory)
         self.events = DockerEventsSource(self.queue, store, inventory=self.inventory)
-        self.consumer = Consumer(self.queue, store)
+        self.consumer = RecordingConsumer(self.queue, store)
 
     def start(self) -> None:
         self.logs.start()
@@ -138,6 +154,13 @@ def finish(engine: ExtraEngine, w: Watcher, container: Any) -> list[str]:
     return truth
 
 
+def lifecycle_kinds(w: Watcher) -> list[str]:
+    """The container's lifecycle signals in delivery order, checked for repeats on the way."""
+    signals = [s for s in w.consumer.lifecycle if s.target.container == "counter"]
+    assert len({(s.kind, s.ts) for s in signals}) == len(signals), signals  # no event delivered twice
+    return [s.kind.value for s in signals]
+
+
 def runs(lines: list[str]) -> dict[str, list[int]]:
     """boot stamp -> its sequence numbers in delivery order."""
     out: dict[str, list[int]] = {}
@@ -175,6 +198,8 @@ def test_live_restore_engine_restart_loses_and_repeats_no_line(engine: ExtraEngi
         w.stop()
         container.remove(force=True)
     report("live-restore", delivered, truth, timing)
+    # The engine restart is not a replica crash: the only lifecycle signals are the final stop's.
+    assert lifecycle_kinds(w) == ["die", "stop"]
     (seq,) = runs(truth).values()  # one run: the container never stopped
     assert seq == list(range(1, len(seq) + 1))
     assert delivered == truth  # every line once, none missing, in order
@@ -199,9 +224,13 @@ def test_engine_restart_without_live_restore_repeats_no_earlier_line(engine: Ext
         container.remove(force=True)
         engine.live_restore = True
     report("no live-restore", delivered, truth, timing)
+    kinds = lifecycle_kinds(w)
     by_boot = runs(truth)
     assert len(by_boot) == 2  # stopped with the engine, started again by the policy
     for seq in by_boot.values():
         assert seq == list(range(1, len(seq) + 1))
     assert delivered == truth
     assert timing["reconnect_s"] <= RECONNECT_BOUND_S and timing["events_s"] <= RECONNECT_BOUND_S
+    # The policy's start happened while the events stream was down (the engine starts containers
+    # before it serves its API): the reconnect replays it from the cursor, once.
+    assert kinds.count("start") == 1 and kinds[-2:] == ["die", "stop"], kinds
