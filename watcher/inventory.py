@@ -7,10 +7,13 @@ map) read it or react to its updates instead of each listing Docker on its own s
 Per engine there is ONE Docker events stream (``type=container`` and the label selector), which
 keeps the set current within milliseconds, and a periodic rescan (``list all=True``), which
 repairs whatever a dropped stream missed. Every (re)connect of the stream is followed by a rescan,
-so a container started while the stream was down is found at once. The raw events are forwarded,
-before anything else is done with them, to the subscribers that want them (the lifecycle source),
-so the whole watcher reads one stream per engine. That stream resumes from the earliest ``since``
-its subscribers ask for (the lifecycle source's persisted cursor), so restarts lose nothing.
+so a container started while the stream was down is found at once; and a rescan that finds the
+engine answering while its stream is down reconnects the stream at once, so after a restarted
+dockerd the stream is back within one rescan period, not after a backoff grown during the outage.
+The raw events are forwarded, before anything else is done with them, to the subscribers that
+want them (the lifecycle source), so the whole watcher reads one stream per engine. That stream
+resumes from the earliest ``since`` its subscribers ask for (the lifecycle source's persisted
+cursor), so restarts lose nothing.
 
 State is re-read from Docker (``inspect``) on every state-changing event rather than inferred from
 the event, so replayed, reordered or missed events cannot leave a wrong state behind; events older
@@ -214,6 +217,9 @@ class _Engine:
     stream: Any = None
     streams_opened: int = 0
     thread: threading.Thread | None = None
+    # Set when a rescan finds the engine answering while its events stream is down: the stream
+    # retries at once instead of sleeping out a backoff that grew while the engine was away.
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class Inventory:
@@ -291,6 +297,7 @@ class Inventory:
             return
         self._stop.set()
         for eng in self._engines.values():
+            eng.wake.set()
             stream = eng.stream
             if stream is not None:
                 try:
@@ -335,6 +342,8 @@ class Inventory:
             eng.containers = found
             eng.cut_ns = max(eng.cut_ns, started_ns - _REPLAY_MARGIN_NS)
             self._set_state(engine, listed=True)
+            if not eng.state.streaming:
+                eng.wake.set()  # the engine is back (a restarted dockerd): reconnect the stream now
             self._publish(Update(engine, self.snapshot(), tuple(changes), full=True))
 
     # -- events ---------------------------------------------------------------------------------
@@ -359,6 +368,7 @@ class Inventory:
                     return
                 self._set_state(engine, streaming=True)
                 backoff.reset()
+                eng.wake.clear()  # a wake from before this connection is stale
                 self._rescan_one(engine)  # anything that changed while the stream was down
                 for event in stream:
                     self._on_event(engine, event)
@@ -374,7 +384,9 @@ class Inventory:
                     error=f"{engine}: event stream failed: {exc}",
                     reconnects=eng.state.reconnects + 1,
                 )
-            if self._stop.wait(backoff.next_delay()):
+            eng.wake.wait(backoff.next_delay())
+            eng.wake.clear()
+            if self.stopping:
                 return
 
     def _on_event(self, engine: str, event: Mapping[str, Any]) -> None:

@@ -295,6 +295,26 @@ def test_an_engine_that_errors_is_reported_and_left_out_until_it_recovers(engine
         inv.stop()
 
 
+def test_a_rescan_that_finds_a_restarted_engine_reconnects_its_events_stream_at_once(engine: FakeEngine) -> None:
+    # dockerd restarted: the events stream failed a few times and backs off for longer each time.
+    # Once a rescan sees the engine answer again the stream must not sleep out that backoff (up to
+    # backoff_cap_s), or lifecycle signals (die, oom, start) arrive that much late.
+    engine.run("replica")
+    inv = Inventory({"e1": engine}, NAMES, rescan_s=3600, backoff_cap_s=60)  # type: ignore[dict-item]
+    try:
+        inv.start()
+        engine.failing = True
+        engine.streams[0].close()  # the old dockerd went away
+        wait_until(lambda: inv.engine_states()["e1"].reconnects >= 3)  # now backing off 2 s, then 4 s
+        engine.failing = False
+        inv.rescan()  # what the rescan loop does every rescan_s
+        t0 = time.monotonic()
+        wait_until(lambda: inv.engine_states()["e1"].streaming, timeout_s=1.0)
+        assert time.monotonic() - t0 < 0.5 and inv.streams_opened() == {"e1": 2}
+    finally:
+        inv.stop()
+
+
 def test_lifecycle_events_ride_the_same_stream_and_resume_from_their_cursor(engine: FakeEngine, tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     inv = Inventory({"e1": engine}, NAMES, rescan_s=3600)
