@@ -33,8 +33,9 @@ from prometheus_client.registry import Collector
 from watcher import __version__
 from watcher.detectors.forecast import RunwayDetector
 from watcher.fleet import replica_of
-from watcher.journal import IncidentState, JournalListener, StepStatus
-from watcher.model import Finding
+from watcher.journal import OPEN_STATES, IncidentState, JournalListener, StepStatus
+from watcher.model import Finding, Predicts
+from watcher.playbook.registry import REGISTRY
 
 if TYPE_CHECKING:
     from watcher.service import Service
@@ -96,6 +97,19 @@ class WatcherMetrics(JournalListener):
         """Register the scrape-time collector over the assembled service and listen to its journal."""
         service.journal.listeners.append(self)
         self.registry.register(_LiveCollector(service))
+        self.initialise()
+
+    def initialise(self) -> None:
+        """Every step x outcome, closed state and prediction at 0 from the start: a series that appears
+        at its first event hides that event from ``increase()``/``changes()`` (the action annotations)."""
+        for step in REGISTRY.kinds():
+            for outcome in (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED):
+                self.actions.labels(step, outcome.value)
+        for state in IncidentState:
+            if state not in OPEN_STATES:
+                self.incidents_ended.labels(state.value)
+        for predicts in Predicts:
+            self.finding_eta.labels(predicts.value)
 
     # -- events --------------------------------------------------------------------------------
     def finding(self, finding: Finding) -> None:
@@ -147,7 +161,8 @@ class _LiveCollector(Collector):
         events = CounterMetricFamily("watcher_lifecycle_events", "Docker lifecycle events processed")
         events.add_metric([], stats.lifecycle_events)
         dropped = CounterMetricFamily("watcher_dropped_signals", "Signals dropped by a full queue", labels=["source"])
-        for source, n in dict(s.live.queue.dropped).items():
+        counts = dict.fromkeys((src.name for src in s.live.sources), 0) | dict(s.live.queue.dropped)
+        for source, n in sorted(counts.items()):
             dropped.add_metric([source], n)
         depth = _gauge("watcher_queue_depth", "Signals waiting for the engine")
         depth.add_metric([], s.live.queue.depth)
