@@ -119,9 +119,24 @@ def _finding_column(finding: Finding, version_before: str | None) -> dict[str, A
     return {**finding_to_json(finding), "version_before": version_before}
 
 
+class JournalListener:
+    """Told of each journal write after it committed: the metrics count incidents and actions as they
+    happen (a count of rows grouped by current status would go down as incidents change state)."""
+
+    def incident_opened(self, finding: Finding, state: IncidentState) -> None:
+        """An incident was written; one opened already closed (dry run) is also :meth:`incident_ended`."""
+
+    def incident_ended(self, state: IncidentState) -> None:
+        """An incident reached a closed state."""
+
+    def step_outcome(self, step: str, status: StepStatus) -> None:
+        """A step's outcome (done, failed, skipped) was journalled."""
+
+
 class Journal:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.listeners: list[JournalListener] = []
         store.migrate(_SCHEMA)
 
     def open_incident(
@@ -154,7 +169,12 @@ class Journal:
                     note,
                 ),
             )
-            return int(cur.lastrowid or 0)
+            incident_id = int(cur.lastrowid or 0)
+        for listener in self.listeners:
+            listener.incident_opened(finding, state)
+            if closed is not None:
+                listener.incident_ended(state)
+        return incident_id
 
     def intent(self, incident_id: int, idx: int, step: Step, now: float) -> int:
         doc = step.to_json()
@@ -170,6 +190,10 @@ class Journal:
             db.execute(
                 "UPDATE steps SET status = ?, ended = ?, detail = ? WHERE id = ?", (status.value, now, detail, step_id)
             )
+            row = db.execute("SELECT name FROM steps WHERE id = ?", (step_id,)).fetchone()
+        if row is not None and status is not StepStatus.INTENT:
+            for listener in self.listeners:
+                listener.step_outcome(str(row[0]), status)
 
     def close(self, incident_id: int, state: IncidentState, now: float, note: str = "") -> None:
         with self.store.transaction() as db:
@@ -177,6 +201,9 @@ class Journal:
                 "UPDATE incidents SET state = ?, closed = ?, note = CASE WHEN ? = '' THEN note ELSE ? END WHERE id = ?",
                 (state.value, now, note, note, incident_id),
             )
+        if state not in OPEN_STATES:
+            for listener in self.listeners:
+                listener.incident_ended(state)
 
     def _steps(self, incident_id: int) -> list[StepRecord]:
         with self.store.reading() as db:
@@ -225,15 +252,20 @@ class Journal:
             return self._load(f"WHERE state IN ({marks})", tuple(s.value for s in OPEN_STATES), limit)
         return self._load("", (), limit)
 
-    def step_counts(self) -> dict[tuple[str, str], int]:
+    def open_counts(self) -> dict[str, int]:
+        """What is open now: incidents running, and replicas whose latest (not dry-run) incident
+        ended held, i.e. kept drained until someone releases them."""
         with self.store.reading() as db:
-            rows = db.execute("SELECT name, status, COUNT(*) FROM steps GROUP BY name, status").fetchall()
-        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
-
-    def incident_counts(self) -> dict[str, int]:
-        with self.store.reading() as db:
-            rows = db.execute("SELECT state, COUNT(*) FROM incidents GROUP BY state").fetchall()
-        return {str(r[0]): int(r[1]) for r in rows}
+            running = db.execute(
+                f"SELECT COUNT(*) FROM incidents WHERE state IN ({','.join('?' * len(OPEN_STATES))})",  # noqa: S608
+                tuple(s.value for s in OPEN_STATES),
+            ).fetchone()[0]
+            held = db.execute(
+                "SELECT COUNT(*) FROM incidents WHERE state = ? AND id IN"
+                " (SELECT MAX(id) FROM incidents WHERE dry_run = 0 GROUP BY target)",
+                (IncidentState.HELD.value,),
+            ).fetchone()[0]
+        return {IncidentState.RUNNING.value: int(running), IncidentState.HELD.value: int(held)}
 
     def incident(self, incident_id: int) -> Incident | None:
         found = self._load("WHERE id = ?", (incident_id,), 1)

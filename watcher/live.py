@@ -242,10 +242,11 @@ class LiveWatcher:
         """The engine and the Prometheus queries change in one step, on the engine thread."""
         self._reload = None
         self._checkpoint()  # rules that survive the reload keep their state
-        upstreams = self.engine.upstreams
+        upstreams, stats = self.engine.upstreams, self.engine.stats
         self.engine = Engine(
             ruleset, self.clock, store=self.store, upstreams=upstreams, load_balancers=self.load_balancers
         )
+        self.engine.stats = stats  # the lines/samples counters go on counting across a reload
         self.ruleset = ruleset
         if self.prometheus is not None:
             self.prometheus.set_queries(ruleset.queries)

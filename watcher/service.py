@@ -20,9 +20,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import docker
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from watcher.actions.alerts import AlertmanagerAlerter, WebhookAlerter
 from watcher.actions.base import ActionError, Alert, Alerter, TrafficShifter
@@ -33,6 +30,7 @@ from watcher.assembly import assemble
 from watcher.config import Settings
 from watcher.inventory import make_clients
 from watcher.live import LiveConfig
+from watcher.metrics import WatcherMetrics
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import ExecutorConfig
 from watcher.policy import GuardConfig
@@ -204,27 +202,13 @@ class Service:
         return sinks
 
     def _metrics(self) -> None:
-        self.registry = CollectorRegistry()
-        self.m_findings = Counter(
-            "watcher_findings", "Findings by what they predict", ["predicts", "rule"], registry=self.registry
-        )
-        self.m_lead = Histogram(
-            "watcher_lead_time_seconds",
-            "Seconds from the first predictive finding to the failure it announced",
-            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
-            registry=self.registry,
-        )
-        self.m_update = Histogram(
-            "watcher_detector_update_seconds",
-            "Engine time per signal batch (parse, match, detectors, rule state)",
-            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1),
-            registry=self.registry,
-        )
-        self.registry.register(_LiveCollector(self))
+        self.metrics = WatcherMetrics()
+        self.registry = self.metrics.registry
+        self.metrics.watch(self)
 
     # -- callbacks ------------------------------------------------------------------------------
     def _on_finding(self, finding: Finding) -> None:
-        self.m_findings.labels(finding.predicts.value, finding.rule_id).inc()
+        self.metrics.finding(finding)
         key = finding.target.key
         fields = {"target": key, "rule": finding.rule_id, "predicts": finding.predicts.value, "eta_s": finding.eta_s}
         log.info("finding resolved" if finding.resolved else "finding", extra={"fields": fields})
@@ -234,7 +218,7 @@ class Service:
         if finding.pack == FAILURE_PACK and finding.predicts in FAILURES:
             first = self._first_finding.pop(key, None)
             if first is not None and first <= finding.ts:
-                self.m_lead.observe(finding.ts - first)
+                self.metrics.lead.observe(finding.ts - first)
         else:
             self._first_finding.setdefault(key, finding.ts)
         self.executor.on_finding(finding)
@@ -243,7 +227,7 @@ class Service:
         log.info(kind, extra={"fields": data})
 
     def _on_batch(self, n: int, seconds: float) -> None:
-        self.m_update.observe(seconds)
+        self.metrics.update.observe(seconds)
 
     # -- API ---------------------------------------------------------------------------------------
     def _health(self) -> tuple[bool, dict[str, Any]]:
@@ -506,59 +490,6 @@ class Service:
             pass
         self.stop()
         return self.exit_code
-
-
-class _LiveCollector(Collector):
-    """Counts read at scrape time from the engine, queue, sources and journal."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-
-    def collect(self) -> Iterable[Any]:
-        s = self.service
-        stats = s.live.engine.stats
-        lines = CounterMetricFamily("watcher_lines", "Log lines processed")
-        lines.add_metric([], stats.lines)
-        samples = CounterMetricFamily("watcher_samples", "Series samples processed")
-        samples.add_metric([], stats.samples)
-        events = CounterMetricFamily("watcher_lifecycle_events", "Docker lifecycle events processed")
-        events.add_metric([], stats.lifecycle_events)
-        dropped = CounterMetricFamily("watcher_dropped_signals", "Signals dropped by a full queue", labels=["source"])
-        for source, n in s.live.queue.dropped.items():
-            dropped.add_metric([source], n)
-        depth = GaugeMetricFamily("watcher_queue_depth", "Signals waiting for the engine")
-        depth.add_metric([], s.live.queue.depth)
-        connected = GaugeMetricFamily("watcher_source_connected", "1 when a source is connected", labels=["source"])
-        for src in s.live.sources:
-            connected.add_metric([src.name], 1.0 if src.connected else 0.0)
-        actions = CounterMetricFamily("watcher_actions", "Playbook steps by outcome", labels=["step", "outcome"])
-        for (step, outcome), n in s.journal.step_counts().items():
-            actions.add_metric([step, outcome], n)
-        incidents = CounterMetricFamily("watcher_incidents", "Incidents by state", labels=["state"])
-        for state, n in s.journal.incident_counts().items():
-            incidents.add_metric([state], n)
-        dry = GaugeMetricFamily("watcher_dry_run", "1 while the watcher only plans")
-        dry.add_metric([], 1.0 if s.policy.config.dry_run else 0.0)
-        store = s.store.health()
-        store_errors = CounterMetricFamily("watcher_store_write_errors", "Failed store writes (disk full, read-only)")
-        store_errors.add_metric([], store["write_errors"])
-        store_ok = GaugeMetricFamily("watcher_store_writable", "1 while the latest store write succeeded")
-        store_ok.add_metric([], 1.0 if store["write_ok"] else 0.0)
-        queued = GaugeMetricFamily("watcher_alerts_queued", "Alerts waiting for their receiver", labels=["sink"])
-        alerts_dropped = CounterMetricFamily(
-            "watcher_alerts_dropped",
-            "Queued alerts dropped: the queue was full, or the receiver refused",
-            labels=["sink", "why"],
-        )
-        delivered = CounterMetricFamily("watcher_alerts_delivered", "Alerts delivered from the queue", labels=["sink"])
-        for outbox in s.outboxes:
-            q = outbox.stats()
-            queued.add_metric([outbox.name], q["queued"])
-            alerts_dropped.add_metric([outbox.name, "full"], q["dropped"])
-            alerts_dropped.add_metric([outbox.name, "refused"], q["refused"])
-            delivered.add_metric([outbox.name], q["delivered"])
-        yield from (lines, samples, events, dropped, depth, connected, actions, incidents, dry, store_errors, store_ok)
-        yield from (queued, alerts_dropped, delivered)
 
 
 def compile_options(settings: Settings) -> CompileOptions:

@@ -252,6 +252,15 @@ class RunwayDetector(Detector):
         level = st.intercept + st.slope * (ts - st.origin)
         return runway_eta(level, st.slope, self.params.fraction * limit)
 
+    def etas(self, ts: float) -> dict[str, float]:
+        """Every fitted target's current forecast (inf when not rising): the runway gauge."""
+        out: dict[str, float] = {}
+        for key in list(self._state):
+            eta = self.eta(key, ts)
+            if eta is not None:
+                out[key] = eta
+        return out
+
     def on_tick(self, now: float) -> list[Observation]:
         """Forget targets that stopped reporting for a whole window (bounded memory)."""
         out: list[Observation] = []
