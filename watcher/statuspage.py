@@ -124,7 +124,7 @@ def _table(head: Iterable[str], rows: list[list[str]], empty: str) -> str:
 def _health(target: Mapping[str, Any]) -> str:
     running, health = target.get("running"), target.get("health")
     if running is None:
-        return _badge("unknown")
+        return _badge("no container")
     if not running:
         return _badge("stopped", "bad")
     if health == "unhealthy":
