@@ -2,7 +2,7 @@
 # Install the system packages the project needs, only when some are missing (idempotent, fast
 # when everything is there). Debian/Ubuntu only; runs apt-get as root or through sudo.
 set -euo pipefail
-PACKAGES=(docker.io docker-compose mmdebstrap nginx-light prometheus prometheus-alertmanager haproxy curl python3-venv)
+PACKAGES=(docker.io docker-compose mmdebstrap nginx-light prometheus prometheus-alertmanager haproxy curl python3-venv chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -4,7 +4,8 @@ Who may read what. ``/healthz``, ``/readyz`` and ``/metrics`` are always open: t
 health check, Kubernetes probes and the Prometheus scrape cannot carry a secret, and they show
 only counts, thread and source liveness. ``/status`` names every container, engine, silence and
 incident, so it needs ``Authorization: Bearer <WATCHER_API_TOKEN>`` whenever the API listens on
-anything but loopback (``protect_status``); without a token configured it is then refused.
+anything but loopback (``protect_status``); without a token configured it is then refused. ``/`` is
+the same document as an HTML page (:mod:`watcher.statuspage`) under the same rule.
 Mutations -- silence, pause, resume, dry-run toggle -- change what the watcher does to production
 and always need the token; with none configured they are refused outright.
 
@@ -44,6 +45,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from watcher import statuspage
 
 log = logging.getLogger("watcher.api")
 MAX_BODY = 64 * 1024
@@ -268,10 +271,18 @@ class Api:
 
     # -- handlers ------------------------------------------------------------------------------
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "application/json") -> None:
+    def _send(
+        h: BaseHTTPRequestHandler,
+        code: int,
+        body: bytes,
+        ctype: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         h.send_response(code)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
         h.end_headers()
         h.wfile.write(body)
 
@@ -305,6 +316,11 @@ class Api:
             if self.protect_status:
                 self._authorise(h, "/status is not public on this address")
             self._json(h, 200, self.status())
+        elif path == "/":
+            if self.protect_status:  # the page shows what /status shows: the same rule
+                self._authorise(h, "the status page is not public on this address")
+            page = statuspage.render(self.status(), time.time()).encode()
+            self._send(h, 200, page, statuspage.CONTENT_TYPE, statuspage.HEADERS)
         else:
             raise ApiError(404, f"no such endpoint: {path}")
 

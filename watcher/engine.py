@@ -188,6 +188,11 @@ class Engine:
             self.targets[target.key] = target
         return out
 
+    def evidence(self, rule_id: str, key: str) -> Observation | None:
+        """The latest active observation behind a rule on a target (its evidence and ETA): what the
+        status page shows for a finding that is firing now, not only what it said when it fired."""
+        return self._evidence.get((rule_id, key))
+
     def tick(self) -> list[Finding]:
         """Let time pass: expire windows, promote pending rules whose ``for`` elapsed, resolve."""
         now = self.clock.now()

@@ -28,6 +28,7 @@ from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxRe
 from watcher.api import Api, positive_seconds
 from watcher.assembly import assemble
 from watcher.config import Settings
+from watcher.fleet import replica_of
 from watcher.inventory import make_clients
 from watcher.live import LiveConfig
 from watcher.metrics import WatcherMetrics
@@ -255,18 +256,49 @@ class Service:
                 if s.until > now
             ],
             "breakers": {k: dict(v) for k, v in policy.breakers.items()},
+            "restarts": {k: list(v) for k, v in policy.restarts.items() if v},
+            # each pack's budget (most share the default): restarts per replica within ``per_s``
+            "restart_budgets": [
+                {"count": count, "per_s": per}
+                for count, per in sorted(
+                    {(d.max_restarts.count, d.max_restarts.per) for _r, d in self.executor.rules.values()}
+                )
+            ],
         }
+
+    def _replica_state(self, key: str) -> dict[str, Any]:
+        """What the inventory and the load balancer say of one target now: running, Docker health,
+        live and configured weight (None where unknown: no container, no LB, or the LB unreachable)."""
+        container = self.fleet.inventory.snapshot().by_key(key)
+        out: dict[str, Any] = {"running": None, "health": None, "weight": None, "original_weight": None}
+        if container is None:
+            return out
+        out.update(running=container.running, health=container.health)
+        replica = replica_of(container)
+        if replica is not None and not isinstance(self.shifter, _NoShifter):
+            try:
+                out.update(
+                    weight=self.shifter.get_weight(replica), original_weight=self.shifter.original_weight(replica)
+                )
+            except Exception as exc:  # an LB that does not list the replica: the page says "unknown"
+                log.debug("status: no weight", extra={"fields": {"target": key, "error": str(exc)}})
+        return out
 
     def status(self) -> dict[str, Any]:
         engine = self.live.engine
         firing: dict[str, list[dict[str, Any]]] = {}
         for entry in engine.states.firing():
             rule = engine.rules.get(entry.rule_id)
+            obs = engine.evidence(entry.rule_id, entry.target_key)
             firing.setdefault(entry.target_key, []).append(
                 {
                     "rule": entry.rule_id,
                     "predicts": rule.predicts.value if rule is not None and rule.predicts else None,
+                    "severity": rule.severity.value if rule is not None else None,
                     "since": entry.fired_at,
+                    "eta_s": obs.eta_s if obs is not None else None,
+                    "evidence": obs.evidence if obs is not None else "",
+                    "observed": obs.ts if obs is not None else None,
                 }
             )
         open_incidents = {i.target: i.to_json() for i in self.journal.incidents(open_only=True)}
@@ -275,6 +307,7 @@ class Service:
                 "container": t.container,
                 "engine": t.engine,
                 "service": t.service,
+                **self._replica_state(key),
                 "findings": firing.get(key, []),
                 "incident": open_incidents.get(key),
             }
