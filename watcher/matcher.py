@@ -535,6 +535,13 @@ class PatternSet:
         ids = self._ids
         return [ids[n] for n in self._engine.match(self._prepare(text))]
 
+    @property
+    def scans_blocks(self) -> bool:
+        """Whether :meth:`match_block` is one scan of the block (hyperscan, no pattern that needs
+        every line re-checked): what keeps replay and batches at grep speed. An end-anchored regex
+        without a literal it requires turns it off for the whole set."""
+        return bool(self._ids) and self._engine.candidate_ends(b"") is not None
+
     def match_block(self, block: bytes) -> list[tuple[int, list[str]]]:
         """Scan many newline-separated lines at once; ``(line start offset, ids)`` per matching line.
 
