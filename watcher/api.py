@@ -105,6 +105,7 @@ class Api:
         *,
         protect_status: bool = False,
         limits: ApiLimits | None = None,
+        incident: Callable[[int], dict[str, Any] | None] | None = None,
     ) -> None:
         self.registry = registry
         self.health = health
@@ -112,6 +113,7 @@ class Api:
         self.status = status
         self.mutations = mutations
         self.protect_status = protect_status
+        self.incident = incident
         self.limits = limits or ApiLimits()
         self._token = token
         api = self
@@ -305,6 +307,16 @@ class Api:
             if self.protect_status:
                 self._authorise(h, "/status is not public on this address")
             self._json(h, 200, self.status())
+        elif path.startswith("/incidents/") and self.incident is not None:
+            if self.protect_status:  # an incident names what /status names: the same rule
+                self._authorise(h, "/incidents is not public on this address")
+            number = path.removeprefix("/incidents/")
+            if not number.isdigit() or len(number) > 18:
+                raise ApiError(404, f"no such incident: {number[:40]!r}")
+            doc = self.incident(int(number))
+            if doc is None:
+                raise ApiError(404, f"no such incident: {number}")
+            self._json(h, 200, doc)
         else:
             raise ApiError(404, f"no such endpoint: {path}")
 
