@@ -118,9 +118,9 @@ class IncidentAlerts:
             previous = self._active.get(incident.id)
             self._active[incident.id] = alert
             self._save(incident.id, alert)
-        if previous is not None and previous.fingerprint != alert.fingerprint:
-            self._resolve(previous, incident.id, now)  # a new severity is a new alert: end the old one
         self._send(alert, incident.id)
+        if previous is not None and previous.fingerprint != alert.fingerprint:
+            self._resolve(previous, incident.id, now)  # a new severity is a new alert: end the old one (after)
 
     def ended(self, incident_id: int) -> None:
         """The incident is over: resolve its alert now (not at the next tick)."""
