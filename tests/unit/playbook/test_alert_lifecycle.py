@@ -1,7 +1,7 @@
 """An incident's alert lives as long as the incident: re-sent while open, resolved when it ends.
 
 In-memory load balancer and Docker (tests/unit/test_executor.py's fakes); the real Alertmanager sees
-the same lifecycle in tests/integration/test_alert_lifecycle.py.
+the same lifecycle in tests/integration/test_alertmanager_lifecycle.py.
 """
 
 from __future__ import annotations
