@@ -109,3 +109,43 @@ def test_alerts_queued_while_alertmanager_is_down_arrive_in_order_after_a_watche
         second.api.stop()
         second.store.close()
         am.stop()
+
+
+def test_the_service_links_incident_alerts_to_its_own_incidents_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generatorURL = <the API's address>/incidents/<id>, and that URL answers with the incident."""
+    import requests
+
+    from watcher.model import Finding, Predicts, Target
+    from watcher.playbook.notify import SendAlert
+    from watcher.playbook.plan import Plan
+
+    monkeypatch.setattr(docker, "DockerClient", functools.partial(docker.DockerClient, version="1.43"))
+    am = Alertmanager(tmp_path / "am", free_port()).start()
+    service = _service(tmp_path, am.url)
+    try:
+        service.api.start()
+        (box,) = service.outboxes
+        box.start()
+        found = Finding(Target("tfs-1", service="m"), "tfs-oom", Predicts.OOM, time.time(), eta_s=42.0)
+        incident_id = service.journal.open_incident(found, Plan([SendAlert()]), time.time())
+        incident = service.journal.incident(incident_id)
+        assert incident is not None
+        service.executor.alerts.incident(incident, "warning")
+        assert box.flush(10.0)
+        (alert,) = [a for a in am.alerts() if a["labels"]["alertname"] == "ServingWatcher"]
+        assert alert["generatorURL"] == f"http://127.0.0.1:{service.api.port}/incidents/{incident_id}"
+        assert (
+            alert["labels"]["replica"] == "tfs-1" and alert["annotations"]["summary"] == "tfs-1: oom predicted in 42s"
+        )
+        answer = requests.get(alert["generatorURL"], timeout=5)
+        assert answer.status_code == 200
+        doc = answer.json()
+        assert doc["id"] == incident_id and doc["state"] == "running" and doc["alert"]["labels"]["replica"] == "tfs-1"
+        assert requests.get(f"http://127.0.0.1:{service.api.port}/incidents/999", timeout=5).status_code == 404
+    finally:
+        box.stop()
+        service.api.stop()
+        service.store.close()
+        am.stop()
