@@ -177,6 +177,8 @@ class Service:
         self._first_finding: dict[str, float] = {}
         self._blind: Alert | None = None  # the "watcher blind" alert while it fires
         self._blind_sent = 0.0  # when it was last (re-)sent
+        self._replaced: Alert | None = None  # the "store replaced" alert while actions stay paused
+        self._replaced_sent = 0.0
         self._pack_mtimes = self._mtimes()
 
     # -- wiring -------------------------------------------------------------------------------
@@ -438,6 +440,7 @@ class Service:
                 return
             self._check_blind(now)
             self.executor.alerts.tick(now)
+            self._keep_replaced_alert(now)
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat(now)
                 last_beat = now
@@ -458,7 +461,25 @@ class Service:
             annotations={"summary": summary},
             starts_at=self.started,
         )
+        self._replaced = alert
+        self._replaced_sent = time.time()
         self._fire(alert, "store-replaced alert")
+
+    def _keep_replaced_alert(self, now: float) -> None:
+        """The store-replaced alert stays active while actions stay paused (re-sent like an incident's
+        alert), and is resolved once someone resumed them: they have looked."""
+        alert = self._replaced
+        if alert is None:
+            return
+        if not self.policy.paused:  # a bool read: safe off the decision thread
+            self._replaced = None
+            try:
+                self.alerter.resolve(dataclasses.replace(alert, ends_at=now))
+            except ActionError as exc:
+                log.warning("store-replaced resolve not delivered", extra={"fields": {"error": str(exc)}})
+        elif now - self._replaced_sent >= self.settings.alert_resend_s:
+            self._replaced_sent = now
+            self._fire(alert, "store-replaced alert")
 
     def _check_blind(self, now: float) -> None:
         """Prometheus unreachable for ``prometheus_blind_after_s``: the watcher sees none of its

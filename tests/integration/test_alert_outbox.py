@@ -19,7 +19,7 @@ import pytest
 
 from testbed.ports import free_port
 from testbed.services import Alertmanager
-from watcher.actions.base import Alert
+from watcher.actions.base import Alert, Alerter
 from watcher.config import Settings
 from watcher.rulepack.compile import compile_packs
 from watcher.rules import SHIPPED_RULES
@@ -149,3 +149,36 @@ def test_the_service_links_incident_alerts_to_its_own_incidents_endpoint(
         service.api.stop()
         service.store.close()
         am.stop()
+
+
+def test_the_store_replaced_alert_stays_active_while_actions_stay_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Critical and sent once, it used to lapse after resolve_timeout while nobody had looked; now it
+    is re-sent every alert_resend_s until actions are resumed, then resolved."""
+    monkeypatch.setattr(docker, "DockerClient", functools.partial(docker.DockerClient, version="1.43"))
+    service = _service(tmp_path, "http://127.0.0.1:9")
+    calls: list[tuple[str, float | None]] = []
+
+    class Recording(Alerter):
+        def fire(self, alert: Alert) -> None:
+            calls.append(("fire", alert.ends_at))
+
+        def resolve(self, alert: Alert) -> None:
+            calls.append(("resolve", alert.ends_at))
+
+    try:
+        service.alerter = Recording()
+        service.policy.set_paused(True, time.time())  # as a replaced store leaves it
+        service._alert_store_replaced("watcher.db.corrupt-1")
+        now = time.time()
+        service._keep_replaced_alert(now + 1)  # inside the re-send period
+        service._keep_replaced_alert(now + service.settings.alert_resend_s + 1)
+        assert calls == [("fire", None), ("fire", None)]
+        service.policy.set_paused(False, now)  # POST /resume
+        service._keep_replaced_alert(now + 2 * service.settings.alert_resend_s)
+        service._keep_replaced_alert(now + 4 * service.settings.alert_resend_s)
+        assert [k for k, _ in calls] == ["fire", "fire", "resolve"] and calls[-1][1] is not None
+    finally:
+        service.api.stop()
+        service.store.close()
