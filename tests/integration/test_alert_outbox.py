@@ -182,3 +182,37 @@ def test_the_store_replaced_alert_stays_active_while_actions_stay_paused(
     finally:
         service.api.stop()
         service.store.close()
+
+
+def test_the_blind_spot_alert_is_resent_while_prometheus_stays_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent once it would lapse after one TTL while the watcher is still blind; resolved with now."""
+    import types
+
+    monkeypatch.setattr(docker, "DockerClient", functools.partial(docker.DockerClient, version="1.43"))
+    service = _service(tmp_path, "http://127.0.0.1:9")
+    calls: list[tuple[str, float | None]] = []
+
+    class Recording(Alerter):
+        def fire(self, alert: Alert) -> None:
+            calls.append(("fire", alert.ends_at))
+
+        def resolve(self, alert: Alert) -> None:
+            calls.append(("resolve", alert.ends_at))
+
+    try:
+        service.alerter = Recording()
+        now = time.time()
+        source = types.SimpleNamespace(unreachable_since=now - 100, url="http://127.0.0.1:9")
+        service.live.prometheus = source  # type: ignore[assignment]
+        period = service.settings.alert_resend_s
+        for t in (now, now + 1, now + period + 1, now + 2 * period + 2):
+            service._check_blind(t)
+        assert calls == [("fire", None)] * 3
+        source.unreachable_since = None  # a query answered
+        service._check_blind(now + 2 * period + 3)
+        assert calls[-1] == ("resolve", now + 2 * period + 3)
+    finally:
+        service.api.stop()
+        service.store.close()
