@@ -111,13 +111,16 @@ class IncidentAlerts:
         state = current.state if current is not None else incident.state
         alert = self.build(incident, severity, summary, annotations=annotations, receiver=receiver)
         now = self._clock().now()
-        if state not in (IncidentState.RUNNING, IncidentState.HELD):
-            self._send(dataclasses.replace(alert, ends_at=now + 3 * self._resend_s()), incident.id)
-            return
+        ended = state not in (IncidentState.RUNNING, IncidentState.HELD)
         with self._lock:
-            previous = self._active.get(incident.id)
-            self._active[incident.id] = alert
-            self._save(incident.id, alert)
+            previous = self._active.pop(incident.id, None) if ended else self._active.get(incident.id)
+            if ended and previous is not None:
+                self._forget(incident.id)  # this alert replaces it; a tick must not resolve it early
+            elif not ended:
+                self._active[incident.id] = alert
+                self._save(incident.id, alert)
+        if ended:
+            alert = dataclasses.replace(alert, ends_at=now + 3 * self._resend_s())
         self._send(alert, incident.id)
         if previous is not None and previous.fingerprint != alert.fingerprint:
             self._resolve(previous, incident.id, now)  # a new severity is a new alert: end the old one (after)

@@ -143,12 +143,14 @@ class Executor:
 
     def _still_drained(self, incident: Incident) -> bool:
         """A HELD incident lasts while its replica is out of rotation: restoring the weight by hand
-        (or the container being gone) ends it, and its alert is resolved."""
-        replica = self.fleet.replica(incident.target)
-        if replica is None:
-            return False
+        (or a later incident of the replica) ends it, and its alert is resolved. A replica the fleet
+        cannot see now (Docker unreachable, container removed) counts as still held: an alert is
+        cleared only on evidence, and a removed container's alert is one silence away."""
         if self._held(incident.target) != incident.id:
             return False  # a later incident of this replica: this one was released
+        replica = self.fleet.replica(incident.target)
+        if replica is None:
+            return True
         return self.shifter.get_weight(replica) == 0
 
     def recover(self) -> list[int]:

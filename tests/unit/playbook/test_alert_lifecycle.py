@@ -175,3 +175,25 @@ def test_a_resolved_incident_resolves_its_alert_at_once(tmp_path: Path) -> None:
     executor.wait(5)
     assert [k for k, _a in alerts.calls] == ["fire", "resolve"]
     assert executor.alerts.active() == {}
+
+
+def test_a_failed_incident_alert_ends_on_its_own_and_is_not_resolved_early(tmp_path: Path) -> None:
+    """FAILED: nothing left changed, the replica serves again. Its "remediation failed" alert gets an
+    explicit end three periods on and the next tick does not resolve it (it replaced the running one)."""
+    from watcher.playbook.notify import SendAlert
+    from watcher.playbook.plan import Plan
+
+    executor, _shifter, alerts, journal = make(tmp_path)
+    incident_id = journal.open_incident(finding("slow", Predicts.LATENCY), Plan([SendAlert()]), time.time())
+    incident = journal.incident(incident_id)
+    assert incident is not None
+    executor.alerts.incident(incident, "warning")  # the alert step, while running
+    journal.close(incident_id, IncidentState.FAILED, time.time(), "drain failed")
+    before = time.time()
+    executor.alerts.incident(incident, "warning", "remediation failed, nothing changed: drain failed")
+    assert executor.alerts.active() == {}
+    kind, failed = alerts.calls[-1]
+    assert kind == "fire" and failed.ends_at is not None and before + 170 <= failed.ends_at <= time.time() + 180
+    assert failed.annotations["summary"] == "tfs-1: remediation failed, nothing changed: drain failed"
+    executor.alerts.tick(time.time() + 61)
+    assert [k for k, _a in alerts.calls] == ["fire", "fire"]
