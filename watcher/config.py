@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         default=None,
         pattern=r"^https?://",
         description="the API's address as people reach it, for alert links (<external_url>/incidents/<id>); "
-        "default: http://<api_listen>",
+        "default: http://<api_listen> (set it when the API listens on 0.0.0.0: people cannot follow that)",
     )
     cooldown_override_s: float | None = Field(
         default=None, ge=0, description="replaces every pack's defaults.cooldown (seconds); unset: the packs' own"
