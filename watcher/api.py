@@ -108,6 +108,7 @@ class Api:
         *,
         protect_status: bool = False,
         limits: ApiLimits | None = None,
+        incident: Callable[[int], dict[str, Any] | None] | None = None,
     ) -> None:
         self.registry = registry
         self.health = health
@@ -115,6 +116,7 @@ class Api:
         self.status = status
         self.mutations = mutations
         self.protect_status = protect_status
+        self.incident = incident
         self.limits = limits or ApiLimits()
         self._token = token
         api = self
@@ -321,6 +323,16 @@ class Api:
                 self._authorise(h, "the status page is not public on this address")
             page = statuspage.render(self.status(), time.time()).encode()
             self._send(h, 200, page, statuspage.CONTENT_TYPE, statuspage.HEADERS)
+        elif path.startswith("/incidents/") and self.incident is not None:
+            if self.protect_status:  # an incident names what /status names: the same rule
+                self._authorise(h, "/incidents is not public on this address")
+            number = path.removeprefix("/incidents/")
+            if not number.isdigit() or len(number) > 18:
+                raise ApiError(404, f"no such incident: {number[:40]!r}")
+            doc = self.incident(int(number))
+            if doc is None:
+                raise ApiError(404, f"no such incident: {number}")
+            self._json(h, 200, doc)
         else:
             raise ApiError(404, f"no such endpoint: {path}")
 

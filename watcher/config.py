@@ -73,6 +73,19 @@ class Settings(BaseSettings):
         ge=1,
         description="alerts queued per receiver while it is down; when full the oldest non-critical go",
     )
+    alert_resend_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=100.0,
+        description="an open incident's alert is re-sent this often; each delivery stays active for 3 periods "
+        "(keep it well inside Alertmanager's resolve_timeout, 5m by default)",
+    )
+    external_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="the API's address as people reach it, for alert links (<external_url>/incidents/<id>); "
+        "default: http://<api_listen> (set it when the API listens on 0.0.0.0: people cannot follow that)",
+    )
     cooldown_override_s: float | None = Field(
         default=None, ge=0, description="replaces every pack's defaults.cooldown (seconds); unset: the packs' own"
     )
@@ -136,6 +149,14 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(host).is_loopback
         except ValueError:  # a host name: it may resolve to anything
             return False
+
+    @property
+    def api_url(self) -> str:
+        """Where alerts link to: ``external_url``, else the API's listen address."""
+        if self.external_url:
+            return self.external_url.rstrip("/")
+        host, port = self.api_address
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
     @property
     def api_address(self) -> tuple[str, int]:

@@ -10,6 +10,7 @@ hands anything unfinished to the next start) and flush the store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -133,7 +134,11 @@ class Service:
             alert_secrets=settings.secrets,
             guard=GuardConfig(dry_run=settings.dry_run),
             executor_config=ExecutorConfig(
-                model_repo=settings.model_repo, pinned_versions=dict(settings.pinned_versions)
+                model_repo=settings.model_repo,
+                pinned_versions=dict(settings.pinned_versions),
+                alert_resend_s=settings.alert_resend_s,
+                external_url=settings.api_url,
+                replica_label=settings.prometheus_target_label,
             ),
             model_label=settings.model_label,
             on_finding=self._on_finding,
@@ -162,11 +167,17 @@ class Service:
             },
             settings.api_token.get_secret_value() if settings.api_token else None,
             protect_status=not settings.api_loopback_only,
+            incident=self.incident,
         )
+        if not settings.external_url:  # the port actually bound (api_listen may say :0)
+            self.executor.config.external_url = f"{settings.api_url.rsplit(':', 1)[0]}:{self.api.port}"
         self._stop = threading.Event()
         self.exit_code = 0  # 1 when the service stopped itself because an essential thread died
         self._first_finding: dict[str, float] = {}
         self._blind: Alert | None = None  # the "watcher blind" alert while it fires
+        self._blind_sent = 0.0  # when it was last (re-)sent
+        self._replaced: Alert | None = None  # the "store replaced" alert while actions stay paused
+        self._replaced_sent = 0.0
         self._pack_mtimes = self._mtimes()
 
     # -- wiring -------------------------------------------------------------------------------
@@ -194,12 +205,16 @@ class Service:
         """The receivers, each behind its own outbox. They try twice: the outbox retries for as long
         as a receiver is down, so their own retries would only hold up its delivery thread."""
         quick = Backoff(base_s=0.5, cap_s=1.0, attempts=2)
+        # the re-sends of an open incident's alert must get past the receivers' dedup window; each
+        # delivery stays active for three re-send periods (see watcher.playbook.alerting)
+        resend = self.settings.alert_resend_s
+        timing: dict[str, Any] = {"dedup_window_s": min(60.0, resend / 2), "firing_ttl_s": 3 * resend}
         sinks: dict[str, Alerter] = {}
         if self.settings.alertmanager_url:
-            sinks["alertmanager"] = AlertmanagerAlerter(self.settings.alertmanager_url, backoff=quick)
+            sinks["alertmanager"] = AlertmanagerAlerter(self.settings.alertmanager_url, backoff=quick, **timing)
         if self.settings.webhook_url:
             token = self.settings.webhook_token.get_secret_value() if self.settings.webhook_token else None
-            sinks["webhook"] = WebhookAlerter(self.settings.webhook_url, token, backoff=quick)
+            sinks["webhook"] = WebhookAlerter(self.settings.webhook_url, token, backoff=quick, **timing)
         return sinks
 
     def _metrics(self) -> None:
@@ -334,6 +349,16 @@ class Service:
         # sources report their URLs and errors (which quote URLs): nothing secret leaves
         return dict(redact_doc(doc, self.settings.secrets))
 
+    def incident(self, incident_id: int) -> dict[str, Any] | None:
+        """GET /incidents/<id>, where an alert's generatorURL points: the incident as /status shows it."""
+        found = self.journal.incident(incident_id)
+        if found is None:
+            return None
+        doc = found.to_json()
+        alert = self.executor.alerts.active().get(incident_id)
+        doc["alert"] = None if alert is None else {"labels": dict(alert.labels), "annotations": dict(alert.annotations)}
+        return dict(redact_doc(doc, self.settings.secrets))
+
     def _m_silence(self, body: dict[str, Any]) -> dict[str, Any]:
         matchers = body.get("matchers")
         if not isinstance(matchers, dict) or not matchers:
@@ -431,6 +456,8 @@ class Service:
                 self._stop.set()
                 return
             self._check_blind(now)
+            self.executor.alerts.tick(now)
+            self._keep_replaced_alert(now)
             if now - last_beat >= self.settings.heartbeat_s:
                 self._heartbeat(now)
                 last_beat = now
@@ -451,7 +478,25 @@ class Service:
             annotations={"summary": summary},
             starts_at=self.started,
         )
+        self._replaced = alert
+        self._replaced_sent = time.time()
         self._fire(alert, "store-replaced alert")
+
+    def _keep_replaced_alert(self, now: float) -> None:
+        """The store-replaced alert stays active while actions stay paused (re-sent like an incident's
+        alert), and is resolved once someone resumed them: they have looked."""
+        alert = self._replaced
+        if alert is None:
+            return
+        if not self.policy.paused:  # a bool read: safe off the decision thread
+            self._replaced = None
+            try:
+                self.alerter.resolve(dataclasses.replace(alert, ends_at=now))
+            except ActionError as exc:
+                log.warning("store-replaced resolve not delivered", extra={"fields": {"error": str(exc)}})
+        elif now - self._replaced_sent >= self.settings.alert_resend_s:
+            self._replaced_sent = now
+            self._fire(alert, "store-replaced alert")
 
     def _check_blind(self, now: float) -> None:
         """Prometheus unreachable for ``prometheus_blind_after_s``: the watcher sees none of its
@@ -473,12 +518,16 @@ class Service:
                 starts_at=since,
             )
             log.warning("watcher blind: Prometheus unreachable", extra={"fields": {"since": since}})
+            self._blind_sent = now
             self._fire(self._blind, "blind-spot alert")
+        elif since is not None and self._blind is not None and now - self._blind_sent >= self.settings.alert_resend_s:
+            self._blind_sent = now
+            self._fire(self._blind, "blind-spot alert")  # still blind: keep it active (its endsAt moves on)
         elif since is None and self._blind is not None:
             blind, self._blind = self._blind, None
             log.info("Prometheus answers again", extra={"fields": {"blind_s": round(now - blind.starts_at, 1)}})
             try:
-                self.alerter.resolve(blind)
+                self.alerter.resolve(dataclasses.replace(blind, ends_at=now))
             except ActionError as exc:
                 log.warning("blind-spot resolve not delivered", extra={"fields": {"error": str(exc)}})
 

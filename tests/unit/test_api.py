@@ -213,3 +213,24 @@ def test_status_is_open_only_on_a_loopback_address(listen: str, loopback: bool) 
     from watcher.config import Settings
 
     assert Settings(api_listen=listen).api_loopback_only is loopback
+
+
+def test_an_alerts_generator_url_answers_with_its_incident_under_the_status_rules(recorder: Recorder) -> None:
+    """GET /incidents/<id> (where an alert's generatorURL points): the incident's JSON, 404 for none,
+    and the same token rule as /status."""
+    incidents = {7: {"id": 7, "state": "held", "target": "local/tfs-1"}}
+    server = make_api(recorder, protect_status=True, incident=incidents.get)
+    try:
+        assert exchange(server, b"GET /incidents/7 HTTP/1.1\r\n\r\n")[0] == 401
+        code, doc = exchange(server, f"GET /incidents/7 HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        assert code == 200 and doc == incidents[7]
+        for missing in (b"8", b"x", b"-1", b"7/steps", b""):
+            ask = b"GET /incidents/" + missing + f" HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+            assert exchange(server, ask)[0] == 404, missing
+    finally:
+        server.stop()
+    open_api = make_api(recorder, incident=incidents.get)  # loopback only: no token, like /status
+    try:
+        assert exchange(open_api, b"GET /incidents/7 HTTP/1.1\r\n\r\n") == (200, incidents[7])
+    finally:
+        open_api.stop()

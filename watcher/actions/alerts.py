@@ -28,7 +28,14 @@ from watcher.redact import redact_text, redact_url, url_secrets
 from watcher.retry import Backoff, RetryableError, with_retries
 from watcher.timefmt import format_rfc3339
 
-__all__ = ["AlertRefused", "AlertmanagerAlerter", "FanoutAlerter", "WebhookAlerter", "alertmanager_payload"]
+__all__ = [
+    "FIRING_TTL_S",
+    "AlertRefused",
+    "AlertmanagerAlerter",
+    "FanoutAlerter",
+    "WebhookAlerter",
+    "alertmanager_payload",
+]
 
 log = logging.getLogger("watcher")
 
@@ -40,19 +47,40 @@ class AlertRefused(ActionError):
     drops, from a receiver that is down, which it waits for."""
 
 
-def alertmanager_payload(alert: Alert, *, ends_at: float | None = None, generator_url: str = "") -> dict[str, Any]:
-    """One element of the ``POST /api/v2/alerts`` body (``postableAlert``)."""
+FIRING_TTL_S = 180.0
+"""How long a firing alert without an end of its own stays active in Alertmanager: three re-send
+periods of the incident alerts (60 s), so one or two lost re-sends do not resolve it, and an alert
+nobody re-sends any more (the watcher died) lapses within minutes instead of lingering."""
+
+
+def alertmanager_payload(
+    alert: Alert,
+    *,
+    ends_at: float | None = None,
+    generator_url: str = "",
+    now: float | None = None,
+    firing_ttl_s: float = FIRING_TTL_S,
+) -> dict[str, Any]:
+    """One element of the ``POST /api/v2/alerts`` body (``postableAlert``).
+
+    Every alert carries an ``endsAt``. A resolve carries its end; a firing alert without one gets
+    ``now + firing_ttl_s``: without it Alertmanager sets ``startsAt + resolve_timeout`` (5 min) once,
+    and an alert that has been firing longer than that (a replica held drained for an hour) would
+    arrive already resolved. ``now`` is the delivery time, so an alert delivered late by the outbox
+    is still active for a full TTL."""
     labels = {"alertname": alert.name, "severity": "warning", **dict(alert.labels)}
     body: dict[str, Any] = {
-        "labels": {k: str(v) for k, v in labels.items()},
+        "labels": {k: str(v) for k, v in labels.items() if str(v) != ""},  # Alertmanager: empty = absent
         "annotations": {k: str(v) for k, v in alert.annotations.items()},
         "startsAt": format_rfc3339(alert.starts_at),
     }
     end = ends_at if ends_at is not None else alert.ends_at
-    if end is not None:
-        body["endsAt"] = format_rfc3339(end)
-    if generator_url:
-        body["generatorURL"] = generator_url
+    if end is None:
+        end = (time.time() if now is None else now) + firing_ttl_s
+    body["endsAt"] = format_rfc3339(end)
+    url = alert.generator_url or generator_url
+    if url:
+        body["generatorURL"] = url
     return body
 
 
@@ -72,8 +100,10 @@ class _HttpAlerter(Alerter):
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        firing_ttl_s: float = FIRING_TTL_S,
     ) -> None:
         self.url = url
+        self.firing_ttl_s = firing_ttl_s
         self.display_url = redact_url(url, keep_path=self._keep_path)
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff(base_s=0.5, cap_s=8.0, attempts=4)
@@ -156,7 +186,15 @@ class AlertmanagerAlerter(_HttpAlerter):
         self.generator_url = generator_url
 
     def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
-        return [alertmanager_payload(alert, ends_at=ends_at, generator_url=self.generator_url)]
+        return [
+            alertmanager_payload(
+                alert,
+                ends_at=ends_at,
+                generator_url=self.generator_url,
+                now=self._clock(),
+                firing_ttl_s=self.firing_ttl_s,
+            )
+        ]
 
 
 class WebhookAlerter(_HttpAlerter):
@@ -182,7 +220,7 @@ class WebhookAlerter(_HttpAlerter):
         return headers
 
     def _body(self, alert: Alert, status: str, ends_at: float | None) -> Any:
-        item = alertmanager_payload(alert, ends_at=ends_at)
+        item = alertmanager_payload(alert, ends_at=ends_at, now=self._clock(), firing_ttl_s=self.firing_ttl_s)
         item["status"] = status
         item["fingerprint"] = alert.fingerprint
         return {"version": "4", "status": status, "receiver": "serving-watcher", "alerts": [item]}

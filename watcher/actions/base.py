@@ -115,6 +115,7 @@ class Alert:
     starts_at: float = 0.0  # unix seconds
     ends_at: float | None = None  # None while firing
     fingerprint: str = ""  # computed from the labels (plus the name) when left empty
+    generator_url: str = ""  # where a human sees what raised it (the incident in the watcher's API)
 
     def __post_init__(self) -> None:
         if not self.fingerprint:  # an empty key would make every alert a duplicate of every other
@@ -130,8 +131,13 @@ class Alert:
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
         starts_at: float | None = None,
+        replica_label: str = "replica",
+        generator_url: str = "",
     ) -> Alert:
         """An alert with the standard labels (alertname, severity, target...) and its fingerprint.
+
+        ``replica_label`` (the container's name) is the label the Prometheus series carry, so one
+        inhibit rule or silence with ``equal: [replica]`` covers the watcher's alerts and Prometheus'.
 
         The fingerprint covers the labels only, as Alertmanager's does, so firing the "same"
         alert with new annotations is still a duplicate and a resolve finds the alert it ends.
@@ -139,6 +145,7 @@ class Alert:
         merged: dict[str, str] = {"alertname": name, "severity": severity}
         if target is not None:
             merged.update(target=target.key, container=target.container, engine=target.engine)
+            merged[replica_label] = target.container
             if target.service:
                 merged["service"] = target.service
         merged.update(labels or {})
@@ -148,6 +155,7 @@ class Alert:
             annotations=dict(annotations or {}),
             starts_at=time.time() if starts_at is None else starts_at,
             fingerprint=fingerprint(merged),
+            generator_url=generator_url,
         )
 
 

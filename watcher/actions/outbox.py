@@ -44,7 +44,7 @@ from watcher.redact import redact_text
 from watcher.retry import Backoff
 from watcher.store import Store, StoreWriteError
 
-__all__ = ["AlertOutbox", "QueuedAlert"]
+__all__ = ["AlertOutbox", "QueuedAlert", "alert_from_json", "alert_to_json"]
 
 log = logging.getLogger("watcher")
 
@@ -69,7 +69,7 @@ class QueuedAlert:
     queued: float
 
 
-def _alert_to_json(alert: Alert) -> str:
+def alert_to_json(alert: Alert) -> str:
     return json.dumps(
         {
             "name": alert.name,
@@ -78,12 +78,13 @@ def _alert_to_json(alert: Alert) -> str:
             "starts_at": alert.starts_at,
             "ends_at": alert.ends_at,
             "fingerprint": alert.fingerprint,
+            "generator_url": alert.generator_url,
         },
         separators=(",", ":"),
     )
 
 
-def _alert_from_json(text: str) -> Alert:
+def alert_from_json(text: str) -> Alert:
     doc = json.loads(text)
     return Alert(
         name=doc["name"],
@@ -92,6 +93,7 @@ def _alert_from_json(text: str) -> Alert:
         starts_at=doc["starts_at"],
         ends_at=doc["ends_at"],
         fingerprint=doc["fingerprint"],
+        generator_url=doc.get("generator_url", ""),  # rows queued by an older watcher have none
     )
 
 
@@ -162,7 +164,7 @@ class AlertOutbox(Alerter):
         self._wake.set()
 
     def _write(self, kind: str, alert: Alert, severity: str, now: float) -> None:
-        body = _alert_to_json(alert)
+        body = alert_to_json(alert)
         with self.store.transaction() as db:
             if kind == FIRE:
                 last = db.execute(
@@ -214,7 +216,7 @@ class AlertOutbox(Alerter):
                 "SELECT id, kind, alert, queued FROM alert_outbox WHERE sink = ? ORDER BY id LIMIT ?",
                 (self.name, limit + len(self._undeleted)),
             ).fetchall()
-        stored = [QueuedAlert(r[0], r[1], _alert_from_json(r[2]), r[3]) for r in rows if r[0] not in self._undeleted]
+        stored = [QueuedAlert(r[0], r[1], alert_from_json(r[2]), r[3]) for r in rows if r[0] not in self._undeleted]
         return (stored + list(self._unsaved))[:limit]
 
     def _count(self) -> int:

@@ -28,6 +28,9 @@ class ExecutorConfig:
     pinned_versions: dict[str, str] = field(default_factory=dict)  # model -> version
     workers: int = 4
     alert_name: str = "ServingWatcher"
+    alert_resend_s: float = 60.0  # an open incident's alert is re-sent this often (well inside resolve_timeout)
+    external_url: str = ""  # the watcher's API as people reach it; alerts link <external_url>/incidents/<id>
+    replica_label: str = "replica"  # the label naming the container, as on the Prometheus series
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,12 @@ class Executor:
             replica_of=lambda key: self.fleet.replica(key),
             clock=lambda: self.clock,
             event=self._event,
+            journal=journal,
+            rule_of=lambda rule_id: self.rules[rule_id][0] if rule_id in self.rules else None,
+            held_drained=self._still_drained,
+            resend_s=lambda: self.config.alert_resend_s,
+            external_url=lambda: self.config.external_url,
+            replica_label=lambda: self.config.replica_label,
         )
         self.resolved = ResolvedFindings()
         self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="playbook")
@@ -134,6 +140,18 @@ class Executor:
         if latest and latest[-1].state is IncidentState.HELD:
             return latest[-1].id
         return None
+
+    def _still_drained(self, incident: Incident) -> bool:
+        """A HELD incident lasts while its replica is out of rotation: restoring the weight by hand
+        (or a later incident of the replica) ends it, and its alert is resolved. A replica the fleet
+        cannot see now (Docker unreachable, container removed) counts as still held: an alert is
+        cleared only on evidence, and a removed container's alert is one silence away."""
+        if self._held(incident.target) != incident.id:
+            return False  # a later incident of this replica: this one was released
+        replica = self.fleet.replica(incident.target)
+        if replica is None:
+            return True
+        return self.shifter.get_weight(replica) == 0
 
     def recover(self) -> list[int]:
         """Resume every incident left running by a watcher that died."""
@@ -242,6 +260,7 @@ class Executor:
                 self.journal.close(incident.id, IncidentState.HELD, self.clock.now(), "held drained as the rule says")
                 return
         self.journal.close(incident.id, IncidentState.RESOLVED, self.clock.now())
+        self.alerts.ended(incident.id)
         self._event("resolved", {"incident": incident.id, "target": incident.target})
 
     def _step(self, incident: Incident, replica: Replica, step: Step, step_id: int, ctx: StepContext) -> bool:

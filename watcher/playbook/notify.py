@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class SendAlert(Step):
     kind = "alert"
     severity: str = "warning"
-    # carried from the rule pack into the journal; the alert itself names the rule and what it predicts
+    # added to the alert's annotations (after the rule's own; $replica, $eta ... are filled in)
     annotations: dict[str, str] = Field(default_factory=dict)
+    # sent as the label ``receiver``, which the shipped alertmanager.yml routes on (add a route per name)
     receiver: str | None = None
 
     def params(self) -> dict[str, Any]:
@@ -28,7 +29,7 @@ class SendAlert(Step):
         return out
 
     def run(self, ctx: StepContext) -> str:
-        ctx.alerts.incident(ctx.incident, self.severity, f"{ctx.incident.rule_id}: {ctx.incident.predicts}")
+        ctx.alerts.incident(ctx.incident, self.severity, annotations=self.annotations, receiver=self.receiver)
         return "alert sent"
 
     @classmethod

@@ -439,7 +439,17 @@ class RuleBase(StrictModel):
     lifecycle: LifecycleTag | None = None
     for_: Duration | None = Field(default=None, alias="for", description="how long the condition must hold")
     keep_firing_for: Duration = Field(default=0.0, description="hold firing this long after it clears")
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="added to the labels of the incident's alert (routing, team, tier)"
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="added to the incident alert's annotations; $replica, $service, $target, $rule, $predicts, "
+        "$eta and $incident are filled in",
+    )
+    runbook_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="the alert's runbook_url annotation: what to do when paged"
+    )
     then: list[Action] = Field(default_factory=list)
 
     _origin: Origin | None = PrivateAttr(default=None)

@@ -45,11 +45,13 @@ def test_payload_shape() -> None:
         "container": "tfsim-0",
         "engine": "local",
         "service": "half_plus_two",
+        "replica": "tfsim-0",  # the label the Prometheus series carry: one inhibit rule covers both
         "rule": "oom-precursor",
     }
     assert body["annotations"] == {"summary": "s"}
     assert body["startsAt"] == "2024-05-01T10:00:00.500Z"
-    assert "endsAt" not in body
+    # firing: active for a TTL from delivery (not start + resolve_timeout, which expires a long incident)
+    assert alertmanager_payload(a, now=1714560000.0, firing_ttl_s=90)["endsAt"] == "2024-05-01T10:41:30.000Z"
     assert alertmanager_payload(a, ends_at=1714557660.0)["endsAt"] == "2024-05-01T10:01:00.000Z"
     assert a.fingerprint == alert(rule="oom-precursor").fingerprint != alert(rule="other").fingerprint
     plain = Alert("X", {"target": "local/a"})  # built directly: still gets a distinct fingerprint

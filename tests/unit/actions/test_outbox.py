@@ -14,9 +14,10 @@ from watcher.actions.base import Alert
 from watcher.actions.outbox import AlertOutbox
 from watcher.retry import Backoff
 from watcher.store import Store, StoreWriteError
-from watcher.timefmt import format_rfc3339
+from watcher.timefmt import format_rfc3339, parse_rfc3339
 
-ONCE = {"backoff": Backoff(attempts=1, base_s=0.0), "sleep": lambda _s: None}
+FAR = 10**6  # the firing TTL here: a fired alert ends FAR after its delivery, a resolve at its own time
+ONCE: dict[str, Any] = {"backoff": Backoff(attempts=1, base_s=0.0), "sleep": lambda _s: None, "firing_ttl_s": FAR}
 
 
 def alert(name: str, severity: str = "warning", summary: str = "") -> Alert:
@@ -28,7 +29,8 @@ def sent(receiver: Receiver) -> list[tuple[str, bool]]:
     out = []
     for body in receiver.bodies():
         (item,) = body
-        out.append((item["labels"]["alertname"], "endsAt" in item))
+        # a firing alert ends a TTL (FAR, see ONCE) after its delivery; a resolve when it was queued
+        out.append((item["labels"]["alertname"], parse_rfc3339(item["endsAt"]) < Clock().now + FAR / 2))
     return out
 
 

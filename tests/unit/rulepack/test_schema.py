@@ -299,3 +299,21 @@ def test_a_whole_line_rule_matches_the_line_behind_its_wrapper_and_nothing_longe
     assert rules('{"log":"Killed\\n","stream":"stderr","time":"2024-01-01T00:00:00Z"}') == ("bare-killed",)
     assert rules("Killed process 4242 (tensorflow_mode)") == ()
     assert rules("the job was Killed") == ()
+
+
+def test_rule_annotations_and_runbook_url_lint_clean_and_a_runbook_must_be_a_url() -> None:
+    """Refused by lint before issue #19; now they reach the incident's alert (see test_alert_lifecycle)."""
+    rule = """
+pack: p
+rules:
+  - id: r
+    match: {log: 'boom'}
+    predicts: crash
+    labels: {team: ml}
+    annotations: {dashboard: 'https://grafana.example/d/x?var-replica=$replica'}
+    runbook_url: %s
+    then: [alert]
+"""
+    assert lint_text(rule % "https://runbooks.example/crash", "p.yaml") == []
+    errors = [str(e) for e in lint_text(rule % "runbooks/crash.md", "p.yaml")]
+    assert len(errors) == 1 and "runbook_url" in errors[0], errors
