@@ -3,14 +3,19 @@ known one (issue #14: a log line could make the watcher act on another replica).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from watcher.clock import ManualClock
 from watcher.engine import Engine
+from watcher.inventory import LabelNames, Snapshot, WatchedContainer
+from watcher.live import LiveConfig, LiveWatcher
 from watcher.model import Finding, LogRecord, Target
 from watcher.parsers import nginx
 from watcher.rulepack.compile import load_packs
 from watcher.rules import SHIPPED_RULES
+from watcher.store import Store
 
 T0 = 1_796_132_695.0
 LB = Target("nginx")
@@ -168,3 +173,61 @@ def test_a_forged_context_names_no_replica(name: str) -> None:
     clock = ManualClock(T0)
     engine = Engine(load_packs([SHIPPED_RULES]), clock, upstreams=UPSTREAMS, load_balancers=[LB])
     assert engine.parse(LogRecord(LB, T0, line)).target != B
+
+
+def _container(name: str, labels: dict[str, str], running: bool = True) -> WatchedContainer:
+    return WatchedContainer(
+        engine="local",
+        id=name * 4,
+        name=name,
+        target=Target(name, "local", labels.get("watcher.service")),
+        labels=labels,
+        upstream=labels.get("watcher.upstream"),
+        model=None,
+        running=running,
+        health=None,
+        started_at="",
+        tty=False,
+    )
+
+
+class _Inventory:
+    """The inventory as the live watcher reads it: a snapshot of the watched containers (Docker's metadata)."""
+
+    engine_names = ("local",)
+    names = LabelNames()
+
+    def __init__(self, containers: list[WatchedContainer]) -> None:
+        self.containers = containers
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot({"local": {c.id: c for c in self.containers}}, {"local": True})
+
+
+def test_a_load_balancer_container_is_marked_by_its_docker_label_not_by_its_lines(tmp_path: Path) -> None:
+    """Nginx in a container (deploy/compose.yaml): its log lines name the replica behind the
+    upstream when Docker says it is the load balancer (``watcher.role=load-balancer``); the same
+    line from a container without that label speaks about that container only."""
+    replica = {"watcher.service": "svc", "watcher.upstream": "127.0.0.1:8501"}
+    a = _container("replica-a", replica)
+    lb = _container("tfs-nginx", {"watcher.role": "load-balancer"})
+    other = _container("chatty", {"watcher.role": "replica"})
+    line = REFUSED  # the upstream nginx wrote is 127.0.0.1:8501 (A); the Referer names B
+    store = Store(tmp_path / "w.db")
+    try:
+        live = LiveWatcher(
+            LiveConfig(stats_interval_s=None),
+            load_packs([SHIPPED_RULES]),
+            store,
+            clock=ManualClock(T0),
+            inventory=_Inventory([a, lb, other]),  # type: ignore[arg-type]
+        )
+        live.refresh_upstreams()
+        assert live.engine.parse(LogRecord(lb.target, T0, line)).target == a.target
+        assert live.engine.parse(LogRecord(other.target, T0, line)).target == other.target
+        assert live.engine.upstreams == {"127.0.0.1:8501": a.target}
+        live.request_reload(load_packs([SHIPPED_RULES]))
+        live._swap_engine(live._reload)  # type: ignore[arg-type]  # a hot reload keeps the marking
+        assert live.engine.parse(LogRecord(lb.target, T0, line)).target == a.target
+    finally:
+        store.close()
