@@ -140,6 +140,7 @@ class Watcher:
             pid_file=d / "nginx.master.pid",
             nginx=spec.nginx_binary,
             args=("-q", "-p", f"{d}/", "-c", str(d / "nginx.conf")),
+            error_log=d / "error.log",
         )
         return NginxShifter(d / "upstreams.conf", reload, access_log=d / "access.log", quiet_s=0.3)
 

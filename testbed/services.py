@@ -493,6 +493,7 @@ http {{
             pid_file=self.pid_path,
             nginx=self.binary_path(),
             args=("-q", "-p", f"{self.workdir}/", "-c", str(self.conf_path)),
+            error_log=self.error_log_path,
         )
 
     def shifter(self, reload_timeout_s: float = 10.0) -> NginxShifter:

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     nginx_container: str | None = None
     nginx_conf: Path | None = None
     nginx_binary: str = "nginx"
+    nginx_error_log: Path | None = Field(
+        default=None,
+        description="host Nginx's error_log file: a refused reload is seen at once, with its [emerg] line",
+    )
     haproxy_socket: Path | None = None
     haproxy_backend: str = ""
     model_repo: Path | None = None

@@ -22,7 +22,9 @@ So this guard:
   refused, ``kill`` only with ``signal=HUP``, ``top`` without ``ps_args`` (``ps e`` would print
   process environments);
 * for a per-container path, asks the engine (over the socket) for that container's labels and
-  refuses it unless it carries one of the configured ``--allow-label key=value`` pairs. The request
+  refuses it unless it carries *every* pair of one configured ``--allow-label key=value[,key=value]``
+  selector (Docker's label-filter semantics: all pairs must match; a repeated ``--allow-label`` is
+  another selector, one per role: the replicas, the load balancer). The request
   is then forwarded with the container's full ID in place of what the client wrote, so a rename
   between the check and the call cannot point it at another container;
 * rebuilds the request from the parsed parts (method, checked path, checked query, ``Host``,
@@ -115,16 +117,21 @@ class Forward:
 
 
 Inspect = Callable[[str], "dict[str, Any] | None"]  # container name/ID -> inspect JSON, None if absent
+Selector = tuple[tuple[str, str], ...]  # label pairs a container must carry, all of them
 
 
-def parse_selectors(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    """``["watcher.enable=true", ...]`` -> ``(("watcher.enable", "true"), ...)``; a value is required."""
-    out: list[tuple[str, str]] = []
+def parse_selectors(values: Sequence[str]) -> tuple[Selector, ...]:
+    """``["watcher.enable=true,team=ml", "watcher.role=load-balancer"]`` -> one selector per value,
+    each the pairs a container must carry *all* of; a key and a value are required in every pair."""
+    out: list[Selector] = []
     for value in values:
-        key, sep, want = value.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--allow-label wants key=value, got {value!r}")
-        out.append((key, want))
+        pairs: list[tuple[str, str]] = []
+        for pair in value.split(","):
+            key, sep, want = pair.strip().partition("=")
+            if not sep or not key:
+                raise ValueError(f"--allow-label wants key=value[,key=value...], got {value!r}")
+            pairs.append((key, want))
+        out.append(tuple(pairs))
     if not out:
         raise ValueError("at least one --allow-label key=value is required")
     return tuple(out)
@@ -133,7 +140,7 @@ def parse_selectors(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
 class Guard:
     """The decision: given a parsed request, the :class:`Forward` to send or :class:`Refused`."""
 
-    def __init__(self, selectors: Sequence[tuple[str, str]], inspect: Inspect) -> None:
+    def __init__(self, selectors: Sequence[Selector], inspect: Inspect) -> None:
         self.selectors = tuple(selectors)
         self.inspect = inspect
 
@@ -199,8 +206,8 @@ class Guard:
         if attrs is None:
             raise Refused(f"no such container: {name}", status=404)
         labels = (attrs.get("Config") or {}).get("Labels") or {}
-        if not any(labels.get(key) == want for key, want in self.selectors):
-            wanted = " or ".join(f"{k}={v}" for k, v in self.selectors)
+        if not any(all(labels.get(key) == want for key, want in selector) for selector in self.selectors):
+            wanted = " or ".join(",".join(f"{k}={v}" for k, v in selector) for selector in self.selectors)
             raise Refused(f"container {name} does not carry {wanted}")
         container_id = str(attrs.get("Id", ""))
         if not re.fullmatch(r"[0-9a-f]{64}", container_id):
@@ -310,7 +317,7 @@ def _handler(guard: Guard, socket_path: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int, socket_path: str, selectors: Sequence[tuple[str, str]]) -> ThreadingHTTPServer:
+def serve(host: str, port: int, socket_path: str, selectors: Sequence[Selector]) -> ThreadingHTTPServer:
     """A bound (not yet serving) guard; call ``serve_forever`` on it."""
     guard = Guard(selectors, engine_inspector(socket_path))
     server = ThreadingHTTPServer((host, port), _handler(guard, socket_path))
@@ -326,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--allow-label",
         action="append",
         default=None,
-        help="key=value a container must carry for inspect/logs/stats/top/restart/kill (repeatable, any of); "
+        help="key=value[,key=value...]: labels a container must carry, all of them, for inspect/logs/stats/top/"
+        "restart/kill (repeatable: one selector per role, any selector); "
         "default from GUARD_ALLOW_LABELS (whitespace-separated)",
     )
     args = parser.parse_args(argv)

@@ -100,6 +100,10 @@ class LabelNames:
     model: str = "watcher.model"
 
 
+ROLE_LABEL = "watcher.role"
+LOAD_BALANCER_ROLE = "load-balancer"  # ``watcher.role=load-balancer``: the container is the load balancer
+
+
 @dataclass(frozen=True)
 class WatchedContainer:
     """One selected container as the inventory last saw it."""
@@ -119,6 +123,13 @@ class WatchedContainer:
     @property
     def key(self) -> str:
         return self.target.key
+
+    @property
+    def load_balancer(self) -> bool:
+        """Labelled ``watcher.role=load-balancer`` (Nginx in a container): its log lines are the load
+        balancer's own, the only container lines that may name a replica by upstream address. From
+        Docker's metadata, never from a line."""
+        return self.labels.get(ROLE_LABEL) == LOAD_BALANCER_ROLE
 
     @property
     def serving(self) -> bool:

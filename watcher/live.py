@@ -161,15 +161,23 @@ class LiveWatcher:
         return self._by_name.get(name.lstrip("/"))
 
     def refresh_upstreams(self) -> None:
-        """Map load-balancer addresses (and container names) to the running watched replicas, from
-        the inventory's snapshot: no Docker call, so the engine thread may do it."""
+        """Map load-balancer addresses (and container names) to the running watched replicas, and
+        mark the load balancer's own sources (its host log files, and watched containers labelled
+        ``watcher.role=load-balancer``), from the inventory's snapshot: no Docker call, so the
+        engine thread may do it."""
         mapping: dict[str, Target] = {}
         by_name: dict[str, Target] = {}
-        for c in self.inventory.snapshot().running():
+        balancers = {t.key for t in self.load_balancers}
+        for c in self.inventory.snapshot().current():
+            if c.load_balancer:
+                balancers.add(c.key)  # also while stopped: its last lines may still be queued
+            if not c.running:
+                continue
             by_name.setdefault(c.name, c.target)
-            if c.upstream:
+            if c.upstream and not c.load_balancer:
                 mapping[c.upstream] = c.target
         self.engine.upstreams = mapping
+        self.engine.load_balancers = frozenset(balancers)
         self._by_name = by_name
 
     # -- the engine thread ------------------------------------------------------------------------
@@ -242,10 +250,11 @@ class LiveWatcher:
         """The engine and the Prometheus queries change in one step, on the engine thread."""
         self._reload = None
         self._checkpoint()  # rules that survive the reload keep their state
-        upstreams, stats = self.engine.upstreams, self.engine.stats
+        upstreams, balancers, stats = self.engine.upstreams, self.engine.load_balancers, self.engine.stats
         self.engine = Engine(
             ruleset, self.clock, store=self.store, upstreams=upstreams, load_balancers=self.load_balancers
         )
+        self.engine.load_balancers = balancers  # with the containers marked since the start
         self.engine.stats = stats  # the lines/samples counters go on counting across a reload
         self.ruleset = ruleset
         if self.prometheus is not None:

@@ -19,9 +19,13 @@ newline. That is what hyperscan and RE2 (Latin-1 mode) do natively, and what ``r
 
 Patterns are vetted before any backend sees them (:func:`check_pattern`), so a rule pack valid on
 one machine is valid on all: no backreferences, lookaround or conditionals (the linear engines
-cannot run them), no pattern that matches the empty line, and no nested quantifier where one level
-is unbounded (``(a+)+``, ``(a|aa)*b``): such patterns are harmless to hyperscan but catastrophic to
-the fallback, and a pack must not depend on which wheel is installed.
+cannot run them), no pattern that matches the empty line, no nested quantifier where one level
+is unbounded (``(a+)+``, ``(a|aa)*b``: exponential), and no two unbounded quantifiers in a row
+over overlapping characters (``\\d+\\d+``, ``\\s*.*``: polynomial, ``\\d+\\d+x`` takes ``re`` 12 s on
+3000 digits): such patterns are harmless to hyperscan but catastrophic to the fallback, and a pack
+must not depend on which wheel is installed. (Left allowed: unbounded quantifiers separated by a
+character the first one could also match, the ``error.*timeout.*upstream`` idiom; quadratic per
+start at worst, bounded by the line cap.)
 """
 
 from __future__ import annotations
@@ -161,6 +165,87 @@ _NESTED: Final = (
 )
 
 
+_ALL_BYTES: Final = frozenset(range(256))
+_CATEGORIES: Final = {
+    "CATEGORY_DIGIT": frozenset(b"0123456789"),
+    "CATEGORY_SPACE": frozenset(b" \t\n\r\f\v"),
+    "CATEGORY_WORD": frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"),
+}
+_ADJACENT: Final = (
+    "regex puts two unbounded quantifiers in a row over the same characters (e.g. \\d+\\d+ or \\s*.*), "
+    "which backtracks polynomially on a long line; merge them into one"
+)
+
+
+def _fold(chars: frozenset[int], ignore_case: bool) -> frozenset[int]:
+    if not ignore_case:
+        return chars
+    return chars | {c ^ 0x20 for c in chars if 65 <= (c & ~0x20) <= 90}
+
+
+def _charset(item: Any, ignore_case: bool) -> frozenset[int] | None:
+    """The bytes one single-character element can match; None for anything longer (a group, a branch)."""
+    op, av = item
+    if op is _sre_c.LITERAL:
+        return _fold(frozenset({int(av)}), ignore_case)
+    if op is _sre_c.NOT_LITERAL:
+        return _ALL_BYTES - _fold(frozenset({int(av)}), ignore_case)
+    if op is _sre_c.ANY:
+        return _ALL_BYTES - {10}
+    if op is _sre_c.IN:
+        chars: set[int] = set()
+        negate = False
+        for sub_op, sub_av in av:
+            if sub_op is _sre_c.NEGATE:
+                negate = True
+            elif sub_op is _sre_c.LITERAL:
+                chars.add(int(sub_av))
+            elif sub_op is _sre_c.RANGE:
+                chars.update(range(int(sub_av[0]), int(sub_av[1]) + 1))
+            elif sub_op is _sre_c.CATEGORY:
+                name = str(sub_av)
+                base = _CATEGORIES.get(name.replace("_NOT_", "_"))
+                if base is None:
+                    return None
+                chars.update(_ALL_BYTES - base if "_NOT_" in name else base)
+            else:
+                return None
+        folded = _fold(frozenset(chars), ignore_case)
+        return _ALL_BYTES - folded if negate else folded
+    return None
+
+
+def _adjacent_repeats(pattern_id: str, seq: Any, ignore_case: bool, run: frozenset[int] | None = None) -> Any:
+    """Refuse two unbounded single-character repeats that can consume the same bytes with only optional
+    elements (or groups of them) between them. ``run`` is what the repeats since the last mandatory
+    element can consume; returned so a group continues its surroundings' run."""
+    for op, av in seq:
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+            lo, hi, sub = av
+            chars = _charset(sub[0], ignore_case) if len(sub) == 1 else None
+            if chars is None:
+                _adjacent_repeats(pattern_id, sub, ignore_case)
+                run = run if lo == 0 else None
+                continue
+            if hi == _sre_c.MAXREPEAT:
+                if run is not None and run & chars:
+                    raise PatternError(pattern_id, _ADJACENT)
+                run = (run | chars) if (lo == 0 and run is not None) else chars
+            elif lo > 0:
+                run = None  # a mandatory character ends the run
+        elif op is _sre_c.SUBPATTERN:
+            run = _adjacent_repeats(pattern_id, av[-1], ignore_case, run)
+        elif op is _sre_c.AT:
+            continue  # zero-width
+        elif op is _sre_c.BRANCH:
+            for alt in av[1]:
+                _adjacent_repeats(pattern_id, alt, ignore_case)
+            run = None
+        else:
+            run = None
+    return run
+
+
 def _walk(pattern_id: str, seq: Any, outer: str | None, anchors: set[str]) -> None:
     """Reject constructs that are unsupported by the linear engines or that backtrack badly."""
     for op, av in seq:
@@ -243,6 +328,7 @@ def check_pattern(entry: SpecLike) -> PatternInfo:
         raise PatternError(spec.pattern_id, f"invalid regex: {exc}") from None
     anchors: set[str] = set()
     _walk(spec.pattern_id, parsed, None, anchors)
+    _adjacent_repeats(spec.pattern_id, parsed, spec.ignore_case or bool(parsed.state.flags & re.IGNORECASE))
     if regex.search(b"") is not None:
         raise PatternError(spec.pattern_id, "regex matches the empty line, so it would match every line")
     return PatternInfo(

@@ -313,6 +313,17 @@ class Policy:
         self.save(now)
 
     @_locked
+    def forget_action(self, key: str, rule_id: str, at: float) -> None:
+        """Take back the cooldown stamp ``record_action`` set at ``at``: the plan changed nothing (the
+        load balancer refused its first change), so the next finding may try it again instead of
+        being held for a cooldown earned by nothing. A later stamp is kept; the fleet rate limit
+        keeps counting the attempt, so a storm of refused attempts stays bounded."""
+        stamp = f"{key}|{rule_id}"
+        if abs(self.last_action.get(stamp, float("nan")) - at) < 1e-3:
+            del self.last_action[stamp]
+            self.save(at)
+
+    @_locked
     def record_restart(self, key: str, now: float, window_s: float) -> None:
         """Counted before the restart runs: a crash mid-restart must not give the budget back."""
         self.restarts[key] = [t for t in self.restarts.get(key, []) if now - t < window_s] + [now]

@@ -197,7 +197,9 @@ class Service:
                 args: tuple[str, ...] = ("-q",)
                 if s.nginx_conf is not None:
                     args += ("-p", f"{s.nginx_conf.parent}/", "-c", str(s.nginx_conf))
-                reload = HostNginxReload(pid_file=s.nginx_pid_file, nginx=s.nginx_binary, args=args)
+                reload = HostNginxReload(
+                    pid_file=s.nginx_pid_file, nginx=s.nginx_binary, args=args, error_log=s.nginx_error_log
+                )
             return NginxShifter(s.nginx_upstreams_file, reload)
         return _NoShifter()
 

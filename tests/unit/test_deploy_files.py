@@ -66,9 +66,10 @@ def test_watcher_reaches_docker_only_through_the_socket_proxy() -> None:
     # the guard lets per-container calls through only for the replicas' selector and the Nginx container
     proxy = services["socket-proxy"]
     assert proxy["entrypoint"] == ["python", "-m", "watcher.guard_proxy"]
-    allowed = {a.removeprefix("--allow-label=") for a in proxy["command"] if a.startswith("--allow-label=")}
-    assert set(json.loads(watcher["environment"]["WATCHER_LABEL_SELECTOR"])) <= allowed
-    assert any(f"{k}={v}" in allowed for k, v in services["nginx"]["labels"].items())
+    allowed = [a.removeprefix("--allow-label=") for a in proxy["command"] if a.startswith("--allow-label=")]
+    selectors = [set(a.split(",")) for a in allowed]  # each one must be matched whole (all pairs)
+    assert set(json.loads(watcher["environment"]["WATCHER_LABEL_SELECTOR"])) in selectors
+    assert any(s <= {f"{k}={v}" for k, v in services["nginx"]["labels"].items()} for s in selectors)
     # the upstream file is shared (a directory volume: the watcher replaces the file by rename)
     assert "nginx-upstreams:/etc/nginx/upstreams" in services["nginx"]["volumes"]
     assert "nginx-upstreams:/etc/nginx/upstreams" in watcher["volumes"]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watcher.actions.base import Alert, Replica
+from watcher.actions.base import Alert, ChangeRefused, Replica
 from watcher.journal import IncidentState, Journal
 from watcher.model import Finding, Predicts, Target
 from watcher.playbook.executor import Executor
@@ -207,3 +207,43 @@ def test_stopping_leaves_a_waiting_incident_open_and_the_next_watcher_finishes_i
     assert shifter.weights[TARGETS[1].key] == 2
     done = journal2.incident(incident)
     assert done is not None and done.state is IncidentState.RESOLVED
+
+
+class RefusingShifter(FakeShifter):
+    """A load balancer whose config someone broke: every change is refused, its live state stays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = True
+
+    def set_weight(self, replica: Replica, weight: int) -> None:
+        if self.refuse:
+            raise ChangeRefused('nginx refused the reload: [emerg] unknown directive "bogus"', '[emerg] "bogus"')
+        super().set_weight(replica, weight)
+
+
+def test_a_refused_change_holds_the_incident_alerts_why_and_the_next_finding_acts(tmp_path: Path) -> None:
+    executor, _, alerts, journal = make(tmp_path)
+    shifter = RefusingShifter()
+    executor.shifter = shifter
+    first = executor.on_finding(slow(TARGETS[1]))
+    assert first is not None
+    executor.wait(5)
+    incident = journal.incident(first)
+    assert incident is not None and incident.state is IncidentState.HELD
+    assert "refused" in incident.note and "live weight 2" in incident.note
+    assert shifter.history == []  # the refused change is not retried, nothing "restored"
+    [alert] = alerts.fired
+    assert alert.labels["severity"] == "critical"
+    assert '[emerg] unknown directive "bogus"' in alert.annotations["summary"]
+
+    shifter.refuse = False  # the config is fixed
+    second = executor.on_finding(slow(TARGETS[1]))
+    assert second is not None, executor.refusals
+    again = journal.incident(second)
+    assert again is not None and [s.name for s in again.plan] == [s.name for s in incident.plan]  # not a cooldown hold
+    executor.on_finding(slow(TARGETS[1], resolved=True))
+    executor.wait(5)
+    again = journal.incident(second)
+    assert again is not None and again.state is IncidentState.RESOLVED
+    assert shifter.history == [(TARGETS[1].key, 0), (TARGETS[1].key, 2)]

@@ -78,3 +78,25 @@ def test_selectors_need_key_and_value() -> None:
         parse_selectors(["watcher.enable"])
     with pytest.raises(ValueError, match="at least one"):
         parse_selectors([])
+
+
+def test_a_selector_needs_all_its_labels_like_dockers_label_filter() -> None:
+    """``--allow-label watcher.enable=true,team=ml``: a container with only one of the two labels (a
+    stray ``watcher.enable=true`` on someone else's container) may not be restarted or signalled."""
+    containers: dict[str, dict[str, Any]] = {
+        "ours": {"Id": LABELLED, "Config": {"Labels": {"watcher.enable": "true", "team": "ml"}}},
+        "half": {"Id": OTHER, "Config": {"Labels": {"watcher.enable": "true"}}},
+        "lb": {"Id": "c" * 64, "Config": {"Labels": {"watcher.role": "load-balancer"}}},
+    }
+    g = Guard(parse_selectors(["watcher.enable=true,team=ml", "watcher.role=load-balancer"]), containers.get)
+    assert g.decide("POST", "/containers/ours/restart?t=5", []).target == f"/containers/{LABELLED}/restart?t=5"
+    assert g.decide("POST", "/containers/lb/kill?signal=HUP", []).target == f"/containers/{'c' * 64}/kill?signal=HUP"
+    for method, target in [("POST", "/containers/half/restart"), ("POST", "/containers/half/kill?signal=HUP")]:
+        with pytest.raises(Refused, match=r"does not carry watcher\.enable=true,team=ml or watcher\.role"):
+            g.decide(method, target, [])
+
+
+def test_selector_pairs_each_need_a_key_and_value() -> None:
+    assert parse_selectors(["a=1, b=2", "c="]) == ((("a", "1"), ("b", "2")), (("c", ""),))
+    with pytest.raises(ValueError, match="key=value"):
+        parse_selectors(["a=1,b"])

@@ -29,6 +29,21 @@ class ActionError(RuntimeError):
     """An action failed; the message is written for the journal (what, on which target, why)."""
 
 
+class ChangeRefused(ActionError):
+    """The load balancer refused a change and still runs the config it ran before.
+
+    The shifter has put its own file (or state) back to what the load balancer last accepted, so
+    ``get_weight`` tells the truth again; nothing about the replica changed. The executor holds
+    the incident on this error instead of retrying the same change (it would be refused again)
+    or restarting a replica whose traffic could not be moved. ``reason`` is the load balancer's
+    own words (an Nginx ``[emerg]`` line), redacted and bounded, or None when it could not be read.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Replica:
     """What actuators need to know about one replica, beyond its container."""

@@ -13,9 +13,20 @@ requests it holds and exits. So the new config is live exactly when at least one
 not exist before the HUP is accepting and no pre-HUP worker is still accepting. For a host
 process the worker list comes from ``/proc`` (children of the master from the PID file); for Nginx
 in a container it comes from ``docker top`` (the engine runs ``ps`` on the host, so the image
-needs no procps). If the master rejects the config at reload time (something ``nginx -t`` could
-not see), it keeps its old workers, confirmation times out, the previous file is restored and an
-:class:`ActionError` says so.
+needs no procps).
+
+A refused reload. If the master rejects the config at reload time (an included file someone broke,
+something ``nginx -t`` could not see, or Nginx in a container where there is no ``nginx -t``), it
+logs ``[emerg] ...`` and keeps its old workers. The shifter notices either way: the ``[emerg]``
+line appears in the master's error output after the HUP (the error-log file of a host process, the
+container's log), or no new worker generation appears within ``reload_timeout_s``. It then puts
+the upstream file back to the content Nginx last accepted and raises :class:`NginxReloadRefused`
+(a :class:`~watcher.actions.base.ChangeRefused`, carrying the ``[emerg]`` line, redacted and
+bounded), so the executor holds the incident instead of restarting a replica it could not drain.
+"The content Nginx last accepted" is what the shifter recorded at its last confirmed reload
+(kept beside the file, so it survives a watcher restart) while the worker generation it confirmed
+is still the live one; when the workers changed since (someone else reloaded or restarted Nginx),
+it is the file as it was before this change.
 
 In-flight requests. Open-source Nginx exposes no per-upstream in-flight count (``stub_status`` is
 global). But once the replica is ``down`` in the live config, new workers never pick it, so every
@@ -35,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import signal
@@ -47,14 +59,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from watcher import procfs
-from watcher.actions.base import ActionError, Replica, TrafficShifter
+from watcher.actions.base import ActionError, ChangeRefused, Replica, TrafficShifter
 from watcher.fileutil import atomic_write
+from watcher.redact import redact_text
 
 __all__ = [
     "ContainerNginxReload",
     "HostNginxReload",
     "NginxConfigRefused",
     "NginxReload",
+    "NginxReloadRefused",
     "NginxShifter",
     "ServerLine",
     "UpstreamFile",
@@ -65,6 +79,8 @@ _UPSTREAM_RE = re.compile(r"^\s*upstream\s+(\S+)\s*\{")
 _SERVER_RE = re.compile(r"^\s*server\s+(\S+)")
 _WEIGHT_RE = re.compile(r"(?<=\s)weight=(\d+)(?=\s|$)")
 _DOWN_RE = re.compile(r"(?<=\s)down(?=\s|$)")
+MAX_REASON_CHARS = 300  # an [emerg] line quoted in an error, a journal note or an alert
+_LOG_READ_MAX = 1 << 20  # how much error output after a HUP is searched for the [emerg] line
 
 
 # ----------------------------------------------------------------------------- the upstream file
@@ -219,8 +235,29 @@ class UpstreamFile:
 # ------------------------------------------------------------------------------------- reloaders
 
 
-class NginxConfigRefused(ActionError):
-    """``nginx -t`` refused the file (nothing was signalled); the message carries Nginx's own words."""
+def refusal_line(output: str) -> str | None:
+    """Why Nginx refused a config, from its error output: the last ``[emerg]`` line, from the level on
+    (no timestamp), control characters replaced, URLs and secrets redacted, at most
+    :data:`MAX_REASON_CHARS`. None when there is none. The line quotes config text (directive
+    names, paths, sometimes values), so it is treated as untrusted text on its way to an alert."""
+    found: str | None = None
+    for line in output.splitlines():
+        at = line.find("[emerg]")
+        if at >= 0:
+            found = line[at:]
+    if found is None:
+        return None
+    clean = redact_text("".join(c if c.isprintable() else "?" for c in found.strip()))
+    return clean if len(clean) <= MAX_REASON_CHARS else clean[: MAX_REASON_CHARS - 3] + "..."
+
+
+class NginxConfigRefused(ChangeRefused):
+    """``nginx -t`` refused the file (nothing was signalled); ``reason`` is Nginx's ``[emerg]`` line."""
+
+
+class NginxReloadRefused(ChangeRefused):
+    """The master refused the config on SIGHUP and kept its old workers; the file was put back to
+    what Nginx last accepted. ``reason`` is the ``[emerg]`` line when the error output was readable."""
 
 
 class NginxReload(Protocol):
@@ -234,6 +271,14 @@ class NginxReload(Protocol):
 
     def signal_reload(self) -> None:
         """Send SIGHUP to the master."""
+
+    def log_mark(self) -> float:
+        """Where the master's error output ends now (taken just before a HUP): a byte offset in
+        its error-log file, or a unix time for a container's log."""
+
+    def refusal(self, mark: float) -> str | None:
+        """The ``[emerg]`` line the master wrote after ``mark`` (see :func:`refusal_line`); None
+        when there is none or its error output cannot be read."""
 
 
 class HostNginxReload:
@@ -251,6 +296,7 @@ class HostNginxReload:
         nginx: str = "nginx",
         args: tuple[str, ...] = (),
         test_timeout_s: float = 15.0,
+        error_log: Path | None = None,
     ) -> None:
         if (pid_file is None) == (pid is None):
             raise ValueError("give exactly one of pid_file or pid")
@@ -259,6 +305,7 @@ class HostNginxReload:
         self.nginx = nginx
         self.args = args
         self.test_timeout_s = test_timeout_s
+        self.error_log = error_log  # the master's error_log file: a refused reload is seen at once
 
     def master_pid(self) -> int:
         if self.pid is not None:
@@ -281,7 +328,12 @@ class HostNginxReload:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ActionError(f"nginx -t could not run: {exc}") from None
         if proc.returncode != 0:
-            raise NginxConfigRefused(f"nginx -t refused the config: {(proc.stderr + proc.stdout).strip()}")
+            output = proc.stderr + proc.stdout
+            reason = refusal_line(output)
+            if reason is None:
+                text = redact_text(output.strip())
+                reason = text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+            raise NginxConfigRefused(f"nginx -t refused the config: {reason}", reason)
 
     def workers(self) -> dict[int, bool]:
         master = self.master_pid()
@@ -300,6 +352,27 @@ class HostNginxReload:
             os.kill(pid, signal.SIGHUP)
         except OSError as exc:
             raise ActionError(f"cannot send SIGHUP to nginx master {pid}: {exc}") from None
+
+    def log_mark(self) -> float:
+        if self.error_log is None:
+            return 0.0
+        try:
+            return float(self.error_log.stat().st_size)
+        except OSError:
+            return 0.0
+
+    def refusal(self, mark: float) -> str | None:
+        if self.error_log is None:
+            return None
+        try:
+            with open(self.error_log, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                start = int(mark) if size >= mark else 0  # rotated since the mark: read the new file
+                fh.seek(max(start, size - _LOG_READ_MAX))
+                chunk = fh.read(_LOG_READ_MAX)
+        except OSError:
+            return None
+        return refusal_line(chunk.decode("utf-8", "replace"))
 
 
 class ContainerNginxReload:
@@ -354,6 +427,19 @@ class ContainerNginxReload:
         except Exception as exc:
             raise ActionError(f"cannot HUP nginx container {self.container}: {exc}") from None
 
+    def log_mark(self) -> float:
+        return time.time()
+
+    def refusal(self, mark: float) -> str | None:
+        """Nginx in a container logs to stderr: the container's log since the mark (the guard
+        proxy allows ``logs`` with ``since`` and ``tail``)."""
+        try:
+            raw = self._container().logs(stdout=True, stderr=True, since=mark, tail=200)
+        except Exception:  # ActionError, docker.errors.APIError, a dropped connection
+            return None
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return refusal_line(text[-_LOG_READ_MAX:])
+
 
 # ---------------------------------------------------------------------------------------- shifter
 
@@ -371,6 +457,7 @@ class NginxShifter(TrafficShifter):
         quiet_s: float = 0.5,
         reload_timeout_s: float = 10.0,
         poll_s: float = 0.02,
+        refusal_poll_s: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -381,6 +468,7 @@ class NginxShifter(TrafficShifter):
         self.quiet_s = quiet_s
         self.reload_timeout_s = reload_timeout_s
         self.poll_s = poll_s
+        self.refusal_poll_s = refusal_poll_s  # how often the error output is read while confirming
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -451,28 +539,79 @@ class NginxShifter(TrafficShifter):
         atomic_write(self.upstreams_file, text)
         try:
             self.reload.test()
-            self._reload_and_confirm()
+            generation = self._reload_and_confirm()
+        except ChangeRefused:
+            # Nginx still runs what it last accepted: make the file say so again (see module doc).
+            atomic_write(self.upstreams_file, self._last_accepted(fallback=old_text))
+            raise
         except BaseException:
             atomic_write(self.upstreams_file, old_text)
             raise
+        self._record_accepted(text, generation)
 
-    def _reload_and_confirm(self) -> None:
+    # -- what Nginx last accepted -------------------------------------------------------------
+    @property
+    def accepted_record(self) -> Path:
+        """Beside the upstream file: the text of the last confirmed reload and the workers it started."""
+        return self.upstreams_file.parent / f".{self.upstreams_file.name}.watcher.accepted.json"
+
+    def _record_accepted(self, text: str, workers: set[int]) -> None:
+        try:
+            atomic_write(self.accepted_record, json.dumps({"text": text, "workers": sorted(workers)}))
+        except OSError:
+            # No record is safe (a refusal then restores the file as it was before the change); a
+            # stale one is too: its workers are gone, so it no longer matches the live generation.
+            with contextlib.suppress(OSError):
+                self.accepted_record.unlink()
+
+    def _last_accepted(self, fallback: str) -> str:
+        """The recorded text while its worker generation is still the one accepting, else ``fallback``."""
+        try:
+            record = json.loads(self.accepted_record.read_text())
+            text, workers = record["text"], {int(pid) for pid in record["workers"]}
+            live = {pid for pid, accepting in self.reload.workers().items() if accepting}
+        except (OSError, ValueError, KeyError, TypeError, ActionError):
+            return fallback
+        return text if isinstance(text, str) and workers and live == workers else fallback
+
+    def _reload_and_confirm(self) -> set[int]:
+        """HUP and wait for the new generation; returns its workers. A refusal is seen by the
+        ``[emerg]`` line in the master's error output, or by no new generation within the bound."""
         before = self.reload.workers()
         if not before:
             raise ActionError("nginx has no worker processes; is it running?")
+        mark = self.reload.log_mark()
         self.reload.signal_reload()
         deadline = self._clock() + self.reload_timeout_s
+        next_look = self._clock()
         while True:
             now = self.reload.workers()
             accepting = {pid for pid, ok in now.items() if ok}
             if accepting - set(before) and not accepting & set(before):
-                return
+                return accepting
+            if self._clock() >= next_look:
+                reason = self.reload.refusal(mark)
+                if reason is not None:
+                    raise NginxReloadRefused(
+                        f"nginx refused the reload: {reason}; it keeps running its previous config and the "
+                        "upstream file was put back to it",
+                        reason,
+                    )
+                next_look = self._clock() + self.refusal_poll_s
             if self._clock() > deadline:
-                raise ActionError(
+                message = (
                     f"nginx did not apply the new upstream config within {self.reload_timeout_s}s after SIGHUP "
-                    f"(workers before {sorted(before)}, now {now}); the master probably rejected it at reload "
-                    "time, see its error log. The previous upstream file was restored."
+                    f"(workers before {sorted(before)}, now {now})"
                 )
+                if not accepting - set(before):  # no new generation at all: the master refused it
+                    reason = self.reload.refusal(mark)
+                    said = reason or "no [emerg] line readable, see its error log"
+                    raise NginxReloadRefused(
+                        f"{message}: the master refused it ({said}); "
+                        "the upstream file was put back to what Nginx last accepted",
+                        reason,
+                    )
+                raise ActionError(f"{message}; see its error log. The previous upstream file was restored.")
             self._sleep(self.poll_s)
 
     # -- waiting ----------------------------------------------------------------------------

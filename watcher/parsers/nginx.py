@@ -41,6 +41,13 @@ LEVEL_WORDS = frozenset(_NGINX_LEVELS)
 _CONTEXT_ORDER = ("client", "server", "request", "subrequest", "upstream", "host", "referrer")
 _CONTEXT_RANK = {key: n for n, key in enumerate(_CONTEXT_ORDER)}
 _QUOTED = frozenset({"request", "subrequest", "upstream", "host", "referrer"})
+# What nginx (>= 1.21.1 rejects spaces and control characters in the request line; every version
+# rejects a Host with one) lets into the fields before the Referer: a request line of exactly
+# METHOD SP TARGET SP PROTOCOL (HTTP/0.9: no protocol, and then no headers follow), an upstream
+# URL and a Host without whitespace. A forged ", upstream: " needs spaces, so a value of another
+# shape means the line's context is not the one nginx wrote.
+_REQUEST_LINE = re.compile(r"[A-Z]{1,32} [^\s]+( HTTP/[0-9](\.[0-9])?)?")
+_SPACELESS = re.compile(r"[^\s]*")
 
 
 def upstream_host_port(url: str) -> str:
@@ -94,6 +101,11 @@ def _error_body(
     message = body if cut < 0 else body[:cut]
     if cut >= 0:
         _context(body[cut + 2 :], fields)
+        if '"' in message:
+            # nginx quotes the outside text it puts in a message (an open() path from the decoded
+            # URI, a header a client or a replica sent): the ", client: " found may be inside it,
+            # followed by a whole forged context. Such a line names no replica.
+            fields.pop("upstream", None)
     if not attributable:
         fields.pop("upstream", None)
     elif "upstream" in fields:
@@ -120,6 +132,7 @@ def _context(trailer: str, fields: dict[str, str]) -> None:
     pos = 0
     size = len(trailer)
     rank = -1
+    http09 = False
     while pos < size:
         colon = trailer.find(": ", pos)
         if colon < 0:
@@ -133,7 +146,14 @@ def _context(trailer: str, fields: dict[str, str]) -> None:
             if not trailer.startswith('"', start):
                 return
             end = _quoted_end(trailer, start + 1, rank)
-            fields[key] = trailer[start + 1 : end]
+            value = trailer[start + 1 : end]
+            if not _nginx_wrote(key, value, http09):
+                if key == "host":  # the upstream before it was read across a forged boundary
+                    fields.pop("upstream", None)
+                return
+            if key == "request":
+                http09 = " HTTP/" not in value
+            fields[key] = value
             pos = end + 1
         else:
             end = trailer.find(", ", start)
@@ -145,6 +165,16 @@ def _context(trailer: str, fields: dict[str, str]) -> None:
             pos += 2
         else:
             return
+
+
+def _nginx_wrote(key: str, value: str, http09: bool) -> bool:
+    """Whether ``value`` has the shape nginx gives ``key`` (see :data:`_REQUEST_LINE`); the Referer
+    (last, free text) always has."""
+    if key == "request":
+        return _REQUEST_LINE.fullmatch(value) is not None
+    if key in ("upstream", "host"):
+        return _SPACELESS.fullmatch(value) is not None and not (key == "host" and http09)
+    return not (key == "referrer" and http09)
 
 
 def _quoted_end(trailer: str, start: int, rank: int) -> int:

@@ -6,7 +6,10 @@ resumes each open incident at its first unfinished step after asking that step w
 took effect (:meth:`Step.already_happened`: a restart whose intent is journalled counts as done when
 the container started after the intent, so it never happens twice; weights are set idempotently).
 A failure never loops: a failed restart or a failed verification keeps the replica drained and
-alerts (HELD); a failed drain changes nothing (FAILED).
+alerts (HELD); a failed drain changes nothing (FAILED). A change the load balancer *refused*
+(:class:`~watcher.actions.base.ChangeRefused`: Nginx kept its old config) holds the incident where
+it is (HELD, critical alert with the load balancer's reason): the same change would be refused
+again, and restarting a replica whose traffic could not be moved is the outage we avoid.
 
 The executor knows no step by name: what a step does, and what the loop must do around it, is the
 step's own (see :mod:`watcher.playbook.base`).
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from watcher.actions.base import ActionError, Alerter, Replica, Restarter, TrafficShifter
+from watcher.actions.base import ActionError, Alerter, ChangeRefused, Replica, Restarter, TrafficShifter
 from watcher.actions.verify import Verifier
 from watcher.clock import Clock, WallClock
 from watcher.fleet import Fleet
@@ -275,12 +278,37 @@ class Executor:
             self.journal.outcome(step_id, StepStatus.FAILED, self.clock.now(), str(exc))
             self._finish_failure(incident, replica, exc)
             return False
+        except ChangeRefused as exc:
+            self.journal.outcome(step_id, StepStatus.FAILED, self.clock.now(), str(exc))
+            self._hold_refused(incident, replica, exc)
+            return False
         except ActionError as exc:
             self.journal.outcome(step_id, StepStatus.FAILED, self.clock.now(), str(exc))
             self._finish_failure(incident, replica, StepFailed(str(exc), hold=step.hold_on_error))
             return False
         self.journal.outcome(step_id, StepStatus.DONE, self.clock.now(), detail)
         return True
+
+    def _hold_refused(self, incident: Incident, replica: Replica, exc: ChangeRefused) -> None:
+        """The load balancer refused a change and runs its previous config: stop here, touch nothing.
+
+        No retry of the change (it would be refused again) and no further step (no restart of a
+        replica whose traffic could not be moved). When nothing had been done yet, the cooldown
+        stamp is taken back, so once the config is fixed the next finding acts normally.
+        """
+        now = self.clock.now()
+        try:
+            weight = f"weight {self.shifter.get_weight(replica)}"
+        except ActionError:
+            weight = "weight unknown"
+        journalled = self.journal.incident(incident.id) or incident
+        acted = any(s.status is StepStatus.DONE for s in journalled.steps)
+        why = f"held, no further step runs: the load balancer refused the change ({exc}); live {weight}"
+        self.journal.close(incident.id, IncidentState.HELD, now, why)
+        if not acted:
+            self.policy.forget_action(incident.target, incident.rule_id, incident.opened)
+        self.alerts.incident(incident, "critical", why)
+        self._event("failed", {"incident": incident.id, "target": incident.target, "why": str(exc)})
 
     def _finish_failure(self, incident: Incident, replica: Replica, exc: StepFailed) -> None:
         now = self.clock.now()

@@ -81,6 +81,10 @@ def test_format_duration() -> None:
         ("(a|aa)*b", "alternation without bound"),
         ("x?", "matches the empty line"),
         ("(a{1,30}){1,30}b", "nests bounded quantifiers"),
+        (r"\d+\d+x", "two unbounded quantifiers in a row"),  # re: 12 s on 3000 digits
+        (r"\s*.*x", "two unbounded quantifiers in a row"),
+        (r"(\d+)(x)?[0-9]*y", "two unbounded quantifiers in a row"),  # across groups and optional parts
+        ("(?i)a+A+b", "two unbounded quantifiers in a row"),  # the same bytes once case is folded
     ],
 )
 def test_unsafe_regexes_are_rejected(pattern: str, problem: str) -> None:
@@ -90,7 +94,19 @@ def test_unsafe_regexes_are_rejected(pattern: str, problem: str) -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    ["OOM when allocating", r"status=(5\d\d)", "(foo|bar)+", r"\d+ms", "a{3,5}b", "(a{2}){3}", r"(\d{1,3}\.){3}\d"],
+    [
+        "OOM when allocating",
+        r"status=(5\d\d)",
+        "(foo|bar)+",
+        r"\d+ms",
+        "a{3,5}b",
+        "(a{2}){3}",
+        r"(\d{1,3}\.){3}\d",
+        r"line [0-9]+: +[0-9]+ Killed",  # the repeats are over different characters
+        "a+A+b",  # case-sensitive: different bytes
+        r"\d+\d{1,3}x",  # the second one is bounded
+        "connect.*failed.*upstream",  # separated by characters: allowed (see watcher/matcher.py)
+    ],
 )
 def test_safe_regexes_pass(pattern: str) -> None:
     assert _regex_problem(pattern) is None
