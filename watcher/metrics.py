@@ -32,7 +32,6 @@ from prometheus_client.registry import Collector
 
 from watcher import __version__
 from watcher.detectors.forecast import RunwayDetector
-from watcher.fleet import replica_of
 from watcher.journal import OPEN_STATES, IncidentState, JournalListener, StepStatus
 from watcher.model import Finding, Predicts
 from watcher.playbook.registry import REGISTRY
@@ -198,13 +197,10 @@ class _LiveCollector(Collector):
             runway.add_metric([key], eta)
         weight = _gauge("watcher_replica_weight", "The replica's load-balancer weight now (0: drained)", ["target"])
         for container in s.fleet.inventory.snapshot().current():
-            replica = replica_of(container)
-            if replica is None:
-                continue
-            try:
-                weight.add_metric([container.key], s.shifter.get_weight(replica))
-            except Exception as exc:  # a scrape must answer even when the load balancer does not
-                log.debug("weight unreadable", extra={"fields": {"target": container.key, "error": str(exc)}})
+            # the status page's reading (None when the LB does not answer: a scrape still answers)
+            live = s.replica_state(container.key)["weight"]
+            if live is not None:
+                weight.add_metric([container.key], live)
         paused = _gauge("watcher_paused", "1 while actions are paused")
         paused.add_metric([], 1.0 if s.policy.paused else 0.0)
         dry = _gauge("watcher_dry_run", "1 while the watcher only plans")

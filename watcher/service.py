@@ -283,7 +283,7 @@ class Service:
             ],
         }
 
-    def _replica_state(self, key: str) -> dict[str, Any]:
+    def replica_state(self, key: str) -> dict[str, Any]:
         """What the inventory and the load balancer say of one target now: running, Docker health,
         live and configured weight (None where unknown: no container, no LB, or the LB unreachable)."""
         container = self.fleet.inventory.snapshot().by_key(key)
@@ -324,7 +324,7 @@ class Service:
                 "container": t.container,
                 "engine": t.engine,
                 "service": t.service,
-                **self._replica_state(key),
+                **self.replica_state(key),
                 "findings": firing.get(key, []),
                 "incident": open_incidents.get(key),
             }

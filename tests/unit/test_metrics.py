@@ -39,6 +39,8 @@ def test_an_incident_counts_opened_and_ended_once_and_its_actions_once_each(tmp_
     assert value(metrics, "watcher_incidents_opened_total", **opened) == 1.0
     assert journal.open_counts()["running"] == 1
     wait_until(lambda: shifter.weights.get(target.key) == 0)
+    # the shifter is called before the step's outcome is journalled: wait for the journal, not the weight
+    wait_until(lambda: value(metrics, "watcher_actions_total", step="weight", outcome="done") >= 1.0)
     assert value(metrics, "watcher_actions_total", step="weight", outcome="done") == 1.0
     executor.on_finding(slow(target, resolved=True))
     executor.wait(5)
