@@ -12,7 +12,6 @@ paused/dry-run from the policy. The names are a contract shared with the dashboa
 
 from __future__ import annotations
 
-import logging
 import math
 import platform
 import time
@@ -39,7 +38,6 @@ from watcher.playbook.registry import REGISTRY
 if TYPE_CHECKING:
     from watcher.service import Service
 
-log = logging.getLogger("watcher")
 
 ETA_BUCKETS = (5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
