@@ -218,19 +218,26 @@ def incidents(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document with every incident")] = False,
     open_only: Annotated[bool, typer.Option("--open", help="only incidents still running")] = False,
 ) -> None:
-    """Incidents with their timeline: finding, steps, outcomes, verification, durations."""
-    from watcher.journal import Journal
-    from watcher.store import Store, StoreError
+    """Incidents with their timeline: finding, steps, outcomes, verification, durations.
 
-    if not store.exists():
-        typer.echo(f"error: {store}: no such store (set --store or WATCHER_STORE)", err=True)
-        raise typer.Exit(2)
+    Read-only: opens the store with SQLite's ``mode=ro`` and never creates it (exit 2 when missing)."""
+    import sqlite3
+
+    from watcher.journal import Journal
+    from watcher.store import Store, StoreError, StoreMissing
+
     try:
-        journal = Journal(Store(store))
+        journal = Journal(Store(store, read_only=True))
+        found = journal.incidents(open_only=open_only)
+    except StoreMissing as exc:
+        typer.echo(f"error: {exc} (set --store or WATCHER_STORE)", err=True)
+        raise typer.Exit(2) from None
     except StoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    found = journal.incidents(open_only=open_only)
+    except sqlite3.Error as exc:  # a store the watcher never journalled in (no incidents table)
+        typer.echo(f"error: {store}: not a watcher store with a journal: {exc}", err=True)
+        raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps([i.to_json() for i in found], indent=2))
         return
