@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from watcher.rulepack.compile import RuleSet
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="serving-watcher: catch model servers before they fail."
+    no_args_is_help=True, add_completion=True, help="serving-watcher: catch model servers before they fail."
 )
 # `watcher run` exit statuses besides 0/1 (2: configuration or rule packs), from sysexits.h
 EXIT_STORE_UNUSABLE = 74  # EX_IOERR: the store is read-only, cannot be opened, or the disk is full
@@ -183,6 +183,21 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """serving-watcher: catch model servers before they fail."""
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option(envvar="WATCHER_CONFIG", help="YAML settings file")] = None,
@@ -257,6 +272,101 @@ def incidents(
             took = f"{step['duration_s']:.1f}s" if step["duration_s"] is not None else "..."
             detail = f" - {step['detail']}" if step["detail"] else ""
             typer.echo(f"    {step['idx']:>2} {step['name']:<15} {step['status']:<8} {took:>7}{detail}")
+
+
+# -- talking to a running watcher (issue #19): silence, pause, resume, dry-run -----------------------------
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", envvar="WATCHER_CONFIG", help="the watcher's YAML settings file")
+]
+ApiOption = Annotated[
+    str | None, typer.Option("--api", help="the watcher's API, host:port or URL (default: api_listen from settings)")
+]
+TokenFileOption = Annotated[
+    Path | None, typer.Option("--token-file", help="file holding the API token (default: WATCHER_API_TOKEN)")
+]
+
+
+def _control(
+    endpoint: str, body: dict[str, object], config: Path | None, api: str | None, token_file: Path | None
+) -> None:
+    """POST to the running watcher and print its answer as one JSON line; every failure one line, exit 1.
+
+    The token is ``--token-file``, else ``WATCHER_API_TOKEN`` / the settings' ``api_token``; the address
+    ``--api``, else the settings' ``api_listen``. Settings are read only when one of them is needed."""
+    from watcher.config import ConfigError, load_settings
+    from watcher.control import ControlError, api_base, post, read_token
+
+    try:
+        token = read_token(token_file) if token_file is not None else None
+        if api is None or token is None:
+            try:
+                settings = load_settings(config)
+            except ConfigError as exc:
+                typer.echo(f"configuration error:\n{exc}", err=True)
+                raise typer.Exit(2) from None
+            api = api or settings.api_listen
+            if token is None and settings.api_token is not None:
+                token = settings.api_token.get_secret_value() or None
+        answer = post(api_base(api), endpoint, body, token)
+    except ControlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(answer, sort_keys=True))
+
+
+@app.command()
+def pause(config: ConfigOption = None, api: ApiOption = None, token_file: TokenFileOption = None) -> None:
+    """Pause the running watcher's actions (it keeps watching and alerting) until ``watcher resume``."""
+    _control("pause", {}, config, api, token_file)
+
+
+@app.command()
+def resume(config: ConfigOption = None, api: ApiOption = None, token_file: TokenFileOption = None) -> None:
+    """Let the running watcher act again after ``watcher pause`` (or a replaced store)."""
+    _control("resume", {}, config, api, token_file)
+
+
+@app.command("dry-run")
+def dry_run(
+    state: Annotated[str, typer.Argument(help="on: plan and journal only; off: act", metavar="on|off")],
+    config: ConfigOption = None,
+    api: ApiOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """Switch the running watcher's dry-run on or off (until its next start, which applies actions_enabled)."""
+    if state not in ("on", "off"):
+        typer.echo(f"error: expected on or off, got {state!r}", err=True)
+        raise typer.Exit(2)
+    _control("dry-run", {"enabled": state == "on"}, config, api, token_file)
+
+
+@app.command()
+def silence(
+    matchers: Annotated[
+        list[str], typer.Argument(help="label=value pairs, e.g. target=local/tfs-1", metavar="LABEL=VALUE...")
+    ],
+    duration: Annotated[str, typer.Option(help="how long: seconds or 30m, 1h, 1h30m, 2d")] = "1h",
+    comment: Annotated[str, typer.Option(help="why (shown in /status)")] = "",
+    config: ConfigOption = None,
+    api: ApiOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """Silence the running watcher's actions on what the matchers select (target, service, rule, predicts)."""
+    from watcher.control import parse_duration
+
+    pairs: dict[str, str] = {}
+    for item in matchers:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            typer.echo(f"error: expected LABEL=VALUE, got {item!r}", err=True)
+            raise typer.Exit(2)
+        pairs[key] = value
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        typer.echo(f"error: --duration: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _control("silence", {"matchers": pairs, "duration_s": seconds, "comment": comment}, config, api, token_file)
 
 
 if __name__ == "__main__":
