@@ -369,5 +369,38 @@ def silence(
     _control("silence", {"matchers": pairs, "duration_s": seconds, "comment": comment}, config, api, token_file)
 
 
+# -- watcher doctor (issue #19) ----------------------------------------------------------------------------
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check the configuration and every dependency it names; one line per problem, exit 0 only when none.
+
+    Loads the settings and rule packs as ``watcher run`` does, prints them with secrets redacted, asks
+    each Docker engine, Prometheus (every series query), Alertmanager, the load balancer and the model
+    repository one read-only question, and says which watched containers cannot be remediated and why."""
+    from watcher.config import ConfigError, load_settings
+    from watcher.doctor import Doctor, effective_settings
+
+    typer.echo(f"watcher {__version__} doctor" + (f": {config}" if config else ": environment only (no --config)"))
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"problem: configuration: {line}")
+        typer.echo("1 or more problems: fix the configuration first")
+        raise typer.Exit(1) from None
+    typer.echo("effective settings (secrets redacted):")
+    for name, value in effective_settings(settings).items():
+        typer.echo(f"  {name}: {json.dumps(value)}")
+    problems = warnings = 0
+    for found in Doctor(settings).run():
+        typer.echo(str(found))
+        problems += found.kind == "problem"
+        warnings += found.kind == "warning"
+    if problems:
+        typer.echo(f"{problems} problem(s), {warnings} warning(s)")
+        raise typer.Exit(1)
+    typer.echo(f"all checks passed ({warnings} warning(s))")
+
+
 if __name__ == "__main__":
     app()
