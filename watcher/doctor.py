@@ -168,7 +168,8 @@ class Doctor:
                 yield self.problem(f"docker {engine} ({where}): the engine does not answer: {_why(exc)}")
                 continue
             yield self.ok(
-                f"docker {engine} ({where}): engine {version}, {len(listed)} container(s) match {list(self.names.selector)}"
+                f"docker {engine} ({where}): engine {version}, "
+                f"{len(listed)} container(s) match {list(self.names.selector)}"
             )
             if not listed:
                 yield self.problem(
