@@ -129,9 +129,9 @@ class Doctor:
         try:
             self.http.get(f"{url.rstrip('/')}/-/ready", timeout=self.timeout_s).raise_for_status()
         except requests.RequestException as exc:
-            yield self.problem(f"prometheus {shown}: not ready: {_why(exc)}")
+            yield self.problem(f"prometheus ({shown}): not ready: {_why(exc)}")
             return
-        yield self.ok(f"prometheus {shown}: ready")
+        yield self.ok(f"prometheus ({shown}): ready")
         for query in ruleset.queries:
             try:
                 result = prom.client.custom_query(query.expr, timeout=self.timeout_s)
@@ -153,15 +153,13 @@ class Doctor:
 
     # -- Docker engines and the selected containers ---------------------------------------------------
     def docker(self) -> Iterator[Line]:
-        try:
-            clients = dict(self._clients) if self._clients is not None else make_clients(self.settings.engines)
-        except Exception as exc:  # docker.from_env() with no socket, a malformed URL
-            yield self.problem(f"docker: cannot make a client for {dict(self.settings.engines)}: {_why(exc)}")
-            return
-        self.clients = clients
-        for engine, client in clients.items():
+        specs: Mapping[str, Any] = self._clients if self._clients is not None else self.settings.engines
+        for engine, spec in specs.items():
             where = self.settings.engines.get(engine) or "DOCKER_HOST or the local socket"
             try:
+                # one engine at a time: docker-py asks the engine its API version when the client is made
+                client = make_clients({engine: spec})[engine]
+                self.clients[engine] = client
                 version = client.version().get("Version", "?")
                 listed = client.containers.list(all=True, filters={"label": list(self.names.selector)})
             except Exception as exc:
@@ -333,9 +331,8 @@ class Doctor:
     def alertmanager(self) -> Iterator[Line]:
         url = self.settings.alertmanager_url
         if self.settings.webhook_url:
-            yield self.ok(
-                f"webhook {redact_url(self.settings.webhook_url, keep_path=False)}: not probed (a probe would deliver)"
-            )
+            hook = redact_url(self.settings.webhook_url, keep_path=False)
+            yield self.ok(f"webhook ({hook}): not probed (a probe would deliver a message)")
         if not url:
             if not self.settings.webhook_url:
                 yield self.warning("no alertmanager_url or webhook_url: alerts are only logged")
@@ -345,9 +342,9 @@ class Doctor:
         try:
             self.http.get(f"{base}/-/ready", timeout=self.timeout_s).raise_for_status()
         except requests.RequestException as exc:
-            yield self.problem(f"alertmanager {shown}: not ready: {_why(exc)}")
+            yield self.problem(f"alertmanager ({shown}): not ready: {_why(exc)}")
             return
-        yield self.ok(f"alertmanager {shown}: ready")
+        yield self.ok(f"alertmanager ({shown}): ready")
 
     def store(self) -> Iterator[Line]:
         from watcher.store import Store, StoreError
@@ -380,4 +377,12 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code}"
     text = " ".join(str(exc).split()) or type(exc).__name__
+    for marker, short in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timeout: no answer in time"),
+        ("No such file or directory", "no such socket or file"),
+        ("Permission denied", "permission denied"),
+    ):
+        if marker in text:  # docker-py wraps urllib3's paragraph: keep what an operator acts on
+            return short
     return text if len(text) <= 300 else text[:300] + "..."
