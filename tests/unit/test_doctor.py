@@ -270,3 +270,24 @@ def test_config_errors_name_the_line_of_the_setting(tmp_path: Path) -> None:
     config.write_text("# settings\nlb: nginx\nnot_a_setting: 1\n")
     with pytest.raises(ConfigError, match=rf"^{config}:3: not_a_setting: unknown setting"):
         load_settings(config)
+
+
+def test_read_only_commands_create_no_file(tmp_path: Path) -> None:
+    """Run in an empty directory with default settings (store ./watcher.db): it stays empty."""
+    log = tmp_path.parent / f"{tmp_path.name}-lines.log"
+    log.write_text("2024-01-01 OOM killed\n")
+    port = closed_port()
+    env = {"WATCHER_ENGINES": json.dumps({"far": f"tcp://127.0.0.1:{port}"})}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        runner = CliRunner()
+        assert runner.invoke(app, ["incidents"]).exit_code == 2
+        assert runner.invoke(app, ["rules", "lint", str(SHIPPED_RULES / "docker.yaml")]).exit_code == 0
+        explained = runner.invoke(app, ["rules", "explain", str(SHIPPED_RULES / "docker.yaml"), "--log", str(log)])
+        assert explained.exit_code == 0
+        assert runner.invoke(app, ["doctor"], env=env).exit_code == 1
+    finally:
+        os.chdir(cwd)
+        log.unlink()
+    assert list(tmp_path.iterdir()) == []
