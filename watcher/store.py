@@ -147,11 +147,15 @@ class Store:
 
     def _open_read_only(self) -> sqlite3.Connection:
         """SQLite's ``mode=ro``: the file must exist and is never written (WAL still lets it read beside
-        a running writer)."""
+        a running writer). With no WAL file beside it no writer has it open, and ``immutable`` keeps
+        SQLite from creating ``-wal``/``-shm`` files just to read (it would, in a writable directory)."""
         if not Path(self.path).is_file():
             raise StoreMissing(f"no store at {self.path}")
+        uri = f"{Path(self.path).absolute().as_uri()}?mode=ro"
+        if not Path(f"{self.path}-wal").exists():
+            uri += "&immutable=1"
         try:
-            db = sqlite3.connect(f"{Path(self.path).absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreUnwritable(f"store {self.path} cannot be opened for reading: {exc}") from None
         try:

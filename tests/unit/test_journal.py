@@ -67,7 +67,10 @@ def test_incidents_command_creates_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a watcher store" in result.output
     assert empty.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
     db = tmp_path / "w.db"
-    Journal(Store(db)).open_incident(OOM, Plan([Drain()]), 100.0)
-    before = db.stat().st_mtime_ns, db.read_bytes()
-    assert runner.invoke(app, ["incidents", "--store", str(db)]).exit_code == 0
-    assert (db.stat().st_mtime_ns, db.read_bytes()) == before
+    writer = Store(db)
+    Journal(writer).open_incident(OOM, Plan([Drain()]), 100.0)
+    writer.close()  # the watcher stopped: its WAL is checkpointed into the file
+    before = sorted(p.name for p in tmp_path.iterdir()), db.stat().st_mtime_ns, db.read_bytes()
+    listed = runner.invoke(app, ["incidents", "--store", str(db)])
+    assert listed.exit_code == 0 and "local/tfs-1 oom" in listed.stdout
+    assert (sorted(p.name for p in tmp_path.iterdir()), db.stat().st_mtime_ns, db.read_bytes()) == before
