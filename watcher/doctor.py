@@ -285,6 +285,9 @@ class Doctor:
             yield self.problem(f"haproxy admin socket {s.haproxy_socket}: 'show info' answered {info.strip()[:80]!r}")
             return
         yield self.ok(f"haproxy admin socket {s.haproxy_socket}: HAProxy {version} answers")
+        if not s.haproxy_backend:
+            yield self.problem("lb is haproxy but haproxy_backend is not set (WATCHER_HAPROXY_BACKEND)")
+            return
         shifter = HAProxyShifter(s.haproxy_socket, s.haproxy_backend)
         try:
             servers = shifter.servers()
