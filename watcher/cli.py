@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from watcher.rulepack.compile import RuleSet
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="serving-watcher: catch model servers before they fail."
+    no_args_is_help=True, add_completion=True, help="serving-watcher: catch model servers before they fail."
 )
 # `watcher run` exit statuses besides 0/1 (2: configuration or rule packs), from sysexits.h
 EXIT_STORE_UNUSABLE = 74  # EX_IOERR: the store is read-only, cannot be opened, or the disk is full
@@ -183,6 +183,21 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """serving-watcher: catch model servers before they fail."""
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Option(envvar="WATCHER_CONFIG", help="YAML settings file")] = None,
@@ -218,19 +233,26 @@ def incidents(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document with every incident")] = False,
     open_only: Annotated[bool, typer.Option("--open", help="only incidents still running")] = False,
 ) -> None:
-    """Incidents with their timeline: finding, steps, outcomes, verification, durations."""
-    from watcher.journal import Journal
-    from watcher.store import Store, StoreError
+    """Incidents with their timeline: finding, steps, outcomes, verification, durations.
 
-    if not store.exists():
-        typer.echo(f"error: {store}: no such store (set --store or WATCHER_STORE)", err=True)
-        raise typer.Exit(2)
+    Read-only: opens the store with SQLite's ``mode=ro`` and never creates it (exit 2 when missing)."""
+    import sqlite3
+
+    from watcher.journal import Journal
+    from watcher.store import Store, StoreError, StoreMissing
+
     try:
-        journal = Journal(Store(store))
+        journal = Journal(Store(store, read_only=True))
+        found = journal.incidents(open_only=open_only)
+    except StoreMissing as exc:
+        typer.echo(f"error: {exc} (set --store or WATCHER_STORE)", err=True)
+        raise typer.Exit(2) from None
     except StoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    found = journal.incidents(open_only=open_only)
+    except sqlite3.Error as exc:  # a store the watcher never journalled in (no incidents table)
+        typer.echo(f"error: {store}: not a watcher store with a journal: {exc}", err=True)
+        raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps([i.to_json() for i in found], indent=2))
         return
@@ -250,6 +272,134 @@ def incidents(
             took = f"{step['duration_s']:.1f}s" if step["duration_s"] is not None else "..."
             detail = f" - {step['detail']}" if step["detail"] else ""
             typer.echo(f"    {step['idx']:>2} {step['name']:<15} {step['status']:<8} {took:>7}{detail}")
+
+
+# -- talking to a running watcher (issue #19): silence, pause, resume, dry-run -----------------------------
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", envvar="WATCHER_CONFIG", help="the watcher's YAML settings file")
+]
+ApiOption = Annotated[
+    str | None, typer.Option("--api", help="the watcher's API, host:port or URL (default: api_listen from settings)")
+]
+TokenFileOption = Annotated[
+    Path | None, typer.Option("--token-file", help="file holding the API token (default: WATCHER_API_TOKEN)")
+]
+
+
+def _control(
+    endpoint: str, body: dict[str, object], config: Path | None, api: str | None, token_file: Path | None
+) -> None:
+    """POST to the running watcher and print its answer as one JSON line; every failure one line, exit 1.
+
+    The token is ``--token-file``, else ``WATCHER_API_TOKEN`` / the settings' ``api_token``; the address
+    ``--api``, else the settings' ``api_listen``. Settings are read only when one of them is needed."""
+    from watcher.config import ConfigError, load_settings
+    from watcher.control import ControlError, api_base, post, read_token
+
+    try:
+        token = read_token(token_file) if token_file is not None else None
+        if api is None or token is None:
+            try:
+                settings = load_settings(config)
+            except ConfigError as exc:
+                typer.echo(f"configuration error:\n{exc}", err=True)
+                raise typer.Exit(2) from None
+            api = api or settings.api_listen
+            if token is None and settings.api_token is not None:
+                token = settings.api_token.get_secret_value() or None
+        answer = post(api_base(api), endpoint, body, token)
+    except ControlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(answer, sort_keys=True))
+
+
+@app.command()
+def pause(config: ConfigOption = None, api: ApiOption = None, token_file: TokenFileOption = None) -> None:
+    """Pause the running watcher's actions (it keeps watching and alerting) until ``watcher resume``."""
+    _control("pause", {}, config, api, token_file)
+
+
+@app.command()
+def resume(config: ConfigOption = None, api: ApiOption = None, token_file: TokenFileOption = None) -> None:
+    """Let the running watcher act again after ``watcher pause`` (or a replaced store)."""
+    _control("resume", {}, config, api, token_file)
+
+
+@app.command("dry-run")
+def dry_run(
+    state: Annotated[str, typer.Argument(help="on: plan and journal only; off: act", metavar="on|off")],
+    config: ConfigOption = None,
+    api: ApiOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """Switch the running watcher's dry-run on or off (until its next start, which applies actions_enabled)."""
+    if state not in ("on", "off"):
+        typer.echo(f"error: expected on or off, got {state!r}", err=True)
+        raise typer.Exit(2)
+    _control("dry-run", {"enabled": state == "on"}, config, api, token_file)
+
+
+@app.command()
+def silence(
+    matchers: Annotated[
+        list[str], typer.Argument(help="label=value pairs, e.g. target=local/tfs-1", metavar="LABEL=VALUE...")
+    ],
+    duration: Annotated[str, typer.Option(help="how long: seconds or 30m, 1h, 1h30m, 2d")] = "1h",
+    comment: Annotated[str, typer.Option(help="why (shown in /status)")] = "",
+    config: ConfigOption = None,
+    api: ApiOption = None,
+    token_file: TokenFileOption = None,
+) -> None:
+    """Silence the running watcher's actions on what the matchers select (target, service, rule, predicts)."""
+    from watcher.control import parse_duration
+
+    pairs: dict[str, str] = {}
+    for item in matchers:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            typer.echo(f"error: expected LABEL=VALUE, got {item!r}", err=True)
+            raise typer.Exit(2)
+        pairs[key] = value
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        typer.echo(f"error: --duration: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _control("silence", {"matchers": pairs, "duration_s": seconds, "comment": comment}, config, api, token_file)
+
+
+# -- watcher doctor (issue #19) ----------------------------------------------------------------------------
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check the configuration and every dependency it names; one line per problem, exit 0 only when none.
+
+    Loads the settings and rule packs as ``watcher run`` does, prints them with secrets redacted, asks
+    each Docker engine, Prometheus (every series query), Alertmanager, the load balancer and the model
+    repository one read-only question, and says which watched containers cannot be remediated and why."""
+    from watcher.config import ConfigError, load_settings
+    from watcher.doctor import Doctor, effective_settings
+
+    typer.echo(f"watcher {__version__} doctor" + (f": {config}" if config else ": environment only (no --config)"))
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"problem: configuration: {line}")
+        typer.echo("1 or more problems: fix the configuration first")
+        raise typer.Exit(1) from None
+    typer.echo("effective settings (secrets redacted):")
+    for name, value in effective_settings(settings).items():
+        typer.echo(f"  {name}: {json.dumps(value)}")
+    problems = warnings = 0
+    for found in Doctor(settings).run():
+        typer.echo(str(found))
+        problems += found.kind == "problem"
+        warnings += found.kind == "warning"
+    if problems:
+        typer.echo(f"{problems} problem(s), {warnings} warning(s)")
+        raise typer.Exit(1)
+    typer.echo(f"all checks passed ({warnings} warning(s))")
 
 
 if __name__ == "__main__":

@@ -182,9 +182,12 @@ class Settings(BaseSettings):
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     data: dict[str, Any] = {}
+    key_lines: dict[str, int] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+            loaded = yaml.safe_load(text) or {}
+            key_lines = _top_level_key_lines(text)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
         except yaml.YAMLError as exc:
@@ -198,10 +201,23 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     try:
         return Settings(**data)
     except ValidationError as exc:
-        origin = f"{path}: " if path is not None else ""
         lines = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "(settings)"
             msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            top = str(err["loc"][0]) if err["loc"] else ""
+            line = key_lines.get(top)
+            origin = f"{path}:{line}: " if path is not None and line else f"{path}: " if path is not None else ""
             lines.append(f"{origin}{name}: {msg} (env WATCHER_{name.split('.')[0].upper()})")
         raise ConfigError("\n".join(lines)) from None
+
+
+def _top_level_key_lines(text: str) -> dict[str, int]:
+    """Top-level setting -> the 1-based line it is on, so a bad value is reported as ``file:line``."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}

@@ -11,6 +11,9 @@ One writer per store. The watcher opens its store with ``writer=True``, which ta
 refuses to start (:class:`StoreLocked`) instead of acting twice on every line and overwriting the
 guard rails. The kernel drops the lock when the process dies, so a SIGKILLed watcher never blocks
 its successor. Readers (``watcher incidents``) take no lock; WAL lets them read beside the writer.
+A reader opens with ``read_only=True``: it never creates the file, its directory or the schema, and
+a missing store is :class:`StoreMissing` (a read-only command must not leave an empty store behind
+for the next ``watcher run`` to mistake for its own).
 
 A corrupt store is moved aside (``<store>.corrupt-<UTC timestamp>``) and a fresh one started; the
 service sends a critical alert naming what was lost and starts with actions paused. Why not refuse:
@@ -72,6 +75,10 @@ class StoreUnwritable(StoreError):
     """The store or its directory is read-only, or cannot be opened at all."""
 
 
+class StoreMissing(StoreError):
+    """A reader asked for a store that does not exist (nothing was created)."""
+
+
 class StoreCorrupt(StoreError):
     """The file is not a database, or SQLite's integrity check fails."""
 
@@ -90,15 +97,20 @@ def _code(exc: sqlite3.Error) -> int:
 
 
 class Store:
-    def __init__(self, path: str | Path, writer: bool = False) -> None:
-        """``writer``: the watcher's own store, one per store (see the module docstring)."""
+    def __init__(self, path: str | Path, writer: bool = False, read_only: bool = False) -> None:
+        """``writer``: the watcher's own store, one per store (see the module docstring).
+        ``read_only``: a reader that creates nothing (no file, directory, schema or lock)."""
         self.path = str(path)
+        self.read_only = read_only and not writer
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self.replaced: str | None = None  # where a corrupt store was moved when this one replaced it
         self.write_errors = 0
         self.write_ok = True  # the latest write succeeded
         self.last_write_error = ""
+        if self.read_only:
+            self._db = self._open_read_only()
+            return
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +144,32 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """SQLite's ``mode=ro``: the file must exist and is never written (WAL still lets it read beside
+        a running writer). With no WAL file beside it no writer has it open, and ``immutable`` keeps
+        SQLite from creating ``-wal``/``-shm`` files just to read (it would, in a writable directory)."""
+        if not Path(self.path).is_file():
+            raise StoreMissing(f"no store at {self.path}")
+        uri = f"{Path(self.path).absolute().as_uri()}?mode=ro"
+        if not Path(f"{self.path}-wal").exists():
+            uri += "&immutable=1"
+        try:
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreUnwritable(f"store {self.path} cannot be opened for reading: {exc}") from None
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            tables = {str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.Error as exc:
+            db.close()
+            if _code(exc) in _CORRUPT:
+                raise StoreCorrupt(f"store {self.path} is corrupt: {exc}") from None
+            raise StoreUnwritable(f"store {self.path} cannot be read: {exc}") from None
+        if "meta" not in tables:
+            db.close()
+            raise StoreCorrupt(f"{self.path} is not a watcher store (no meta table)")
+        return db
 
     def _open(self, writer: bool) -> sqlite3.Connection:
         """Connect, check integrity, create the schema and (a writer) prove it can write; classify what fails."""
@@ -208,7 +246,10 @@ class Store:
             yield self._db
 
     def migrate(self, script: str) -> None:
-        """Create the tables a component owns (idempotent ``CREATE ... IF NOT EXISTS`` script)."""
+        """Create the tables a component owns (idempotent ``CREATE ... IF NOT EXISTS`` script); a
+        read-only store creates nothing (reading a table the writer never made is an error then)."""
+        if self.read_only:
+            return
         with self._lock:
             self._db.executescript(script)
 

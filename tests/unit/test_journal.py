@@ -52,5 +52,25 @@ def test_incidents_command(tmp_path: Path) -> None:
     as_json = runner.invoke(app, ["incidents", "--store", str(db), "--json"])
     [doc] = json.loads(as_json.stdout)
     assert doc["state"] == "held" and doc["steps"][0]["detail"] == "weight 0"
-    missing = runner.invoke(app, ["incidents", "--store", str(tmp_path / "nope.db")])
-    assert missing.exit_code == 2 and "no such store" in missing.output
+    missing = runner.invoke(app, ["incidents", "--store", str(tmp_path / "sub" / "nope.db")])
+    assert missing.exit_code == 2 and f"no store at {tmp_path / 'sub' / 'nope.db'}" in missing.output
+
+
+def test_incidents_command_creates_nothing(tmp_path: Path) -> None:
+    """Read-only: neither a missing store, nor its directory, nor the schema of a foreign SQLite file."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["incidents", "--store", str(tmp_path / "d" / "w.db")]).exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    result = runner.invoke(app, ["incidents", "--store", str(empty)])
+    assert result.exit_code == 2 and "not a watcher store" in result.output
+    assert empty.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+    db = tmp_path / "w.db"
+    writer = Store(db)
+    Journal(writer).open_incident(OOM, Plan([Drain()]), 100.0)
+    writer.close()  # the watcher stopped: its WAL is checkpointed into the file
+    before = sorted(p.name for p in tmp_path.iterdir()), db.stat().st_mtime_ns, db.read_bytes()
+    listed = runner.invoke(app, ["incidents", "--store", str(db)])
+    assert listed.exit_code == 0 and "local/tfs-1 oom" in listed.stdout
+    assert (sorted(p.name for p in tmp_path.iterdir()), db.stat().st_mtime_ns, db.read_bytes()) == before

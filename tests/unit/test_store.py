@@ -247,3 +247,22 @@ def test_a_full_disk_keeps_watching_refuses_unjournalled_actions_and_recovers(tm
         decisions.stop()
         executor.shutdown()
         store.close()
+
+
+def test_a_reader_sees_a_running_writer_and_creates_nothing(tmp_path: Path) -> None:
+    from watcher.store import StoreMissing
+
+    with pytest.raises(StoreMissing, match="no store at"):
+        Store(tmp_path / "sub" / "w.db", read_only=True)
+    assert list(tmp_path.iterdir()) == []
+    writer = Store(tmp_path / "w.db", writer=True)
+    writer.record_finding(1.0, "local/a", "oom", "oom", False, {})
+    reader = Store(tmp_path / "w.db", read_only=True)  # beside the writer: WAL mode, not immutable
+    assert [f["target"] for f in reader.findings()] == ["local/a"]
+    writer.record_finding(2.0, "local/b", "oom", "oom", False, {})
+    assert [f["target"] for f in reader.findings()] == ["local/a", "local/b"]
+    reader.migrate("CREATE TABLE IF NOT EXISTS extra (x INTEGER)")  # a reader creates no table
+    with writer.reading() as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
+    reader.close()
+    writer.close()
