@@ -27,7 +27,18 @@ SCHEMA_FILE = RULES / "schema" / "rulepack.json"
 
 
 def test_the_expected_packs_ship() -> None:
-    expected = {"tfserving", "nginx", "docker", "python", "kernel", "mlserver", "kserve", "triton", "torchserve"}
+    expected = {
+        "tfserving",
+        "nginx",
+        "docker",
+        "python",
+        "kernel",
+        "mlserver",
+        "kserve",
+        "triton",
+        "torchserve",
+        "clients",
+    }
     assert {p.stem for p in PACKS} >= expected
 
 
