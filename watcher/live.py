@@ -107,11 +107,13 @@ class LiveWatcher:
     def _make_sources(self, ruleset: RuleSet) -> list[Source]:
         cfg = self.config
         inventory = self.inventory  # the Docker sources read its one events stream and listing per engine
-        sources: list[Source] = [
-            DockerLogsSource(self.queue, self.store, backfill_s=cfg.backfill_s, inventory=inventory),
-            DockerEventsSource(self.queue, self.store, inventory=inventory),
-        ]
-        if cfg.stats_interval_s:
+        sources: list[Source] = []
+        if inventory.engine_names:  # none: observe-and-alert only (``engines: {}``), no Docker source at all
+            sources += [
+                DockerLogsSource(self.queue, self.store, backfill_s=cfg.backfill_s, inventory=inventory),
+                DockerEventsSource(self.queue, self.store, inventory=inventory),
+            ]
+        if cfg.stats_interval_s and inventory.engine_names:
             sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, inventory=inventory))
         if cfg.files:
             sources.append(FileLogsSource(self.queue, self.store, list(cfg.files)))

@@ -106,7 +106,9 @@ class Service:
         self.started = time.time()
         # first: a store another watcher holds, or one that cannot be written, refuses before anything starts
         store = Store(settings.store, writer=True)
-        self.clients: dict[str, docker.DockerClient] = make_clients(settings.engines)
+        # ``engines: {}`` (the Kubernetes manifest): no Docker engine at all, observe-and-alert only --
+        # Prometheus series in, alerts out; no Docker source, no restart, nothing to act on
+        self.clients: dict[str, docker.DockerClient] = make_clients(settings.engines) if settings.engines else {}
         self.shifter = self._shifter()
         live_config = LiveConfig(
             engines=self.clients,
@@ -192,6 +194,8 @@ class Service:
                 raise ValueError("lb: nginx needs nginx_upstreams_file (WATCHER_NGINX_UPSTREAMS_FILE)")
             reload: NginxReload
             if s.nginx_container:
+                if not self.clients:
+                    raise ValueError("nginx_container needs a Docker engine (engines), and none is configured")
                 reload = ContainerNginxReload(next(iter(self.clients.values())), s.nginx_container)
             else:
                 args: tuple[str, ...] = ("-q",)
@@ -256,8 +260,38 @@ class Service:
         sources = {s.name: s.connected for s in self.live.sources}
         writable = self.store.writable()
         healthy, _ = self._health()
-        detail = {"sources": sources, "store_writable": writable, "store": self.store.health()}
-        return all(sources.values()) and writable and healthy, detail
+        detail = {
+            "watching": self._watching(),
+            "sources": sources,
+            "store_writable": writable,
+            "store": self.store.health(),
+        }
+        return bool(sources) and all(sources.values()) and writable and healthy, detail
+
+    def _watching(self) -> dict[str, str]:
+        """What the watcher can and cannot see, in words for the operator (``/readyz``): each kind of
+        signal, and whether the watcher can act. Without a Docker engine it is observe-and-alert only."""
+        s = self.settings
+        connected = {src.name: src.connected for src in self.live.sources}
+        prom = self.live.prometheus
+        out: dict[str, str] = {}
+        if not s.engines:
+            out["docker"] = "not configured (engines: {}): no container logs, events or stats; observe-and-alert only"
+        else:
+            docker_ok = all(v for k, v in connected.items() if k.startswith("docker"))
+            out["docker"] = "connected" if docker_ok else "unavailable: engine not reachable (retrying)"
+        if prom is None:
+            out["prometheus"] = "not configured (prometheus_url): no series-based rules"
+        else:
+            out["prometheus"] = "connected" if prom.connected else f"unavailable: {prom.last_error or 'no answer yet'}"
+        out["log_files"] = f"{len(s.log_files)} file(s)" if s.log_files else "none configured"
+        if not s.engines:
+            out["actions"] = "none possible: no Docker engine to restart through (alerts only)"
+        else:
+            out["actions"] = "dry run (alerts only)" if s.dry_run else "enabled"
+        if not connected:
+            out["problem"] = "nothing to watch: configure engines, prometheus_url or log_files"
+        return out
 
     def _policy_view(self) -> dict[str, Any]:
         """Read on the decision thread, which owns the policy (a read from the API thread could see

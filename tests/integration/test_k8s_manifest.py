@@ -1,0 +1,159 @@
+"""deploy/k8s/serving-watcher.yaml run as a cluster would run it, without a cluster.
+
+The shipped image (built offline, as in test_deploy.py) runs with the manifest's own environment
+(ConfigMap + env, the secret from a test value), its user, read-only root file system, dropped
+capabilities and volumes (the PVC becomes a bind-mounted temp dir, the emptyDir a tmpfs) -- and, as
+in a pod, no Docker socket and no DOCKER_HOST. Only addresses are swapped: Prometheus, Alertmanager
+and the API listen address go to loopback (real Prometheus and Alertmanager from testbed.services).
+
+It must stay up (no crash loop), say on /readyz what it can watch (Prometheus) and what it cannot
+(Docker: not configured, observe-and-alert only), and alert through the real Alertmanager: the alert
+is the watcher's heartbeat (ServingWatcherWatchdog). A series-based finding cannot fire in this mode
+yet: series resolve only to replicas the watcher learned from Docker (see deploy/README.md).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+import yaml
+
+from testbed.ports import free_port
+from testbed.services import Alertmanager, Prometheus
+from tests.integration.test_deploy import watcher_image  # noqa: F401  (the offline-built image fixture)
+
+pytestmark = pytest.mark.integration
+
+MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "serving-watcher.yaml"
+LABEL = "serving-watcher.k8s-test"
+SECRET_VALUE = "k8s-test-api-token"
+
+
+def _docs() -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text()) if d}
+
+
+def _pod_spec() -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = _docs()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "watcher"]
+    return pod, container
+
+
+def manifest_env() -> dict[str, str]:
+    """The watcher container's environment as the kubelet would assemble it: envFrom, then env."""
+    docs = _docs()
+    _, container = _pod_spec()
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["configMapRef"]["name"]
+        assert docs["ConfigMap"]["metadata"]["name"] == ref
+        env.update({k: str(v) for k, v in docs["ConfigMap"]["data"].items()})
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        else:
+            assert "secretKeyRef" in item["valueFrom"], item
+            env[item["name"]] = SECRET_VALUE
+    return env
+
+
+def run_options(data_dir: Path) -> dict[str, Any]:
+    """docker run options from the pod's securityContext and volumes (no cluster needed)."""
+    pod, container = _pod_spec()
+    pod_sc, sc = pod.get("securityContext", {}), container.get("securityContext", {})
+    uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup", uid))
+    assert uid not in (None, 0) and (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot"))
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    tmpfs: dict[str, str] = {}
+    binds: dict[str, dict[str, str]] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            tmpfs[mount["mountPath"]] = f"uid={uid},gid={gid},mode=0700"
+        else:  # the PVC: a fresh directory the pod's fsGroup could write
+            assert "persistentVolumeClaim" in volume, volume
+            data_dir.mkdir(mode=0o777, exist_ok=True)
+            data_dir.chmod(0o777)
+            binds[str(data_dir)] = {"bind": mount["mountPath"], "mode": "rw"}
+    return {
+        "user": f"{uid}:{gid}",
+        "read_only": bool(sc.get("readOnlyRootFilesystem")),
+        "cap_drop": list(sc.get("capabilities", {}).get("drop", [])),
+        "security_opt": [] if sc.get("allowPrivilegeEscalation", True) else ["no-new-privileges"],
+        "tmpfs": tmpfs,
+        "volumes": binds,
+    }
+
+
+def _logs(container: Any) -> str:
+    return str(container.logs().decode(errors="replace"))[-3000:]
+
+
+def test_manifest_env_starts_observe_and_alert_only(
+    docker_client: docker.DockerClient,
+    watcher_image: str,  # noqa: F811
+    tmp_path: Path,
+    http: requests.Session,
+) -> None:
+    env = manifest_env()
+    options = run_options(tmp_path / "data")
+    assert options["read_only"] and options["cap_drop"] == ["ALL"] and "/tmp" in options["tmpfs"]
+    assert env["WATCHER_ACTIONS_ENABLED"] == "false" and env["WATCHER_API_TOKEN"] == SECRET_VALUE
+    api_port = free_port()
+    am = Alertmanager(tmp_path / "am", free_port()).start()
+    prom = Prometheus(tmp_path / "prom", free_port(), scrape_interval_s=1.0).start()
+    # addresses only: the cluster's service names become loopback
+    env |= {
+        "WATCHER_PROMETHEUS_URL": prom.url,
+        "WATCHER_ALERTMANAGER_URL": am.url,
+        "WATCHER_API_LISTEN": f"127.0.0.1:{api_port}",
+    }
+    container = docker_client.containers.run(
+        watcher_image,
+        detach=True,
+        network_mode="host",  # loopback services; no Docker socket is mounted, DOCKER_HOST unset
+        environment=env,
+        labels={LABEL: uuid.uuid4().hex[:10]},
+        **options,
+    )
+    try:
+        deadline = time.monotonic() + 45
+        ready: requests.Response | None = None
+        while time.monotonic() < deadline:
+            container.reload()
+            assert container.status in ("created", "running"), f"the watcher died:\n{_logs(container)}"
+            try:
+                ready = http.get(f"http://127.0.0.1:{api_port}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        assert ready is not None and ready.status_code == 200, (ready.text if ready else "", _logs(container))
+        watching = ready.json()["watching"]
+        assert watching["docker"].startswith("not configured") and "observe-and-alert only" in watching["docker"]
+        assert watching["prometheus"] == "connected"
+        assert watching["actions"].startswith("none possible")
+        assert set(ready.json()["sources"]) == {"prometheus"}  # no Docker source was even started
+
+        seen: list[str] = []
+        while time.monotonic() < deadline and "ServingWatcherWatchdog" not in seen:
+            seen = [a["labels"]["alertname"] for a in am.alerts()]
+            time.sleep(0.5)
+        assert "ServingWatcherWatchdog" in seen, (seen, _logs(container))
+
+        time.sleep(3)  # still up a moment later: no crash loop, no traceback
+        container.reload()
+        assert container.status == "running" and container.attrs["RestartCount"] == 0, _logs(container)
+        assert "Traceback" not in _logs(container)
+    finally:
+        container.remove(force=True)
+        prom.stop()
+        am.stop()
