@@ -232,7 +232,7 @@ def container_logs(
     """The container's log lines in ``[since, until]``, each at Docker's timestamp, split and capped
     as the live follower does."""
     stream = client.api.logs(
-        container.id, stdout=True, stderr=True, stream=True, timestamps=True, since=since, until=until
+        container.id, stdout=True, stderr=True, stream=True, follow=False, timestamps=True, since=since, until=until
     )
     splitter = LineSplitter()
     try:
