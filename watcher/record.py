@@ -108,7 +108,7 @@ class _Budget:
 class RecordSources:
     """What to record from: the settings' engines, selector and Prometheus, and the compiled packs."""
 
-    ruleset: RuleSet
+    ruleset: RuleSet | None = None  # None: no Prometheus queries
     engines: Mapping[str, Any] | None = None  # as make_clients takes them (URLs or clients)
     labels: LabelNames = field(default_factory=LabelNames)
     prometheus_url: str | None = None
@@ -353,15 +353,26 @@ def _query_range(
 
 
 # -- the recording ------------------------------------------------------------------------------------------
-def record(
+@dataclass(frozen=True)
+class Collected:
+    """What a stretch held: the signals and the ``meta`` header that describes them."""
+
+    signals: list[Signal]
+    meta: dict[str, Any]
+    containers: list[str]
+    lines: int
+    events: int
+    samples: int
+
+
+def collect(
     sources: RecordSources,
-    out: Path,
     since: float,
     until: float,
     limits: RecordLimits | None = None,
     clients: Mapping[str, docker.DockerClient] | None = None,
-) -> RecordSummary:
-    """Record ``[since, until]`` from every configured source into ``out`` (see the module docstring)."""
+) -> Collected:
+    """Read ``[since, until]`` from every configured source (see the module docstring), within the limits."""
     if not (math.isfinite(since) and math.isfinite(until)) or until <= since:
         raise RecordError(f"the range is empty: since {_iso(since)} is not before until {_iso(until)}")
     budget = _Budget(limits or RecordLimits(), since, until)
@@ -376,7 +387,7 @@ def record(
         for event in engine_events(client, engine, sources.labels, since, until):
             budget.events += 1
             signals.append(event)
-    queries = list(sources.ruleset.queries) if sources.prometheus_url else []
+    queries = list(sources.ruleset.queries) if sources.prometheus_url and sources.ruleset else []
     if sources.prometheus_url:
         by_name = {c.name: c.target for c in containers}
         http = requests.Session()
@@ -389,7 +400,6 @@ def record(
             ):
                 budget.sample()
                 signals.append(sample)
-    failures = failures_from(signals, since)
     meta = {
         "recorded_by": "watcher record",
         "since": round(since, 3),
@@ -405,13 +415,25 @@ def record(
         ],
         "counts": {"lines": budget.lines, "events": budget.events, "samples": budget.samples},
         "not_recorded": ["docker stats (Docker keeps no history)", "host log files", "removed containers"],
-        "failures": failures,
+        "failures": failures_from(signals, since),
         "healthy": [],  # unknown for a fleet: the notebook counts no false findings without it
     }
-    write_recording(out, meta, signals)
-    return RecordSummary(
-        out, since, until, [c.name for c in containers], budget.lines, budget.events, budget.samples, failures
-    )
+    names = [c.name for c in containers]
+    return Collected(signals, meta, names, budget.lines, budget.events, budget.samples)
+
+
+def record(
+    sources: RecordSources,
+    out: Path,
+    since: float,
+    until: float,
+    limits: RecordLimits | None = None,
+    clients: Mapping[str, docker.DockerClient] | None = None,
+) -> RecordSummary:
+    """Record ``[since, until]`` from every configured source into ``out``; nothing is written on an error."""
+    got = collect(sources, since, until, limits, clients)
+    write_recording(out, got.meta, got.signals)
+    return RecordSummary(out, since, until, got.containers, got.lines, got.events, got.samples, got.meta["failures"])
 
 
 def _resolver(query: PromQuery, by_name: Mapping[str, Target]) -> Callable[[Mapping[str, str]], Target | None]:

@@ -133,6 +133,7 @@ def test_recorded_run_replays_to_the_live_findings(tmp_path: Path) -> None:
     replay_findings = [json.loads(line) for line in replayed.stdout.splitlines() if line.startswith("{")]
     expected = firing(live_findings)
     assert {r for r, _ in expected} >= {"docker-oom-event", "replica-error-ratio"}
+    print("LIVE", expected, "REPLAY", firing(replay_findings), rec.stderr, replayed.stderr)
     assert firing(replay_findings) == expected, (replay_findings, live_findings)
 
 
