@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -94,7 +94,7 @@ def event(action: str, name: str, ts: float, **attrs: str) -> dict[str, Any]:
 
 
 class PromHandler(BaseHTTPRequestHandler):
-    calls: list[dict[str, str]] = []
+    calls: ClassVar[list[dict[str, str]]] = []
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -176,7 +176,8 @@ def test_recording_reads_back_as_the_live_sources_signals(prometheus: str, tmp_p
     summary = record(sources(url, ("s3cr3t-token-value",)), out, T0, T0 + 30, clients=clients)
     metas: list[dict[str, Any]] = []
     signals = list(read_jsonl(out, metas.append))
-    text = gzip.open(out, "rt").read()
+    with gzip.open(out, "rt") as f:
+        text = f.read()
     assert "hunter22" not in text and "s3cr3t-token-value" not in text
     (meta,) = metas
     assert meta["recorded_by"] == "watcher record" and meta["replicas"] == ["tfs-1"]
@@ -246,3 +247,17 @@ def test_when_takes_durations_iso_and_epoch() -> None:
     assert parse_when("2027-01-15T08:00:00Z", T0) == 1800000000.0
     with pytest.raises(ValueError, match="not a time"):
         parse_when("yesterday", T0)
+
+
+def test_cli_refuses_a_bad_range_without_touching_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from watcher.cli import app
+
+    monkeypatch.setenv("WATCHER_ENGINES", json.dumps({"local": "tcp://127.0.0.1:9"}))  # nothing listens
+    out = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(app, ["record", "--since", "yesterday", "--out", str(out)])
+    assert result.exit_code == 2 and "'yesterday' is not a time" in result.output
+    result = CliRunner().invoke(app, ["record", "--since", "1h", "--until", "2h", "--out", str(out)])
+    assert result.exit_code == 2 and "the range is empty" in result.output
+    assert not out.exists()
