@@ -230,7 +230,10 @@ def container_logs(
     client: docker.DockerClient, container: WatchedContainer, since: float, until: float, secrets: Sequence[str] = ()
 ) -> Iterator[LogRecord]:
     """The container's log lines in ``[since, until]``, each at Docker's timestamp, split and capped
-    as the live follower does."""
+    as the live follower does. docker-py hands over the frames' payloads without saying which
+    stream each came from, so stdout and stderr share one splitter: Docker writes a line per frame
+    (a line of more than 16 KiB as several), so only such a long line interleaved with the other
+    stream could be cut differently."""
     stream = client.api.logs(
         container.id, stdout=True, stderr=True, stream=True, follow=False, timestamps=True, since=since, until=until
     )
