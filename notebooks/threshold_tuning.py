@@ -30,7 +30,11 @@
 # 4. writes the chosen thresholds into a **copy** of the rule packs and shows the YAML diff
 #    (`rules/` is never modified in place).
 #
-# Set `THRESHOLD_TUNING_OUT` to choose where the tuned packs go (default: a temporary directory).
+# Set `THRESHOLD_TUNING_OUT` to choose where the tuned packs go (default: a temporary directory), and
+# `THRESHOLD_TUNING_RECORDINGS` to tune on your own fleet: recordings made by
+# `watcher record --since 2h --out fleet.jsonl.gz` (or directories of them), separated by `:`.
+# Their `meta` line lists Docker's failures (OOM kills, crashes, unhealthy); a user recording
+# has no known-healthy stretches, so its false findings are not counted.
 
 # %%
 import difflib
@@ -65,8 +69,20 @@ started = time.monotonic()
 # healthy-noise recording and the healthy minutes before each fault are where findings are false.
 
 # %%
-names = ["leak-4mb", "leak-8mb", "healthy-noise"]
-recordings = [read_recording(RECORDINGS / f"{n}.jsonl.gz") for n in names]
+SHIPPED = [RECORDINGS / f"{n}.jsonl.gz" for n in ("leak-4mb", "leak-8mb", "healthy-noise")]
+
+
+def recording_paths(spec: str) -> list[Path]:
+    """Recording files named by `THRESHOLD_TUNING_RECORDINGS` (files, or directories of them)."""
+    paths: list[Path] = []
+    for part in filter(None, spec.split(os.pathsep)):
+        p = Path(part).expanduser()
+        paths += sorted([*p.glob("*.jsonl"), *p.glob("*.jsonl.gz")]) if p.is_dir() else [p]
+    return paths
+
+
+RECORDING_PATHS = recording_paths(os.environ.get("THRESHOLD_TUNING_RECORDINGS", "")) or SHIPPED
+recordings = [read_recording(p) for p in RECORDING_PATHS]
 for rec in recordings:
     fails = ", ".join(f"{f.kind} of {f.target} at +{f.ts - rec.start:.0f}s" for f in rec.failures) or "none"
     print(
@@ -151,7 +167,7 @@ def evaluate(pack_text: str, rule_id: str, tag: str) -> dict[str, float | int | 
         "failures": failures,
         "median_lead_s": statistics.median(leads) if leads else None,
         "worst_lead_s": min(leads) if leads else None,
-        "false_per_hour": false * 3600.0 / healthy_s,
+        "false_per_hour": false * 3600.0 / healthy_s if healthy_s else 0.0,  # no healthy stretch known: uncounted
     }
 
 
@@ -254,7 +270,7 @@ tuned_foresight = with_runway(
     FORESIGHT, str(best_runway["within"]), str(best_runway["bucket"]), float(best_runway["fraction"])
 )
 chosen_packs = load_packs([only_rule(tuned_foresight, "memory-runway", OUT / "chosen-runway.yaml")])
-leaks = [r for r in recordings if r.failures]
+leaks = [r for r in recordings if r.failures] or recordings[:1]  # a fleet without failures: its series
 fig, axes = plt.subplots(1, len(leaks), figsize=(13, 4), squeeze=False)
 for ax, rec in zip(axes[0], leaks, strict=True):
     t0 = rec.start

@@ -12,17 +12,17 @@ One JSON object per line (gzip when the output ends in ``.gz``), the replay form
 
 Signals:
 
-* log lines and lifecycle events come from the watcher's own ``DockerLogsSource`` and
-  ``DockerEventsSource`` (selected by this run's testbed label), so they carry what a live watcher
-  would get, Docker's timestamps included;
+* log lines and lifecycle events are what ``watcher record`` reads after the run (``watcher.record``:
+  Docker's API, the containers selected by this run's testbed label, Docker's own timestamps), so
+  they are what a live watcher got;
 * ``memory_working_set_bytes`` / ``memory_limit_bytes`` per replica every second from the
   simulator's admin ``/status`` (``rss_bytes``, ``memory_limit_bytes``);
 * ``error_ratio`` and ``latency_p99_seconds`` per replica every 5 s from the load generator's
   completed requests (attributed by the ``X-Upstream`` header Nginx adds), as a Prometheus query
   over the client's view would give them.
 
-Ground truth: ``failures`` are Docker's ``oom`` events (kind ``oom``), other non-zero ``die``
-events (``crash``) and ``health_status: unhealthy`` (``unhealthy``); for scenarios whose fault
+Ground truth: ``failures`` are Docker's account as ``watcher record`` writes it (``oom`` events,
+other non-zero ``die`` events as ``crash``, ``health_status: unhealthy``); for scenarios whose fault
 never kills the container (error ramp, latency creep) the first 5 s window in which the client
 saw the service-level objective broken (error ratio >= 0.2, p99 >= 1 s) counts as an
 ``unhealthy`` failure with ``"source": "slo"``. ``healthy`` lists the stretches in which no
@@ -38,30 +38,22 @@ Usage (needs Docker; everything binds 127.0.0.1, host networking, no Docker netw
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import math
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import requests
 
 from testbed.loadgen import LoadGenerator, RequestRecord, percentile
 from testbed.replicas import TESTBED_LABEL, Replica
 from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
-from watcher.inventory import Inventory, LabelNames, make_clients
-from watcher.model import Lifecycle, LifecycleKind, LogRecord, Sample, Signal, Target
-from watcher.sources.base import SignalQueue
-from watcher.sources.docker_events import DockerEventsSource
-from watcher.sources.docker_logs import DockerLogsSource
-from watcher.store import Store
+from watcher.inventory import LabelNames, make_clients
+from watcher.model import Sample, Signal, Target
+from watcher.record import RecordSources, collect, engine_events, failures_from, write_recording
 
 RATE_PER_S = 10.0
 WINDOW_S = 5.0  # error_ratio / latency_p99_seconds resolution
@@ -131,27 +123,6 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-def signal_to_json(signal: Signal) -> dict[str, Any]:
-    """The replay format (``watcher.replay.signal_from_json`` reads it back)."""
-    out: dict[str, Any] = {"ts": round(signal.ts, 6)}
-    target: Target | None = signal.target
-    if target is not None:
-        out.update(target=target.container, engine=target.engine)
-        if target.service:
-            out["service"] = target.service
-    if isinstance(signal, LogRecord):
-        out.update(type="log", message=signal.message)
-    elif isinstance(signal, Lifecycle):
-        out.update(type="lifecycle", kind=signal.kind.value)
-        if signal.exit_code is not None:
-            out["exit_code"] = signal.exit_code
-        if signal.health is not None:
-            out["health"] = signal.health
-    else:
-        out.update(type="sample", series=signal.series, value=signal.value)
-    return {"type": out.pop("type"), **out}
-
-
 class Collector:
     """Thread-safe bag of recorded signals."""
 
@@ -166,40 +137,6 @@ class Collector:
     def snapshot(self) -> list[Signal]:
         with self._lock:
             return list(self.signals)
-
-
-@contextmanager
-def watcher_sources(run_id: str, collector: Collector, workdir: Path) -> Iterator[None]:
-    """The live log and event sources on this run's containers, drained into the collector."""
-    queue = SignalQueue()
-    store = Store(workdir / "record.db")
-    selector = [f"{TESTBED_LABEL}={run_id}"]
-    inventory = Inventory(make_clients(None), LabelNames(tuple(selector)), rescan_s=1.0)  # one events stream
-    sources = [
-        DockerLogsSource(queue, store, backfill_s=None, inventory=inventory),
-        DockerEventsSource(queue, store, max_replay_s=60.0, inventory=inventory),
-    ]
-    stop = threading.Event()
-
-    def drain() -> None:
-        while not stop.is_set() or queue.depth:
-            for env in queue.get_batch(512, timeout_s=0.2):
-                collector.add(env.signal)
-
-    thread = threading.Thread(target=drain, name="record-drain", daemon=True)
-    thread.start()
-    for s in sources:
-        s.start()
-    inventory.start()
-    try:
-        yield
-    finally:
-        time.sleep(1.5)  # the last lines and events are in flight
-        inventory.stop()
-        for s in sources:
-            s.stop()
-        stop.set()
-        thread.join(timeout=10)
 
 
 def poll_memory(replicas: list[Replica], collector: Collector, stop: threading.Event) -> None:
@@ -244,25 +181,6 @@ def client_windows(
     return out
 
 
-def failures_from(signals: list[Signal], t_begin: float) -> list[dict[str, Any]]:
-    """Docker's account: oom (the die 137 that follows is the same failure), crash, unhealthy."""
-    failures: list[dict[str, Any]] = []
-    last_oom: dict[str, float] = {}
-    for s in sorted((s for s in signals if isinstance(s, Lifecycle)), key=lambda s: s.ts):
-        if s.ts < t_begin:
-            continue
-        name = s.target.container
-        if s.kind is LifecycleKind.OOM:
-            last_oom[name] = s.ts
-            failures.append({"target": name, "ts": s.ts, "kind": "oom", "source": "docker"})
-        elif s.kind is LifecycleKind.DIE and s.exit_code not in (None, 0):
-            if s.ts - last_oom.get(name, -math.inf) > 5.0:
-                failures.append({"target": name, "ts": s.ts, "kind": "crash", "source": "docker"})
-        elif s.kind is LifecycleKind.HEALTH_STATUS and s.health == "unhealthy":
-            failures.append({"target": name, "ts": s.ts, "kind": "unhealthy", "source": "docker"})
-    return failures
-
-
 def record(scenario: Scenario, out: Path, rate_per_s: float = RATE_PER_S, replicas: int = 2) -> dict[str, Any]:
     smoke = json.loads((MODELS_DIR / "half_plus_two" / "2" / "smoke.json").read_text())
     cfg = TestbedConfig(
@@ -274,50 +192,55 @@ def record(scenario: Scenario, out: Path, rate_per_s: float = RATE_PER_S, replic
     )
     collector = Collector()
     faults: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="watcher-record-") as tmp, Testbed(cfg) as bed:
+    with Testbed(cfg) as bed:
         t_begin = time.time()
         members = list(bed.replicas)
-        with watcher_sources(bed.run_id, collector, Path(tmp)):
-            stop = threading.Event()
-            mem = threading.Thread(target=poll_memory, args=(bed.replicas, collector, stop), daemon=True)
-            mem.start()
-            total = scenario.warmup_s + scenario.after_s
-            gen = LoadGenerator(
-                bed.url,
-                "half_plus_two",
-                rate_per_s=rate_per_s,
-                duration_s=total,
-                timeout_s=5.0,
-                instances=smoke["instances"],
-                expected={"2": smoke["predictions"]},
-            ).start()
-            t0 = time.monotonic()
-            injected_at: float | None = None
-            sick = bed.replicas if scenario.all_replicas else [bed.replicas[1]]
-            if scenario.warmup_s <= 0:
+        docker_client = make_clients(None)
+        labels = LabelNames((f"{TESTBED_LABEL}={bed.run_id}",))
+        stop = threading.Event()
+        mem = threading.Thread(target=poll_memory, args=(bed.replicas, collector, stop), daemon=True)
+        mem.start()
+        total = scenario.warmup_s + scenario.after_s
+        gen = LoadGenerator(
+            bed.url,
+            "half_plus_two",
+            rate_per_s=rate_per_s,
+            duration_s=total,
+            timeout_s=5.0,
+            instances=smoke["instances"],
+            expected={"2": smoke["predictions"]},
+        ).start()
+        t0 = time.monotonic()
+        injected_at: float | None = None
+        sick = bed.replicas if scenario.all_replicas else [bed.replicas[1]]
+        if scenario.warmup_s <= 0:
+            for r in sick:
+                r.set_faults(scenario.faults)
+                faults.append({"target": r.name, "ts": time.time(), "faults": scenario.faults})
+            injected_at = time.time()
+        first_failure: float | None = None
+        while not gen._done.wait(0.5):
+            if injected_at is None and time.monotonic() - t0 >= scenario.warmup_s:
+                injected_at = time.time()
                 for r in sick:
                     r.set_faults(scenario.faults)
-                    faults.append({"target": r.name, "ts": time.time(), "faults": scenario.faults})
-                injected_at = time.time()
-            first_failure: float | None = None
-            while not gen._done.wait(0.5):
-                if injected_at is None and time.monotonic() - t0 >= scenario.warmup_s:
-                    injected_at = time.time()
-                    for r in sick:
-                        r.set_faults(scenario.faults)
-                        faults.append({"target": r.name, "ts": injected_at, "faults": scenario.faults})
-                if scenario.stop_after_failure_s is not None:
-                    if first_failure is None:
-                        found = failures_from(collector.snapshot(), t_begin)
-                        first_failure = found[0]["ts"] if found else None
-                    elif time.time() - first_failure >= scenario.stop_after_failure_s:
-                        gen.stop()
-            load = gen.result()
-            stop.set()
-            mem.join(timeout=5)
+                    faults.append({"target": r.name, "ts": injected_at, "faults": scenario.faults})
+            if scenario.stop_after_failure_s is not None:
+                if first_failure is None:
+                    events = engine_events(docker_client["local"], "local", labels, t_begin, time.time())
+                    found = failures_from(list(events), t_begin)
+                    first_failure = found[0]["ts"] if found else None
+                elif time.time() - first_failure >= scenario.stop_after_failure_s:
+                    gen.stop()
+        load = gen.result()
+        stop.set()
+        mem.join(timeout=5)
+        time.sleep(1.5)  # the last lines and events reach Docker's log and event store
         t_end = time.time()
-    signals = [s for s in collector.snapshot() if s.ts >= t_begin - 1.0]
-    failures = failures_from(signals, t_begin)
+        # logs and events as `watcher record` reads them, before the testbed removes the containers
+        docker_part = collect(RecordSources(labels=labels), t_begin - 1.0, t_end, clients=docker_client)
+    signals = docker_part.signals + [s for s in collector.snapshot() if s.ts >= t_begin - 1.0]
+    failures = list(docker_part.meta["failures"])
     windows = client_windows(load.records, load.t0_wall, members)
     sick_names = {f["target"] for f in faults}
     slo_failed: set[str] = {f["target"] for f in failures}
@@ -333,7 +256,6 @@ def record(scenario: Scenario, out: Path, rate_per_s: float = RATE_PER_S, replic
     failures.sort(key=lambda f: f["ts"])
     healthy_end = t_end if scenario.all_replicas and "noise" in scenario.faults else injected_at or t_end
     meta = {
-        "type": "meta",
         "scenario": scenario.name,
         "describe": scenario.describe,
         "recorded_at": round(t_begin, 3),
@@ -345,13 +267,7 @@ def record(scenario: Scenario, out: Path, rate_per_s: float = RATE_PER_S, replic
         "healthy": [[round(t_begin, 3), round(healthy_end, 3)]],
         "client": {"requests": load.requests, "failed": load.failed, "statuses": load.status_counts},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    opener: Any = gzip.open if out.suffix == ".gz" else open
-    with opener(out, "wt", encoding="utf-8") as f:
-        fh: IO[str] = f
-        fh.write(json.dumps(meta) + "\n")
-        for s in signals:
-            fh.write(json.dumps(signal_to_json(s), separators=(",", ":")) + "\n")
+    write_recording(out, meta, signals)
     return {"scenario": scenario.name, "signals": len(signals), "failures": failures, "bytes": out.stat().st_size}
 
 

@@ -36,6 +36,16 @@ def test_paired_notebook_is_in_sync() -> None:
 
 
 def test_notebook_executes_and_leaves_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = _execute(tmp_path, monkeypatch)
+    # the tuned packs are shown as a YAML diff against the shipped ones (or said to be unchanged)
+    assert "--- rules/foresight.yaml" in text or "foresight.yaml: unchanged" in text
+    assert "--- rules/tfserving.yaml" in text or "tfserving.yaml: unchanged" in text
+    assert (tmp_path / "out" / "foresight.yaml").exists()
+    assert (tmp_path / "out" / "tfserving.yaml").exists()
+
+
+def _execute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the notebook headless; its printed text, after checking it ran clean and drew its figures."""
     spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(
@@ -66,9 +76,23 @@ def test_notebook_executes_and_leaves_figures(tmp_path: Path, monkeypatch: pytes
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2, "expected the trade-off plot and the series plot"
-    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
-    # the tuned packs are shown as a YAML diff against the shipped ones (or said to be unchanged)
-    assert "--- rules/foresight.yaml" in text or "foresight.yaml: unchanged" in text
-    assert "--- rules/tfserving.yaml" in text or "tfserving.yaml: unchanged" in text
-    assert (tmp_path / "out" / "foresight.yaml").exists()
-    assert (tmp_path / "out" / "tfserving.yaml").exists()
+    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+
+
+def test_notebook_tunes_on_a_recording_of_ones_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`THRESHOLD_TUNING_RECORDINGS` replaces the shipped recordings: here one as `watcher record`
+    writes it (its failures are Docker's account, no known-healthy stretch), in a directory."""
+    from watcher.record import failures_from, write_recording
+    from watcher.replay import read_jsonl
+
+    signals = list(read_jsonl(REPO / "recordings" / "leak-8mb.jsonl.gz"))
+    fleet = tmp_path / "fleet"
+    write_recording(
+        fleet / "my-fleet.jsonl.gz",
+        {"recorded_by": "watcher record", "failures": failures_from(signals), "healthy": []},
+        signals,
+    )
+    monkeypatch.setenv("THRESHOLD_TUNING_RECORDINGS", str(fleet))
+    text = _execute(tmp_path, monkeypatch)
+    assert "my-fleet" in text and "leak-4mb" not in text and "healthy-noise" not in text
+    assert "oom of tfsim-17a889ff1e-1" in text
