@@ -10,7 +10,6 @@ the setting (and the file) and say what was expected — never a traceback.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import typing
 from pathlib import Path

@@ -114,7 +114,7 @@ class _Bed:
     run_id = "r1"
     model_repo = Path("/tmp/bed/models")
 
-    class nginx:  # noqa: N801
+    class nginx:
         workdir = Path("/tmp/bed/nginx")
 
         @staticmethod
@@ -123,13 +123,13 @@ class _Bed:
 
     haproxy = None
 
-    class config:  # noqa: N801
+    class config:
         model = "half_plus_two"
 
-    class alertmanager:  # noqa: N801
+    class alertmanager:
         port = 19093
 
-    class prometheus:  # noqa: N801
+    class prometheus:
         url = "http://127.0.0.1:19090"
 
 
