@@ -205,6 +205,7 @@ def run(
     """Run the watcher: follow the fleet, predict failures, act within guard rails (dry-run by default)."""
     from watcher.config import ConfigError, load_settings
     from watcher.rulepack.loader import RulePackError
+    from watcher.service import ApiListenError
     from watcher.service import run as run_service
     from watcher.store import StoreError, StoreLocked
 
@@ -216,6 +217,9 @@ def run(
     try:
         raise typer.Exit(run_service(settings))
     except RulePackError:
+        raise typer.Exit(2) from None
+    except ApiListenError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except StoreLocked as exc:
         typer.echo(f"error: {exc}", err=True)
