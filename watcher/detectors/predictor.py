@@ -27,14 +27,15 @@ import math
 from collections import deque
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from river import linear_model, optim
 
 from watcher.detectors.base import Detector, Observation
 from watcher.detectors.change import ChangeDetector
 from watcher.detectors.forecast import RunwayDetector
+from watcher.detectors.params import PredictorParams as PredictorParams  # re-exported: its old home
 from watcher.model import Lifecycle, LifecycleKind, Predicts, Sample, Target
-from watcher.rulepack.schema import AnyRule, DetectorRule, DetectorSpec, Duration, StrictModel
+from watcher.rulepack.schema import AnyRule, DetectorRule, DetectorSpec
 
 DEFAULT_PRIORS: dict[str, float] = {
     "intercept": -4.0,
@@ -46,22 +47,6 @@ DEFAULT_PRIORS: dict[str, float] = {
 }
 OUR_SIGTERM = 143
 MAX_TARGETS = 10_000
-
-
-class PredictorParams(StrictModel):
-    """Params of ``predictor``. Series names default to Docker stats' memory series."""
-
-    memory_series: str = "memory_working_set_bytes"
-    limit: float | str = "memory_limit_bytes"
-    error_series: str | None = None
-    latency_series: str | None = None
-    horizon: Duration = Field(default=300.0, description="a failure within this counts as predicted")
-    every: Duration = Field(default=15.0, description="feature snapshot (and observation) interval")
-    threshold: float = Field(default=0.5, gt=0, lt=1, description="probability that makes the rule active")
-    runway_scale: Duration = 120.0
-    lr: float = Field(default=0.05, gt=0, le=1)
-    pos_weight: float = Field(default=5.0, gt=0)
-    priors: dict[str, float] = Field(default_factory=dict, description="overrides of DEFAULT_PRIORS")
 
 
 def _sub_rule(rule: AnyRule, suffix: str, kind: str, series: str, params: dict[str, Any]) -> DetectorRule:
