@@ -71,18 +71,28 @@ def test_every_kinds_params_validate_without_importing_an_implementation() -> No
     assert result["heavy"] == [] and result["impls"] == []
 
 
-def test_a_pack_with_a_predictor_rule_still_builds_its_detector() -> None:
+def test_a_predictor_rule_imports_river_only_when_a_target_needs_a_probability() -> None:
+    """Shipped packs watching nothing yet (checkpoints included) stay without river; the first
+    probability brings it in and gives the prior's answer."""
     result = _run(
         """
         import json, sys
         from watcher.rules import SHIPPED_RULES
         from watcher.rulepack.compile import compile_packs
         detectors = compile_packs([SHIPPED_RULES / "foresight.yaml"]).new_detectors()
-        print(json.dumps({"predictor": type(detectors["failure-predictor"]).__name__,
-                          "river": "river" in sys.modules}))
+        predictor = detectors["failure-predictor"]
+        state = predictor.state()
+        predictor.restore(state, {})
+        before = "river" in sys.modules
+        p = predictor.probability(dict.fromkeys(["runway", "mem_high", "errors", "latency", "restarts"], 0.0))
+        after_state = predictor.state()
+        print(json.dumps({"kind": type(predictor).__name__, "before": before, "after": "river" in sys.modules,
+                          "p": p, "same_state": state == after_state}))
         """
     )
-    assert result == {"predictor": "FailurePredictor", "river": True}
+    assert result["kind"] == "FailurePredictor" and result["before"] is False and result["after"] is True
+    assert 0.0 < result["p"] < 0.05  # type: ignore[operator]  # intercept -4: about 1.8 %
+    assert result["same_state"] is True
 
 
 @pytest.mark.parametrize("entry", registry.BUILTIN_KINDS, ids=lambda e: e.kind)
