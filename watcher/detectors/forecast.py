@@ -27,33 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from watcher.detectors.base import Detector, DetectorConfigError, Observation
+from watcher.detectors.params import RunwayParams as RunwayParams  # re-exported: its old home
 from watcher.detectors.vectorized import capacity, rising_steps, runway_eta, theil_sen
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
-from watcher.rulepack.schema import AnyRule, Duration, StrictModel
+from watcher.rulepack.schema import AnyRule
 
 RESET_EVENTS = frozenset({LifecycleKind.START, LifecycleKind.RESTART, LifecycleKind.DIE, LifecycleKind.OOM})
-
-
-class RunwayParams(StrictModel):
-    """Params of ``forecast``: will ``series`` reach ``fraction * limit`` within ``within``?
-
-    ``forecast:`` shorthands (``ForecastSpec`` in the schema) become these params too.
-    """
-
-    limit: float | str = Field(description="a number, or the series giving the limit per target")
-    fraction: float = Field(default=1.0, gt=0, le=1)
-    within: Duration = Field(description="horizon: fire when the predicted time to the limit is shorter")
-    window: Duration = Field(default=600.0, description="history the trend is fitted on")
-    bucket: Duration = Field(default=30.0, description="envelope bucket: longer than a GC cycle")
-    min_buckets: int = Field(default=5, ge=3, description="closed buckets needed before forecasting")
-    min_confidence: float = Field(default=0.8, gt=0.5, le=1.0, description="share of rising pairwise slopes")
-    reset_drop: float = Field(default=0.4, gt=0, lt=1, description="a drop by this share resets (restart)")
-    min_rise_steps: int = Field(
-        default=0, ge=0, description="consecutive rising bucket steps required (a rise longer than a GC cycle's)"
-    )
 
 
 @dataclass(slots=True)
