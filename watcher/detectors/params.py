@@ -34,6 +34,14 @@ class RunwayParams(StrictModel):
     min_rise_steps: int = Field(
         default=0, ge=0, description="consecutive rising bucket steps required (a rise longer than a GC cycle's)"
     )
+    urgent: float = Field(
+        default=0.0,
+        ge=0,
+        description="fire at once when the time left is at most this many times the rise's time on new ground (0: off)",
+    )
+    urgent_points: int = Field(
+        default=2, ge=2, description="points on the rise (its start included) the urgent path needs"
+    )
 
 
 class PeerParams(StrictModel):
