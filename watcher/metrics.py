@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import platform
+import sys
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,25 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from watcher import __version__
-from watcher.detectors.forecast import RunwayDetector
 from watcher.journal import OPEN_STATES, IncidentState, JournalListener, StepStatus
 from watcher.model import Finding, Predicts
 from watcher.playbook.registry import REGISTRY
 
 if TYPE_CHECKING:
+    from watcher.detectors.base import Detector
+    from watcher.detectors.forecast import RunwayDetector
     from watcher.service import Service
+
+
+def _runway_detectors(detectors: list[Detector]) -> list[RunwayDetector]:
+    """The forecast detectors among these, without importing the forecast module (and numpy) into
+    a watcher whose packs have no forecast rule (issue #18): while the module is not imported no
+    detector can be one of its instances."""
+    if "watcher.detectors.forecast" not in sys.modules:
+        return []
+    from watcher.detectors.forecast import RunwayDetector
+
+    return [d for d in detectors if isinstance(d, RunwayDetector)]
 
 
 ETA_BUCKETS = (5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -182,10 +195,9 @@ class _LiveCollector(Collector):
         for key, n in sorted(active.items()):
             findings.add_metric([key], n)
         etas: dict[str, float] = {}
-        for detector in list(engine.detectors.values()):
-            if isinstance(detector, RunwayDetector):
-                for key, eta in detector.etas(now).items():
-                    etas[key] = min(eta, etas.get(key, math.inf))
+        for detector in _runway_detectors(list(engine.detectors.values())):
+            for key, eta in detector.etas(now).items():
+                etas[key] = min(eta, etas.get(key, math.inf))
         runway = _gauge(
             "watcher_runway_eta_seconds",
             "Forecast seconds until the replica's series reaches its limit (nearest rule; +Inf: not rising)",

@@ -15,6 +15,18 @@ How it avoids the three classic false alarms:
   consecutive bucket-to-bucket rises, each at least a quarter of the fitted slope over a bucket: a
   rise that lasts longer than a GC cycle's growth phase, which a leak's does and a sawtooth's does not.
 
+**Evidence sized to the time left** (``urgent``). The envelope needs ``min_buckets`` closed buckets
+and ``min_rise_steps`` rising ones, which a leak that kills in ten seconds never gives it. So the raw
+points also feed a second, short path: the current *rise* (points since the last drop, each no lower
+than the one before by more than half the rise's mean step), the *new ground* it has covered (the
+time since it crossed the highest value of the window before it began), and its recent slope. It
+fires when the time left to the threshold is at most ``urgent`` times the time spent on new ground,
+with ``urgent_points`` points on the rise: a slope that reaches the limit within a sampling period
+or two acts on two points; a slow rise needs as long a rise as the time it has left (and the
+envelope path is faster for it anyway). A GC sawtooth that has been seen once covers no new ground
+(its peaks do not rise), and its first cycle fires only if it climbs past roughly 40 % of the
+headroom in one go: sample for sample, that is a leak that would kill within seconds.
+
 The limit is a number or the name of a series giving it per target (``memory_limit_bytes`` from
 Docker stats), so the same detector serves any "series towards a limit". The arithmetic lives in
 :mod:`watcher.detectors.vectorized`, shared with the fleet-wide batch path.
@@ -27,33 +39,62 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from watcher.detectors.base import Detector, DetectorConfigError, Observation
+from watcher.detectors.params import RunwayParams as RunwayParams  # re-exported: its old home
 from watcher.detectors.vectorized import capacity, rising_steps, runway_eta, theil_sen
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
-from watcher.rulepack.schema import AnyRule, Duration, StrictModel
+from watcher.rulepack.schema import AnyRule
 
 RESET_EVENTS = frozenset({LifecycleKind.START, LifecycleKind.RESTART, LifecycleKind.DIE, LifecycleKind.OOM})
 
 
-class RunwayParams(StrictModel):
-    """Params of ``forecast``: will ``series`` reach ``fraction * limit`` within ``within``?
+@dataclass(slots=True)
+class _Rise:
+    """The urgent path's view of one series: the rise since its last drop, raw points, not buckets."""
 
-    ``forecast:`` shorthands (``ForecastSpec`` in the schema) become these params too.
-    """
+    start_t: float
+    start_y: float
+    prior_peak: float  # the highest value of the window before the rise began: ground already covered
+    points: int = 1  # on the rise, its start included
+    recent: list[tuple[float, float]] = field(default_factory=list)  # the last three points
+    crossed_at: float | None = None  # when the rise passed ``prior_peak``: its time on new ground starts
 
-    limit: float | str = Field(description="a number, or the series giving the limit per target")
-    fraction: float = Field(default=1.0, gt=0, le=1)
-    within: Duration = Field(description="horizon: fire when the predicted time to the limit is shorter")
-    window: Duration = Field(default=600.0, description="history the trend is fitted on")
-    bucket: Duration = Field(default=30.0, description="envelope bucket: longer than a GC cycle")
-    min_buckets: int = Field(default=5, ge=3, description="closed buckets needed before forecasting")
-    min_confidence: float = Field(default=0.8, gt=0.5, le=1.0, description="share of rising pairwise slopes")
-    reset_drop: float = Field(default=0.4, gt=0, lt=1, description="a drop by this share resets (restart)")
-    min_rise_steps: int = Field(
-        default=0, ge=0, description="consecutive rising bucket steps required (a rise longer than a GC cycle's)"
-    )
+    def add(self, ts: float, value: float) -> bool:
+        """Extend the rise by a point; False when the point ends it (it fell by more than half a mean step)."""
+        last_t, last_y = self.recent[-1] if self.recent else (self.start_t, self.start_y)
+        step = (last_y - self.start_y) / (self.points - 1) if self.points > 1 else 0.0
+        if value < last_y - 0.5 * max(step, 0.0) or ts <= last_t:
+            return False
+        if self.crossed_at is None and value > self.prior_peak:
+            below = max(self.prior_peak - last_y, 0.0)
+            self.crossed_at = last_t + (ts - last_t) * below / (value - last_y) if value > last_y else ts
+        self.points += 1
+        self.recent = [*self.recent[-2:], (ts, value)]
+        return True
+
+    def slope(self) -> float:
+        """The rise's slope over its last step: a leak's first step is partly baseline (it began between
+        samples), and a sawtooth held at its peak shows a flat last step, which is no runway at all."""
+        (t0, y0), (t1, y1) = ([(self.start_t, self.start_y), *self.recent])[-2:]
+        return (y1 - y0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": [self.start_t, self.start_y],
+            "prior_peak": self.prior_peak,
+            "points": self.points,
+            "recent": [list(p) for p in self.recent],
+            "crossed_at": self.crossed_at,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Rise:
+        r = cls(float(d["start"][0]), float(d["start"][1]), float(d["prior_peak"]), int(d["points"]))
+        r.recent = [(float(t), float(y)) for t, y in d.get("recent", [])]
+        r.crossed_at = None if d.get("crossed_at") is None else float(d["crossed_at"])
+        return r
 
 
 @dataclass(slots=True)
@@ -73,6 +114,7 @@ class _Series:
     slope_hi: float = 0.0
     last_ts: float = 0.0
     active: bool = False
+    rise: _Rise | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +129,7 @@ class _Series:
             else [self.slope, self.intercept, self.confidence, self.slope_lo, self.slope_hi],
             "last_ts": self.last_ts,
             "active": self.active,
+            "rise": None if self.rise is None else self.rise.to_json(),
         }
 
     @classmethod
@@ -99,6 +142,8 @@ class _Series:
             s.slope, s.intercept, s.confidence, s.slope_lo, s.slope_hi = (float(v) for v in fit)
         s.last_ts = float(d.get("last_ts", 0.0))
         s.active = bool(d.get("active", False))
+        rise = d.get("rise")
+        s.rise = None if rise is None else _Rise.from_json(rise)
         return s
 
 
@@ -185,7 +230,9 @@ class RunwayDetector(Detector):
         elif value > st.cur_max:
             st.cur_t, st.cur_max = ts, value
         st.last_ts = ts
-        obs = self._observe(key, st, ts)
+        if p.urgent > 0:
+            self._track_rise(st, ts, value)
+        obs = self._observe_urgent(key, st, ts, value) or self._observe(key, st, ts)
         if obs is None:
             st.active = False
             if was_active:
@@ -193,6 +240,34 @@ class RunwayDetector(Detector):
             return []
         st.active = obs.active
         return [obs]
+
+    @staticmethod
+    def _track_rise(st: _Series, ts: float, value: float) -> None:
+        """Extend the current rise, or start one here (this point is its bottom) if it ended."""
+        if st.rise is not None and st.rise.add(ts, value):
+            return
+        peak = max([b[1] for b in st.buckets] + [st.cur_max])  # the window so far, this point included
+        st.rise = _Rise(ts, value, prior_peak=peak)
+
+    def _observe_urgent(self, key: str, st: _Series, ts: float, value: float) -> Observation | None:
+        """An active observation when the runway is short for the evidence the rise has given; else None."""
+        p = self.params
+        rise = st.rise
+        limit = self.limit_of(key)
+        if p.urgent <= 0 or rise is None or limit is None or rise.points < p.urgent_points or rise.crossed_at is None:
+            return None
+        slope = rise.slope()
+        threshold = p.fraction * limit
+        eta = runway_eta(value, slope, threshold)
+        new_ground = ts - rise.crossed_at
+        if new_ground <= 0 or eta > p.urgent * new_ground or eta > p.within:
+            return None
+        evidence = (
+            f"{self.series} at {_fmt(value)} rising {_fmt(slope)}/s reaches {p.fraction:.0%} of {_fmt(limit)} "
+            f"in ~{eta:.0f}s: a short runway, acted on after {new_ground:.0f}s of rise above the window's "
+            f"peak ({rise.points} points)"
+        )
+        return Observation(self._targets[key], True, ts, evidence=evidence, score=1.0, eta_s=eta)
 
     def _refit(self, st: _Series) -> None:
         if len(st.buckets) < self.params.min_buckets:
@@ -228,7 +303,10 @@ class RunwayDetector(Detector):
         threshold = p.fraction * limit
         level = st.intercept + st.slope * (ts - st.origin)
         eta = runway_eta(level, st.slope, threshold)
-        active = eta == 0.0 or (st.confidence >= p.min_confidence and eta <= p.within and self._sustained(st))
+        # past the threshold counts without a trend's proof only where the series itself got there: a
+        # fit over the first few buckets of a sawtooth met at its peak extrapolates far above its data
+        reached = eta == 0.0 and max(st.cur_max, st.last_max or 0.0) >= threshold
+        active = reached or (st.confidence >= p.min_confidence and eta <= p.within and self._sustained(st))
         evidence = ""
         if active:
             lo = runway_eta(level, st.slope_hi, threshold)

@@ -17,28 +17,18 @@ fleet-wide :class:`~watcher.detectors.vectorized.PeerBatch`.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from watcher.detectors.base import Detector, DetectorConfigError, Observation
+from watcher.detectors.params import PeerParams as PeerParams  # re-exported: its old home
 from watcher.detectors.vectorized import peer_scores
 from watcher.model import Lifecycle, LifecycleKind, Sample, Target
-from watcher.rulepack.schema import AnyRule, Duration, StrictModel
+from watcher.rulepack.schema import AnyRule
 
 MAX_REPLICAS_PER_SERVICE = 1_000  # a flood of made-up targets cannot grow memory without bound
-
-
-class PeerParams(StrictModel):
-    """Params of ``peer``: flag a replica whose ``series`` is far from its service's median."""
-
-    k: float = Field(default=4.0, gt=0, description="robust z (MAD units) beyond which a replica is odd")
-    direction: Literal["up", "both"] = "up"
-    min_peers: int = Field(default=2, ge=2, description="siblings needed for a verdict")
-    rel_floor: float = Field(default=0.1, ge=0, description="scale floor as a share of the median")
-    min_deviation: float = Field(default=0.0, ge=0, description="scale floor in series units")
-    stale_after: Duration = Field(default=120.0, description="values older than this are left out")
 
 
 class PeerDetector(Detector):

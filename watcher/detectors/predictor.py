@@ -25,16 +25,19 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, Field
-from river import linear_model, optim
+from pydantic import BaseModel
 
 from watcher.detectors.base import Detector, Observation
 from watcher.detectors.change import ChangeDetector
 from watcher.detectors.forecast import RunwayDetector
+from watcher.detectors.params import PredictorParams as PredictorParams  # re-exported: its old home
 from watcher.model import Lifecycle, LifecycleKind, Predicts, Sample, Target
-from watcher.rulepack.schema import AnyRule, DetectorRule, DetectorSpec, Duration, StrictModel
+from watcher.rulepack.schema import AnyRule, DetectorRule, DetectorSpec
+
+if TYPE_CHECKING:
+    from river import linear_model
 
 DEFAULT_PRIORS: dict[str, float] = {
     "intercept": -4.0,
@@ -46,22 +49,6 @@ DEFAULT_PRIORS: dict[str, float] = {
 }
 OUR_SIGTERM = 143
 MAX_TARGETS = 10_000
-
-
-class PredictorParams(StrictModel):
-    """Params of ``predictor``. Series names default to Docker stats' memory series."""
-
-    memory_series: str = "memory_working_set_bytes"
-    limit: float | str = "memory_limit_bytes"
-    error_series: str | None = None
-    latency_series: str | None = None
-    horizon: Duration = Field(default=300.0, description="a failure within this counts as predicted")
-    every: Duration = Field(default=15.0, description="feature snapshot (and observation) interval")
-    threshold: float = Field(default=0.5, gt=0, lt=1, description="probability that makes the rule active")
-    runway_scale: Duration = 120.0
-    lr: float = Field(default=0.05, gt=0, le=1)
-    pos_weight: float = Field(default=5.0, gt=0)
-    priors: dict[str, float] = Field(default_factory=dict, description="overrides of DEFAULT_PRIORS")
 
 
 def _sub_rule(rule: AnyRule, suffix: str, kind: str, series: str, params: dict[str, Any]) -> DetectorRule:
@@ -95,7 +82,9 @@ class FailurePredictor(Detector):
             if params.latency_series
             else None
         )
-        self.model = self._fresh_model()
+        priors = {**DEFAULT_PRIORS, **self.params.priors}
+        self._model: linear_model.LogisticRegression | None = None
+        self._coefficients = ({n: w for n, w in priors.items() if n != "intercept"}, priors["intercept"])
         self.learned = {"positive": 0, "negative": 0}
         self._targets: dict[str, Target] = {}
         self._usage: dict[str, float] = {}
@@ -105,18 +94,28 @@ class FailurePredictor(Detector):
         self._last: dict[str, float] = {}
         self._heard: dict[str, float] = {}  # last signal per target: a replay hint, not checkpointed
 
-    def _fresh_model(self) -> linear_model.LogisticRegression:
-        priors = {**DEFAULT_PRIORS, **self.params.priors}
-        model = linear_model.LogisticRegression(
-            optimizer=optim.SGD(self.params.lr),
-            l2=0.0,
-            intercept_init=priors["intercept"],
-            intercept_lr=self.params.lr,
-        )
-        for name, weight in priors.items():
-            if name != "intercept":
+    @property
+    def model(self) -> linear_model.LogisticRegression:
+        """river's model, built (and river imported: with scipy some 70 MB, issue #18) the first time a
+        target needs a probability. Until then the coefficients are plain numbers: a watcher whose
+        packs have this rule but that watches no replica yet checkpoints and restores without river."""
+        if self._model is None:
+            from river import linear_model, optim
+
+            weights, intercept = self._coefficients
+            model = linear_model.LogisticRegression(
+                optimizer=optim.SGD(self.params.lr), l2=0.0, intercept_init=intercept, intercept_lr=self.params.lr
+            )
+            for name, weight in weights.items():
                 model._weights[name] = weight
-        return model
+            self._model = model
+        return self._model
+
+    def coefficients(self) -> tuple[dict[str, float], float]:
+        """(weights, intercept) now, without building the model when it has not been needed yet."""
+        if self._model is None:
+            return dict(self._coefficients[0]), self._coefficients[1]
+        return dict(self._model.weights), float(self._model.intercept)
 
     # -- features ------------------------------------------------------------------------------
     def features(self, key: str, now: float) -> dict[str, float]:
@@ -244,9 +243,10 @@ class FailurePredictor(Detector):
 
     # -- checkpoint ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        weights, intercept = self.coefficients()
         return {
-            "weights": dict(self.model.weights),
-            "intercept": float(self.model.intercept),
+            "weights": weights,
+            "intercept": intercept,
             "learned": dict(self.learned),
             "runway": self.runway.state(),
             "errors": self.errors.state() if self.errors else None,
@@ -260,13 +260,10 @@ class FailurePredictor(Detector):
         }
 
     def restore(self, state: dict[str, Any], targets: dict[str, Target]) -> None:
-        model = self._fresh_model()
-        model._weights.clear()
-        for name, w in state.get("weights", {}).items():
-            model._weights[str(name)] = float(w)
-        if "intercept" in state:
-            model.intercept = float(state["intercept"])
-        self.model = model
+        weights = {str(name): float(w) for name, w in state.get("weights", {}).items()}
+        intercept = float(state.get("intercept", {**DEFAULT_PRIORS, **self.params.priors}["intercept"]))
+        self._model = None  # rebuilt from these on first use
+        self._coefficients = (weights, intercept)
         self.learned.update({k: int(v) for k, v in state.get("learned", {}).items()})
         self.runway.restore(state.get("runway") or {}, targets)
         if self.errors is not None:

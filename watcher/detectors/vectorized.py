@@ -245,9 +245,9 @@ class RunwayBatch:
             )
         known = ~np.isnan(self.slope) & ~np.isnan(thresholds)
         eta = np.where(known, eta, np.nan)
-        active = known & (
-            (eta == 0.0) | ((self.confidence >= self.min_confidence) & (eta <= self.within) & self.sustained)
-        )
+        with np.errstate(invalid="ignore"):
+            reached = (eta == 0.0) & (np.fmax(self.cur_max, self.last_max) >= thresholds)
+        active = known & (reached | ((self.confidence >= self.min_confidence) & (eta <= self.within) & self.sustained))
         return active, eta, self.confidence
 
 
