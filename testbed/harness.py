@@ -27,6 +27,7 @@ from watcher.actions.base import Alerter, TrafficShifter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import HostNginxReload, NginxShifter
 from watcher.assembly import assemble
+from watcher.config import SHIPPED_CONFIG, Settings, load_settings
 from watcher.live import LiveConfig
 from watcher.model import Target
 from watcher.playbook.executor import ExecutorConfig
@@ -56,12 +57,14 @@ class HarnessSpec:
     guard: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] | None = None  # override every pack's guard-rail defaults (tests)
     packs: list[str] = field(default_factory=lambda: [str(RULES)])
-    # what the service watches besides logs and events: Docker stats (memory runway) and the
-    # testbed's Prometheus (error ratio, latency); the testbed scrapes every second, so a 10 s window
-    stats_interval_s: float = 2.0  # 0: off
+    # how the watcher detects and how fast: the shipped settings file, as Compose and Kubernetes run it;
+    # the testbed sets on top only where things are (site_overrides). The three below are experiment
+    # knobs for a benchmark or test that says so (None: the file's value).
+    config: str = str(SHIPPED_CONFIG)
     prometheus_url: str | None = None
-    prometheus_interval_s: float = 1.0
-    prometheus_window: str = "10s"
+    stats_interval_s: float | None = None  # 0: off
+    prometheus_interval_s: float | None = None
+    prometheus_window: str | None = None
 
     @classmethod
     def for_testbed(cls, bed: Any, store: Path, **kwargs: Any) -> HarnessSpec:
@@ -78,6 +81,47 @@ class HarnessSpec:
             **kwargs,
         )
 
+    def site_overrides(self) -> dict[str, Any]:
+        """What the testbed sets on top of the settings file: addresses, paths, its containers, its
+        load balancer, actions on or off (all in :data:`watcher.config.SITE_KEYS`)."""
+        site: dict[str, Any] = {
+            "engines": {"local": ""},
+            "label_selector": [f"{TESTBED_LABEL}={self.run_id}"],
+            "store": self.store,
+            "model_repo": self.model_repo,
+            "prometheus_url": self.prometheus_url,
+            "alertmanager_url": self.alertmanager_url,
+            "lb": self.lb,
+            "actions_enabled": not self.dry_run,
+        }
+        if self.nginx_dir:
+            d = Path(self.nginx_dir)
+            site.update(
+                nginx_upstreams_file=str(d / "upstreams.conf"),
+                nginx_pid_file=str(d / "nginx.master.pid"),
+                nginx_conf=str(d / "nginx.conf"),
+                nginx_binary=self.nginx_binary,
+                nginx_error_log=str(d / "error.log"),
+                log_files={"nginx": str(d / "access.log"), "nginx-error": str(d / "error.log")},
+                lb_log_files=["nginx", "nginx-error"],
+            )
+        if self.haproxy_socket:
+            site.update(haproxy_socket=self.haproxy_socket, haproxy_backend=self.haproxy_backend)
+        return site
+
+    def settings(self) -> Settings:
+        """The settings this watcher runs: the file, the testbed's site values, then any experiment knob."""
+        knobs = {
+            key: value
+            for key, value in (
+                ("stats_interval_s", self.stats_interval_s),
+                ("prometheus_interval_s", self.prometheus_interval_s),
+                ("prometheus_window", self.prometheus_window),
+            )
+            if value is not None
+        }
+        return load_settings(Path(self.config), {**self.site_overrides(), **knobs})
+
 
 class _NoAlerts(Alerter):
     def fire(self, alert: Any) -> None:
@@ -92,33 +136,40 @@ class Watcher:
 
     def __init__(self, spec: HarnessSpec) -> None:
         self.spec = spec
+        self.settings = settings = spec.settings()
         client = docker.from_env()
-        selector = (f"{TESTBED_LABEL}={spec.run_id}",)
+        selector = tuple(settings.label_selector)
         self.shifter = self._shifter(spec)
         ruleset = compile_packs(
             [Path(p) for p in spec.packs],
             CompileOptions(
-                prometheus_window=spec.prometheus_window,
+                prometheus_target_label=settings.prometheus_target_label,
+                prometheus_window=settings.prometheus_window,
                 defaults=Defaults.model_validate(spec.defaults) if spec.defaults is not None else None,
             ),
         )
-        files: list[FileSpec] = []
-        if spec.nginx_dir:  # the load balancer's own logs: the only lines that may name a replica
-            nginx_dir = Path(spec.nginx_dir)
-            lb = Target("nginx")
-            files = [FileSpec(nginx_dir / name, lb, load_balancer=True) for name in ("access.log", "error.log")]
+        files = [  # the load balancer's own logs: the only lines that may name a replica
+            FileSpec(path, Target(name), load_balancer=name in settings.lb_log_files)
+            for name, path in settings.log_files.items()
+        ]
+        # stats: an explicit knob wins; else the service's rule (off while Prometheus is configured)
+        stats = (
+            spec.stats_interval_s or None if spec.stats_interval_s is not None else settings.effective_stats_interval_s
+        )
         parts = assemble(
-            store=Path(spec.store),
+            store=settings.store,
             clients={"local": client},
             ruleset=ruleset,
             live_config=LiveConfig(
                 label_selector=selector,
-                stats_interval_s=spec.stats_interval_s or None,
-                prometheus_url=spec.prometheus_url,
-                prometheus_interval_s=spec.prometheus_interval_s,
-                prometheus_window=spec.prometheus_window,
+                service_label=settings.service_label,
+                upstream_label=settings.upstream_label,
+                stats_interval_s=stats,
+                prometheus_url=settings.prometheus_url,
+                prometheus_target_label=settings.prometheus_target_label,
+                prometheus_interval_s=settings.prometheus_interval_s,
+                prometheus_window=settings.prometheus_window,
                 files=files,
-                rescan_s=1.0,
             ),
             shifter=self.shifter,
             alerter=AlertmanagerAlerter(spec.alertmanager_url) if spec.alertmanager_url else _NoAlerts(),

@@ -267,6 +267,7 @@ def run(
     """Run the watcher: follow the fleet, predict failures, act within guard rails (dry-run by default)."""
     from watcher.config import ConfigError, load_settings
     from watcher.rulepack.loader import RulePackError
+    from watcher.service import ApiListenError
     from watcher.service import run as run_service
     from watcher.store import StoreError, StoreLocked
 
@@ -278,6 +279,9 @@ def run(
     try:
         raise typer.Exit(run_service(settings))
     except RulePackError:
+        raise typer.Exit(2) from None
+    except ApiListenError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except StoreLocked as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -462,6 +466,32 @@ def doctor(config: ConfigOption = None) -> None:
         typer.echo(f"{problems} problem(s), {warnings} warning(s)")
         raise typer.Exit(1)
     typer.echo(f"all checks passed ({warnings} warning(s))")
+
+
+# -- watcher config show (issue #15) -----------------------------------------------------------------------
+config_app = typer.Typer(no_args_is_help=True, help="Settings: show the effective configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOption = None,
+    site: Annotated[
+        bool,
+        typer.Option("--site", help="also print addresses, ports, paths and other site values (secrets stay masked)"),
+    ] = False,
+) -> None:
+    """Print the settings ``watcher run`` would use (file + WATCHER_* environment) as JSON, secrets
+    masked and, unless --site, every site value (where things are) masked too: two deployments of one
+    settings file print the same text."""
+    from watcher.config import ConfigError, effective_config, load_settings
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(effective_config(settings, mask_site=not site), indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from watcher.redact import url_secrets
 from watcher.rules import SHIPPED_RULES
@@ -24,6 +27,34 @@ from watcher.rules import SHIPPED_RULES
 
 class ConfigError(ValueError):
     """Invalid configuration; ``str()`` is a list of `setting: problem` lines for the operator."""
+
+
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "watcher.yaml"
+"""deploy/watcher.yaml: the one shipped settings file (Compose mounts it, the Kubernetes ConfigMap
+carries it, the demo and the chaos benchmark read it). Its values equal :class:`Settings`' defaults
+(tests/unit/test_shipped_config.py). Present in a source checkout, not in the installed wheel."""
+
+SHIPPED_PACKS = "shipped"
+"""The word that stands for the rule packs inside the installed package (``packs: [shipped]``): a
+settings file cannot name a path inside site-packages."""
+
+SITE_KEYS = frozenset(
+    {
+        # addresses and ports
+        "engines", "prometheus_url", "alertmanager_url", "webhook_url", "external_url", "api_listen",
+        # paths
+        "store", "log_files", "nginx_upstreams_file", "nginx_pid_file", "nginx_conf", "nginx_binary",
+        "nginx_error_log", "haproxy_socket", "model_repo",
+        # which containers and load balancer this site has, and whether its operator allows actions
+        "label_selector", "prometheus_target_label", "lb", "lb_log_files", "nginx_container", "haproxy_backend",
+        "actions_enabled",
+        # secrets
+        "api_token", "webhook_token",
+    }
+)  # fmt: skip
+"""The settings a deployment (Compose, Kubernetes, the testbed) may set on top of the shipped file:
+where things are and what this site has — never how or how fast the watcher detects. ``watcher
+config show`` masks them, so two deployments of the same file print the same configuration."""
 
 
 class Settings(BaseSettings):
@@ -35,7 +66,11 @@ class Settings(BaseSettings):
     service_label: str = "watcher.service"
     upstream_label: str = "watcher.upstream"
     model_label: str = "watcher.model"
-    packs: list[Path] = Field(default_factory=lambda: [SHIPPED_RULES])
+    packs: list[Path] = Field(
+        default_factory=lambda: [Path(SHIPPED_PACKS)],
+        validate_default=True,
+        description=f"rule pack files or directories; {SHIPPED_PACKS!r} = the packs shipped in the package",
+    )
     log_files: dict[str, Path] = Field(default_factory=dict, description="target name -> host log file to follow")
     lb_log_files: list[str] = Field(
         default_factory=lambda: ["nginx"],
@@ -43,9 +78,9 @@ class Settings(BaseSettings):
     )
     prometheus_url: str | None = None
     prometheus_target_label: str = "replica"
-    prometheus_interval_s: float = Field(default=15.0, gt=0, description="how often the packs' queries run")
+    prometheus_interval_s: float = Field(default=5.0, gt=0, description="how often the packs' queries run")
     prometheus_window: str = Field(
-        default="1m", description="rate window replacing $window in series queries (>= 4 scrape intervals)"
+        default="30s", description="rate window replacing $window in series queries (>= 4 scrape intervals)"
     )
     prometheus_blind_after_s: float = Field(
         default=30.0, gt=0, description="alert 'watcher blind' once every Prometheus query has failed this long"
@@ -100,6 +135,11 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(default=2.0, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("packs")
+    @classmethod
+    def _shipped_packs(cls, value: list[Path]) -> list[Path]:
+        return [SHIPPED_RULES if str(p) == SHIPPED_PACKS else p for p in value]
 
     @field_validator("prometheus_window")
     @classmethod
@@ -177,7 +217,61 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # environment first: it overrides the file (passed as init values)
-        return env_settings, init_settings
+        return _PlainEnvSource(settings_cls), init_settings
+
+    @property
+    def effective_stats_interval_s(self) -> float | None:
+        """Docker stats period as the service runs it: off when 0, and off when Prometheus is
+        configured (memory then comes from Prometheus series). One rule for `watcher run` and the testbed."""
+        return self.stats_interval_s or None if not self.prometheus_url else None
+
+
+class _PlainEnvSource(EnvSettingsSource):
+    """``WATCHER_*`` variables, where a list or mapping may be written plainly as well as in JSON:
+    ``WATCHER_LABEL_SELECTOR=watcher.enable=true,tier=gpu`` (comma-separated) and
+    ``WATCHER_LOG_FILES=nginx=/var/log/nginx/access.log`` (``name=value`` pairs, comma-separated)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if not isinstance(value, str):
+                raise
+        origin = typing.get_origin(field.annotation)
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if origin is list:
+            return parts
+        if origin is dict:
+            pairs = [part.partition("=") for part in parts]
+            if any(not sep or not key.strip() for key, sep, _ in pairs):
+                env = f"WATCHER_{field_name.upper()}"
+                raise ValueError(
+                    f"{env}: expected name=value pairs separated by commas (e.g. {env}=a=x,b=y) or a JSON object, "
+                    f"got {value!r}"
+                )
+            return {key.strip(): val.strip() for key, _, val in pairs}
+        raise ValueError(f"WATCHER_{field_name.upper()}: expected JSON, got {value!r}")
+
+
+def effective_config(settings: Settings, mask_site: bool = True) -> dict[str, Any]:
+    """The settings as the watcher runs them, as plain data, secrets masked; with ``mask_site``
+    every :data:`SITE_KEYS` value too, so what is left is what decides detection and timing — the
+    same for every deployment of one settings file (``watcher config show``)."""
+    from watcher.redact import redact_doc
+
+    doc = settings.model_dump(mode="json")
+    doc["packs"] = [SHIPPED_PACKS if Path(p) == SHIPPED_RULES else p for p in doc["packs"]]
+    doc["effective_stats_interval_s"] = settings.effective_stats_interval_s
+    for name in ("api_token", "webhook_token"):
+        if doc.get(name) is not None:
+            doc[name] = "***"
+    doc = dict(redact_doc(doc, settings.secrets))
+    if mask_site:
+        for name in SITE_KEYS:
+            doc[name] = "<site>"
+        # derived from prometheus_url (an address): whether a site has Prometheus is its own business
+        doc["effective_stats_interval_s"] = "<site>"
+    return doc
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -200,11 +294,19 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     data.update(overrides or {})
     try:
         return Settings(**data)
+    except SettingsError as exc:  # an environment variable that cannot be decoded: its own message
+        cause = exc.__cause__
+        raise ConfigError(str(cause) if isinstance(cause, ValueError) else str(exc)) from None
     except ValidationError as exc:
+        from watcher.rulepack.loader import key_hint
+
         lines = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "(settings)"
-            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting" + key_hint(name, list(Settings.model_fields))
+            else:
+                msg = err["msg"]
             top = str(err["loc"][0]) if err["loc"] else ""
             line = key_lines.get(top)
             origin = f"{path}:{line}: " if path is not None and line else f"{path}: " if path is not None else ""

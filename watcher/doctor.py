@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 import requests
 
-from watcher.config import Settings
+from watcher.config import Settings, effective_config
 from watcher.inventory import LabelNames, WatchedContainer, make_clients
-from watcher.redact import redact_doc, redact_text, redact_url
+from watcher.redact import redact_text, redact_url
 
 Kind = Literal["ok", "warning", "problem"]
 ADVICE_LABELS = "containers need both labels to be drained, restarted and verified"
@@ -42,11 +42,7 @@ class Line:
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
     """The settings as ``watcher run`` uses them, every secret masked (tokens, URL passwords, queries)."""
-    doc = settings.model_dump(mode="json")
-    for name in ("api_token", "webhook_token"):
-        if doc.get(name) is not None:
-            doc[name] = "***"
-    return dict(redact_doc(doc, settings.secrets))
+    return effective_config(settings, mask_site=False)
 
 
 class Doctor:

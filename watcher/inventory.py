@@ -67,15 +67,41 @@ def matches_selector(labels: Mapping[str, str], selector: Sequence[str]) -> bool
     return True
 
 
+class _LateVersionAPIClient(docker.APIClient):  # type: ignore[misc]
+    """docker-py's client asks the engine for its API version when it is built, and raises when the
+    engine is down — a watcher started before its engine would die with a traceback. This one asks on
+    its first versioned request instead (and again on the next, until it has an answer), so an engine
+    that is down is just a failing request: the sources retry it with backoff and /readyz says so."""
+
+    _PLACEHOLDER = "1.24"  # never sent: replaced by the engine's own version before the first versioned call
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        version = kwargs.pop("version", None)
+        self._late = version is None or (isinstance(version, str) and version.lower() == "auto")
+        super().__init__(*args, version=self._PLACEHOLDER if self._late else version, **kwargs)
+
+    def _url(self, pathfmt: str, *args: Any, **kwargs: Any) -> str:
+        if self._late and kwargs.get("versioned_api", True):
+            self._version = self._retrieve_server_version()  # DockerException while the engine is down
+            self._late = False
+        return str(super()._url(pathfmt, *args, **kwargs))
+
+
+class _LateVersionDockerClient(docker.DockerClient):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.api = _LateVersionAPIClient(*args, **kwargs)
+
+
 def make_clients(engines: Mapping[str, Any] | None) -> dict[str, docker.DockerClient]:
     """Engine name -> client. A value is a base URL (``unix://...``, ``tcp://127.0.0.1:2375``), ``""``
-    for the engine the environment names (``DOCKER_HOST``, else the local socket), or a client."""
+    for the engine the environment names (``DOCKER_HOST``, else the local socket), or a client.
+    Building a client never contacts the engine (see :class:`_LateVersionAPIClient`)."""
     if not engines:
-        return {"local": docker.from_env()}
+        return {"local": _LateVersionDockerClient.from_env()}
     clients: dict[str, docker.DockerClient] = {}
     for name, spec in engines.items():
         if isinstance(spec, str):
-            clients[name] = docker.DockerClient(base_url=spec) if spec else docker.from_env()
+            clients[name] = _LateVersionDockerClient(base_url=spec) if spec else _LateVersionDockerClient.from_env()
         else:
             clients[name] = spec
     return clients
@@ -231,6 +257,8 @@ class _Engine:
     # Set when a rescan finds the engine answering while its events stream is down: the stream
     # retries at once instead of sleeping out a backoff that grew while the engine was away.
     wake: threading.Event = field(default_factory=threading.Event)
+    # the problems already logged in this outage: one line each, not one per retry (cleared on recovery)
+    logged: set[str] = field(default_factory=set)
 
 
 class Inventory:
@@ -441,8 +469,12 @@ class Inventory:
         eng = self._engines[engine]
         old = eng.state
         new = eng.state = replace(old, **changes)
-        if new.error and new.error != old.error:
-            log.warning("%s", new.error)
+        if new.error and new.error not in eng.logged:  # one line per state change, not per retry
+            eng.logged.add(new.error)
+            log.warning("%s (retrying with backoff)", new.error)
+        if eng.logged and (new.listed or new.streaming) and not (old.listed or old.streaming):
+            eng.logged.clear()
+            log.info("%s: engine reachable again", engine)
         if new != old:
             for sub in list(self._subscribers):
                 if sub.on_engine is not None:

@@ -99,6 +99,10 @@ class _NoShifter(TrafficShifter):
         return 1
 
 
+class ApiListenError(RuntimeError):
+    """The API's address cannot be bound (a port in use): `watcher run` says so in one line, exit 2."""
+
+
 class Service:
     def __init__(self, settings: Settings, ruleset: RuleSet) -> None:
         self.settings = settings
@@ -119,7 +123,7 @@ class Service:
             prometheus_target_label=settings.prometheus_target_label,
             prometheus_interval_s=settings.prometheus_interval_s,
             prometheus_window=settings.prometheus_window,
-            stats_interval_s=settings.stats_interval_s or None if not settings.prometheus_url else None,
+            stats_interval_s=settings.effective_stats_interval_s,
             files=[
                 FileSpec(path, Target(name), load_balancer=name in settings.lb_log_files)
                 for name, path in settings.log_files.items()
@@ -155,7 +159,25 @@ class Service:
             self.policy.set_paused(True, self.started)
         self._metrics()
         self.live.on_batch = self._on_batch
-        self.api = Api(
+        try:
+            self.api = self._api(settings)
+        except OSError as exc:  # the port is taken (or the address is not this host's): nothing started yet
+            store.close()
+            host, port = settings.api_address
+            raise ApiListenError(f"cannot listen on {host}:{port} (api_listen): {exc.strerror or exc}") from None
+        if not settings.external_url:  # the port actually bound (api_listen may say :0)
+            self.executor.config.external_url = f"{settings.api_url.rsplit(':', 1)[0]}:{self.api.port}"
+        self._stop = threading.Event()
+        self.exit_code = 0  # 1 when the service stopped itself because an essential thread died
+        self._first_finding: dict[str, float] = {}
+        self._blind: Alert | None = None  # the "watcher blind" alert while it fires
+        self._blind_sent = 0.0  # when it was last (re-)sent
+        self._replaced: Alert | None = None  # the "store replaced" alert while actions stay paused
+        self._replaced_sent = 0.0
+        self._pack_mtimes = self._mtimes()
+
+    def _api(self, settings: Settings) -> Api:
+        return Api(
             settings.api_address,
             self.registry,
             self._health,
@@ -171,16 +193,6 @@ class Service:
             protect_status=not settings.api_loopback_only,
             incident=self.incident,
         )
-        if not settings.external_url:  # the port actually bound (api_listen may say :0)
-            self.executor.config.external_url = f"{settings.api_url.rsplit(':', 1)[0]}:{self.api.port}"
-        self._stop = threading.Event()
-        self.exit_code = 0  # 1 when the service stopped itself because an essential thread died
-        self._first_finding: dict[str, float] = {}
-        self._blind: Alert | None = None  # the "watcher blind" alert while it fires
-        self._blind_sent = 0.0  # when it was last (re-)sent
-        self._replaced: Alert | None = None  # the "store replaced" alert while actions stay paused
-        self._replaced_sent = 0.0
-        self._pack_mtimes = self._mtimes()
 
     # -- wiring -------------------------------------------------------------------------------
     def _shifter(self) -> TrafficShifter:
@@ -260,11 +272,20 @@ class Service:
         sources = {s.name: s.connected for s in self.live.sources}
         writable = self.store.writable()
         healthy, _ = self._health()
-        detail = {
+        detail: dict[str, Any] = {
             "watching": self._watching(),
             "sources": sources,
             "store_writable": writable,
             "store": self.store.health(),
+        }
+        engines = self.fleet.inventory.engine_states()
+        # why a source is down: the engine it cannot reach, in the one line the log had
+        detail["engines"] = {
+            name: {
+                "reachable": (up := state.listed or state.streaming),
+                "error": None if up or not state.error else redact_text(state.error, self.settings.secrets),
+            }
+            for name, state in engines.items()
         }
         return bool(sources) and all(sources.values()) and writable and healthy, detail
 

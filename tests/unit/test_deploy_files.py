@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 REPLICAS = ("tfs-1", "tfs-2", "tfs-3")
 # WATCHER_* names the deploy files pass that are not Settings fields (accepted aliases)
-ALIASES: set[str] = set()
+ALIASES: set[str] = {"CONFIG"}  # WATCHER_CONFIG: the settings file `watcher run` reads (its --config)
 
 
 def _compose() -> dict[str, Any]:
@@ -68,7 +68,11 @@ def test_watcher_reaches_docker_only_through_the_socket_proxy() -> None:
     assert proxy["entrypoint"] == ["python", "-m", "watcher.guard_proxy"]
     allowed = [a.removeprefix("--allow-label=") for a in proxy["command"] if a.startswith("--allow-label=")]
     selectors = [set(a.split(",")) for a in allowed]  # each one must be matched whole (all pairs)
-    assert set(json.loads(watcher["environment"]["WATCHER_LABEL_SELECTOR"])) in selectors
+    from watcher.config import SHIPPED_CONFIG, load_settings
+
+    assert "WATCHER_LABEL_SELECTOR" not in watcher["environment"]  # the shipped file's selector, then:
+    assert watcher["environment"]["WATCHER_CONFIG"] == "/etc/watcher/watcher.yaml"
+    assert set(load_settings(SHIPPED_CONFIG).label_selector) in selectors
     assert any(s <= {f"{k}={v}" for k, v in services["nginx"]["labels"].items()} for s in selectors)
     # the upstream file is shared (a directory volume: the watcher replaces the file by rename)
     assert "nginx-upstreams:/etc/nginx/upstreams" in services["nginx"]["volumes"]

@@ -334,7 +334,12 @@ def _key_hint(raw_loc: Sequence[int | str], key: str) -> str:
     model = _model_at(raw_loc[:-1])
     if model is None:
         return ""
-    allowed = [f.alias or name for name, f in model.model_fields.items()]
+    return key_hint(key, [f.alias or name for name, f in model.model_fields.items()])
+
+
+def key_hint(key: str, allowed: Sequence[str]) -> str:
+    """THE 'did you mean' of every YAML the watcher reads (rule packs, settings): the closest known
+    key when one is close, else the list of keys allowed there."""
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
     if close:
         return f"; did you mean {close[0]!r}?"
