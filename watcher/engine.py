@@ -15,6 +15,8 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import repeat
+from operator import attrgetter
 
 from watcher.clock import Clock
 from watcher.detectors.base import Detector, Observation
@@ -46,6 +48,9 @@ def _line_indices(block: bytes, starts: Sequence[int]) -> Iterator[int]:
         position = start
         yield index
 
+
+_MESSAGE = attrgetter("message")
+_TARGET = attrgetter("target")
 
 # rule-pack ``source`` names -> parser kinds that satisfy them
 SOURCE_KINDS: dict[str, frozenset[str]] = {
@@ -138,6 +143,8 @@ class Engine:
     def feed_batch(self, signals: Sequence[Signal]) -> list[Finding]:
         """Same findings as feeding one by one, faster: runs of log lines are prefiltered with one
         block scan, and only lines some pattern could match are parsed and classified."""
+        if all(map(isinstance, signals, repeat(LogRecord))):  # the common batch: log lines only
+            return self._log_run(signals) if signals else []
         out: list[Finding] = []
         run: list[LogRecord] = []
         for signal in signals:
@@ -152,8 +159,12 @@ class Engine:
             out.extend(self._log_run(run))
         return out
 
-    def _log_run(self, records: list[LogRecord]) -> list[Finding]:
-        messages = [r.message[:MAX_LINE_BYTES] for r in records]
+    def _log_run(self, records: Sequence[LogRecord]) -> list[Finding]:
+        """A run of log lines: everything per line here is C-level (``map``, ``join``, the scan) until
+        the scan has said which lines matched; only those (and wrapped lines) cost Python work."""
+        messages = list(map(_MESSAGE, records))
+        if max(map(len, messages)) > MAX_LINE_BYTES:
+            messages = [m[:MAX_LINE_BYTES] for m in messages]
         text = "\n".join(messages)
         if text.count("\n") != len(messages) - 1:  # a message with its own newline: neutralise it
             text = "\n".join(m.replace("\n", " ") for m in messages)
@@ -177,14 +188,19 @@ class Engine:
             else:
                 matched.pop(index, None)
         out: list[Finding] = []
-        for i, record in enumerate(records):
-            hit = matched.get(i)
-            if hit or self._all_lines:
+        if self._all_lines:
+            for i, record in enumerate(records):
+                hit = matched.get(i)
                 out.extend(self._observe(self._on_log(record, hit or [], wrapped.get(i))))
                 if not hit:
                     self.stats.lines -= 1  # counted once, below, with the other unmatched lines
+        else:  # an unmatched line changes nothing: visit the matched ones only, in order
+            for i in sorted(matched):
+                out.extend(self._observe(self._on_log(records[i], matched[i], wrapped.get(i))))
         self.stats.lines += len(records) - len(matched)
-        for target in {r.target for r in records}:
+        # each distinct target object once (by identity: a dataclass hash per line costs more than the scan)
+        seen = list(map(_TARGET, records))
+        for target in dict(zip(map(id, seen), seen, strict=True)).values():
             self.targets[target.key] = target
         return out
 
@@ -198,9 +214,20 @@ class Engine:
         now = self.clock.now()
         observations = [(d.rule.id, o) for d in self.detectors.values() for o in d.on_tick(now)]
         findings = self._observe(observations)
+        gc_done = False
         for (rule_id, key), active in list(self._active.items()):
-            if self.states.state(rule_id, key) in (RuleState.INACTIVE,) and not active:
+            state = self.states.state(rule_id, key)
+            if state is RuleState.INACTIVE and not active:
                 del self._active[(rule_id, key)]
+                continue
+            if state is RuleState.FIRING and active:
+                # a firing rule whose condition still holds: the update would change nothing (its
+                # ``cleared_at`` is already unset, by the observation that made it active), and a
+                # fleet holds many such pairs for minutes; skip the call, but not the table's
+                # periodic clean-up that every update would have run
+                if not gc_done:
+                    self.states.collect_garbage(now)
+                    gc_done = True
                 continue
             findings.extend(self._update(rule_id, key, active, now))
         return findings
