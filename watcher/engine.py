@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import attrgetter
+from typing import cast
 
 from watcher.clock import Clock
 from watcher.detectors.base import Detector, Observation
@@ -114,6 +115,10 @@ class Engine:
         self._formats: dict[str, StickyDetector] = {}
         self._evidence: dict[tuple[str, str], Observation] = {}
         self._active: dict[tuple[str, str], bool] = {}
+        # the (rule, target) pairs firing with their condition holding, as of their last update: a
+        # tick's update of them changes nothing (rule state changes only by an update)
+        self._steady: set[tuple[str, str]] = set()
+        self._target_ids: dict[int, Target] = {}
         self._sample_rules = [d for d in self.detectors.values() if type(d).on_sample is not Detector.on_sample]
         self._event_rules = [d for d in self.detectors.values() if type(d).on_lifecycle is not Detector.on_lifecycle]
         # detectors that learn from every line (log templates): they cost a parse per line
@@ -155,7 +160,7 @@ class Engine:
         """Same findings as feeding one by one, faster: runs of log lines are prefiltered with one
         block scan, and only lines some pattern could match are parsed and classified."""
         if all(map(isinstance, signals, repeat(LogRecord))):  # the common batch: log lines only
-            return self._log_run(signals) if signals else []
+            return self._log_run(cast("Sequence[LogRecord]", signals)) if signals else []
         out: list[Finding] = []
         run: list[LogRecord] = []
         for signal in signals:
@@ -209,9 +214,17 @@ class Engine:
             for i in sorted(matched):
                 out.extend(self._observe(self._on_log(records[i], matched[i], wrapped.get(i))))
         self.stats.lines += len(records) - len(matched)
-        # each distinct target object once (by identity: a dataclass hash per line costs more than the scan)
-        seen = list(map(_TARGET, records))
-        for target in dict(zip(map(id, seen), seen, strict=True)).values():
+        # each distinct target object once, by identity: a dataclass hash per line costs more than the
+        # scan. ``_target_ids`` holds the objects, so an id in it is never another live object's.
+        present = set(map(id, map(_TARGET, records)))
+        known = self._target_ids
+        if not present <= known.keys():
+            if len(known) > 4096:  # sources that build a new Target per line: keep this bounded
+                known.clear()
+            for target in map(_TARGET, records):
+                known.setdefault(id(target), target)
+        for target_id in present:
+            target = known[target_id]
             self.targets[target.key] = target
         return out
 
@@ -232,12 +245,9 @@ class Engine:
             due[rule_id] = d.next_tick_at(now)
         findings = self._observe(observations)
         gc_done = False
-        for (rule_id, key), active in list(self._active.items()):
-            state = self.states.state(rule_id, key)
-            if state is RuleState.INACTIVE and not active:
-                del self._active[(rule_id, key)]
-                continue
-            if state is RuleState.FIRING and active:
+        steady = self._steady
+        for pair, active in list(self._active.items()):
+            if pair in steady:
                 # a firing rule whose condition still holds: the update would change nothing (its
                 # ``cleared_at`` is already unset, by the observation that made it active), and a
                 # fleet holds many such pairs for minutes; skip the call, but not the table's
@@ -246,6 +256,11 @@ class Engine:
                     self.states.collect_garbage(now)
                     gc_done = True
                 continue
+            rule_id, key = pair
+            if not active and self.states.state(rule_id, key) is RuleState.INACTIVE:
+                del self._active[pair]
+                continue
+            gc_done = True  # the update runs it
             findings.extend(self._update(rule_id, key, active, now))
         return findings
 
@@ -451,6 +466,10 @@ class Engine:
         transition = self.states.update(
             rule_id, key, active, now, for_s=rule.pending_for, keep_firing_for_s=rule.keep_firing_for
         )
+        if active and self.states.state(rule_id, key) is RuleState.FIRING:
+            self._steady.add((rule_id, key))
+        else:
+            self._steady.discard((rule_id, key))
         if transition is None or transition.to_state not in (RuleState.FIRING, RuleState.RESOLVED):
             return []
         return [self._finding(rule, key, transition)]
