@@ -181,10 +181,11 @@ class Engine:
         messages = list(map(_MESSAGE, records))
         if max(map(len, messages)) > MAX_LINE_BYTES:
             messages = [m[:MAX_LINE_BYTES] for m in messages]
-        text = "\n".join(messages)
-        if text.count("\n") != len(messages) - 1:  # a message with its own newline: neutralise it
-            text = "\n".join(m.replace("\n", " ") for m in messages)
-        block = text.encode("utf-8", "replace")
+        block = "\n".join(messages).encode("utf-8", "replace")
+        # a message with its own newline: neutralise it (counted in the bytes, where it is faster: UTF-8
+        # writes a newline as the one byte 0x0A, and no other character's encoding holds that byte)
+        if block.count(b"\n") != len(messages) - 1:
+            block = "\n".join(m.replace("\n", " ") for m in messages).encode("utf-8", "replace")
         found = self.patterns.match_block(block)
         matched: dict[int, list[str]] = {
             index: ids for index, (_, ids) in zip(_line_indices(block, [s for s, _ in found]), found, strict=True)
