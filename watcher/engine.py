@@ -15,6 +15,9 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import repeat
+from operator import attrgetter
+from typing import cast
 
 from watcher.clock import Clock
 from watcher.detectors.base import Detector, Observation
@@ -46,6 +49,9 @@ def _line_indices(block: bytes, starts: Sequence[int]) -> Iterator[int]:
         position = start
         yield index
 
+
+_MESSAGE = attrgetter("message")
+_TARGET = attrgetter("target")
 
 # rule-pack ``source`` names -> parser kinds that satisfy them
 SOURCE_KINDS: dict[str, frozenset[str]] = {
@@ -109,10 +115,18 @@ class Engine:
         self._formats: dict[str, StickyDetector] = {}
         self._evidence: dict[tuple[str, str], Observation] = {}
         self._active: dict[tuple[str, str], bool] = {}
+        # the (rule, target) pairs firing with their condition holding, as of their last update: a
+        # tick's update of them changes nothing (rule state changes only by an update)
+        self._steady: set[tuple[str, str]] = set()
+        self._target_ids: dict[int, Target] = {}
         self._sample_rules = [d for d in self.detectors.values() if type(d).on_sample is not Detector.on_sample]
         self._event_rules = [d for d in self.detectors.values() if type(d).on_lifecycle is not Detector.on_lifecycle]
         # detectors that learn from every line (log templates): they cost a parse per line
         self._all_lines = [d for d in self.detectors.values() if getattr(d, "wants_all_logs", False)]
+        # per rule id, the detector's own :meth:`Detector.next_tick_at` as of its last tick; dropped
+        # whenever the detector is fed, so a tick before it (a no-op by that method's contract) is
+        # skipped: a hundred idle rules otherwise cost a hundred calls per tick
+        self._tick_due: dict[str, float] = {}
         if store is not None:
             self._restore(store)
 
@@ -123,11 +137,18 @@ class Engine:
         if isinstance(signal, Lifecycle):
             self.stats.lifecycle_events += 1
             self.targets[signal.target.key] = signal.target
+            self._fed(self._event_rules)
             return self._observe([(d.rule.id, o) for d in self._event_rules for o in d.on_lifecycle(signal)])
         self.stats.samples += 1
         if signal.target is not None:
             self.targets[signal.target.key] = signal.target
+        self._fed(self._sample_rules)
         return self._observe([(d.rule.id, o) for d in self._sample_rules for o in d.on_sample(signal)])
+
+    def _fed(self, detectors: Iterable[Detector]) -> None:
+        """These detectors are about to take an input: their next tick is due at once."""
+        for d in detectors:
+            self._tick_due.pop(d.rule.id, None)
 
     def feed_all(self, signals: Iterable[Signal]) -> list[Finding]:
         out: list[Finding] = []
@@ -138,6 +159,8 @@ class Engine:
     def feed_batch(self, signals: Sequence[Signal]) -> list[Finding]:
         """Same findings as feeding one by one, faster: runs of log lines are prefiltered with one
         block scan, and only lines some pattern could match are parsed and classified."""
+        if all(map(isinstance, signals, repeat(LogRecord))):  # the common batch: log lines only
+            return self._log_run(cast("Sequence[LogRecord]", signals)) if signals else []
         out: list[Finding] = []
         run: list[LogRecord] = []
         for signal in signals:
@@ -152,12 +175,17 @@ class Engine:
             out.extend(self._log_run(run))
         return out
 
-    def _log_run(self, records: list[LogRecord]) -> list[Finding]:
-        messages = [r.message[:MAX_LINE_BYTES] for r in records]
-        text = "\n".join(messages)
-        if text.count("\n") != len(messages) - 1:  # a message with its own newline: neutralise it
-            text = "\n".join(m.replace("\n", " ") for m in messages)
-        block = text.encode("utf-8", "replace")
+    def _log_run(self, records: Sequence[LogRecord]) -> list[Finding]:
+        """A run of log lines: everything per line here is C-level (``map``, ``join``, the scan) until
+        the scan has said which lines matched; only those (and wrapped lines) cost Python work."""
+        messages = list(map(_MESSAGE, records))
+        if max(map(len, messages)) > MAX_LINE_BYTES:
+            messages = [m[:MAX_LINE_BYTES] for m in messages]
+        block = "\n".join(messages).encode("utf-8", "replace")
+        # a message with its own newline: neutralise it (counted in the bytes, where it is faster: UTF-8
+        # writes a newline as the one byte 0x0A, and no other character's encoding holds that byte)
+        if block.count(b"\n") != len(messages) - 1:
+            block = "\n".join(m.replace("\n", " ") for m in messages).encode("utf-8", "replace")
         found = self.patterns.match_block(block)
         matched: dict[int, list[str]] = {
             index: ids for index, (_, ids) in zip(_line_indices(block, [s for s, _ in found]), found, strict=True)
@@ -177,14 +205,27 @@ class Engine:
             else:
                 matched.pop(index, None)
         out: list[Finding] = []
-        for i, record in enumerate(records):
-            hit = matched.get(i)
-            if hit or self._all_lines:
+        if self._all_lines:
+            for i, record in enumerate(records):
+                hit = matched.get(i)
                 out.extend(self._observe(self._on_log(record, hit or [], wrapped.get(i))))
                 if not hit:
                     self.stats.lines -= 1  # counted once, below, with the other unmatched lines
+        else:  # an unmatched line changes nothing: visit the matched ones only, in order
+            for i in sorted(matched):
+                out.extend(self._observe(self._on_log(records[i], matched[i], wrapped.get(i))))
         self.stats.lines += len(records) - len(matched)
-        for target in {r.target for r in records}:
+        # each distinct target object once, by identity: a dataclass hash per line costs more than the
+        # scan. ``_target_ids`` holds the objects, so an id in it is never another live object's.
+        present = set(map(id, map(_TARGET, records)))
+        known = self._target_ids
+        if not present <= known.keys():
+            if len(known) > 4096:  # sources that build a new Target per line: keep this bounded
+                known.clear()
+            for target in map(_TARGET, records):
+                known.setdefault(id(target), target)
+        for target_id in present:
+            target = known[target_id]
             self.targets[target.key] = target
         return out
 
@@ -196,12 +237,31 @@ class Engine:
     def tick(self) -> list[Finding]:
         """Let time pass: expire windows, promote pending rules whose ``for`` elapsed, resolve."""
         now = self.clock.now()
-        observations = [(d.rule.id, o) for d in self.detectors.values() for o in d.on_tick(now)]
+        observations: list[tuple[str, Observation]] = []
+        due = self._tick_due
+        for rule_id, d in self.detectors.items():
+            if now < due.get(rule_id, -math.inf):
+                continue  # nothing fed since its last tick, and its own deadline not reached
+            observations.extend((rule_id, o) for o in d.on_tick(now))
+            due[rule_id] = d.next_tick_at(now)
         findings = self._observe(observations)
-        for (rule_id, key), active in list(self._active.items()):
-            if self.states.state(rule_id, key) in (RuleState.INACTIVE,) and not active:
-                del self._active[(rule_id, key)]
+        gc_done = False
+        steady = self._steady
+        for pair, active in list(self._active.items()):
+            if pair in steady:
+                # a firing rule whose condition still holds: the update would change nothing (its
+                # ``cleared_at`` is already unset, by the observation that made it active), and a
+                # fleet holds many such pairs for minutes; skip the call, but not the table's
+                # periodic clean-up that every update would have run
+                if not gc_done:
+                    self.states.collect_garbage(now)
+                    gc_done = True
                 continue
+            rule_id, key = pair
+            if not active and self.states.state(rule_id, key) is RuleState.INACTIVE:
+                del self._active[pair]
+                continue
+            gc_done = True  # the update runs it
             findings.extend(self._update(rule_id, key, active, now))
         return findings
 
@@ -380,9 +440,11 @@ class Engine:
         for rule_id in c.rules:
             if self.rules[rule_id].predicts is None:
                 continue  # lifecycle tags classify; they predict nothing
+            self._tick_due.pop(rule_id, None)
             out.extend((rule_id, o) for o in self.detectors[rule_id].on_log(c.record))
         if self._all_lines:
             parsed = c.record if c.record.source else self._parse(record, wrapped)
+            self._fed(self._all_lines)
             for d in self._all_lines:
                 out.extend((d.rule.id, o) for o in d.on_log(parsed))
         return out
@@ -405,6 +467,10 @@ class Engine:
         transition = self.states.update(
             rule_id, key, active, now, for_s=rule.pending_for, keep_firing_for_s=rule.keep_firing_for
         )
+        if active and self.states.state(rule_id, key) is RuleState.FIRING:
+            self._steady.add((rule_id, key))
+        else:
+            self._steady.discard((rule_id, key))
         if transition is None or transition.to_state not in (RuleState.FIRING, RuleState.RESOLVED):
             return []
         return [self._finding(rule, key, transition)]

@@ -206,6 +206,11 @@ class RuleStateTable:
     def _transition(entry: Entry, before: RuleState) -> Transition:
         return Transition(entry.rule_id, entry.target_key, before, entry.state, entry.since, entry.active_at)
 
+    def collect_garbage(self, now: float) -> None:
+        """The periodic clean-up :meth:`update` runs first: for a caller that skips an update it
+        knows would change nothing (the engine's tick, for a firing rule still active)."""
+        self._maybe_gc(now)
+
     def _maybe_gc(self, now: float) -> None:
         if self._last_gc is None:
             self._last_gc = now
