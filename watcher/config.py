@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     cooldown_override_s: float | None = Field(
         default=None, ge=0, description="replaces every pack's defaults.cooldown (seconds); unset: the packs' own"
     )
+    restart_backoff_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="wait after a replica's first restart in its budget window before the next (doubles each time)",
+    )
     # the service itself
     api_listen: str = "127.0.0.1:9108"
     api_token: SecretStr | None = None

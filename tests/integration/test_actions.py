@@ -124,7 +124,9 @@ def test_nginx_refuses_a_bad_config_and_traffic_keeps_flowing(bed: Testbed, http
     try:
         with pytest.raises(ActionError, match="bogus_directive"):
             nginx_shifter(bed).set_weight(replica(bed, 1), 0)
-        assert path.read_text() == broken  # the file is as it was before the attempt
+        # the file is what Nginx last accepted and still runs (issue #14: a refused change restores it),
+        # not the broken edit, which the refusal's alert names with its [emerg] line
+        assert path.read_text() == good
         assert set(bed.nginx.worker_pids()) == workers  # no HUP was sent
         seen = through(http, bed.url, 12)
         assert all(seen[replica(bed, i).upstream] > 0 for i in range(3))

@@ -39,6 +39,12 @@ def _docs() -> dict[str, dict[str, Any]]:
     return {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text()) if d}
 
 
+def _configmaps() -> dict[str, dict[str, Any]]:
+    """Every ConfigMap by name (the manifest has two: site values for the environment, the settings file)."""
+    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d["kind"] == "ConfigMap"]
+    return {d["metadata"]["name"]: d for d in docs}
+
+
 def _pod_spec() -> tuple[dict[str, Any], dict[str, Any]]:
     pod = _docs()["Deployment"]["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == "watcher"]
@@ -47,13 +53,13 @@ def _pod_spec() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def manifest_env() -> dict[str, str]:
     """The watcher container's environment as the kubelet would assemble it: envFrom, then env."""
-    docs = _docs()
+    maps = _configmaps()
     _, container = _pod_spec()
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         ref = source["configMapRef"]["name"]
-        assert docs["ConfigMap"]["metadata"]["name"] == ref
-        env.update({k: str(v) for k, v in docs["ConfigMap"]["data"].items()})
+        assert ref in maps, ref
+        env.update({k: str(v) for k, v in maps[ref]["data"].items()})
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = str(item["value"])
@@ -77,6 +83,14 @@ def run_options(data_dir: Path) -> dict[str, Any]:
         volume = volumes[mount["name"]]
         if "emptyDir" in volume:
             tmpfs[mount["mountPath"]] = f"uid={uid},gid={gid},mode=0700"
+        elif "configMap" in volume:  # the kubelet writes each key as a file: so does the test
+            files = data_dir.parent / f"configmap-{mount['name']}"
+            files.mkdir(exist_ok=True)
+            for key, value in _configmaps()[volume["configMap"]["name"]]["data"].items():
+                (files / key).write_text(str(value))
+                (files / key).chmod(0o644)
+            files.chmod(0o755)
+            binds[str(files)] = {"bind": mount["mountPath"], "mode": "ro"}
         else:  # the PVC: a fresh directory the pod's fsGroup could write
             assert "persistentVolumeClaim" in volume, volume
             data_dir.mkdir(mode=0o777, exist_ok=True)

@@ -186,7 +186,14 @@ def test_sigkill_at_random_points_never_loses_an_incident_a_drain_or_doubles_a_r
     api_restarts = RestartEvents(bed)
     t0 = time.time()
     tuned_packs(tmp_path / "packs")
-    env = {"WATCHER_COOLDOWN_OVERRIDE_S": "0", "WATCHER_SHUTDOWN_GRACE_S": "0", "WATCHER_HEARTBEAT_S": "5"}
+    # restart backoff 1 s: two incidents on one replica come seconds apart here, and a finding the
+    # backoff refuses is not retried when it ends (it would then never open an incident)
+    env = {
+        "WATCHER_COOLDOWN_OVERRIDE_S": "0",
+        "WATCHER_SHUTDOWN_GRACE_S": "0",
+        "WATCHER_HEARTBEAT_S": "5",
+        "WATCHER_RESTART_BACKOFF_S": "1",
+    }
     journal = Journal(tmp_path / "watcher.db")
     load = LoadGenerator(bed.url, bed.config.model, 15, 600, 3.0, [1.0]).start()
     kills: list[Kill] = []

@@ -64,7 +64,7 @@ def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 def _findings(service: Service) -> float:
-    return sum(s.value for m in service.m_findings.collect() for s in m.samples if s.name.endswith("_total"))
+    return sum(s.value for m in service.metrics.findings.collect() for s in m.samples if s.name.endswith("_total"))
 
 
 def test_prometheus_down_60s_gives_no_finding_and_one_blind_alert_that_resolves(
