@@ -10,6 +10,7 @@ the setting (and the file) and say what was expected — never a traceback.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import typing
 from pathlib import Path
@@ -295,6 +296,9 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
             raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        # a setting the environment gives wins whole: pydantic-settings would deep-merge a mapping
+        # (WATCHER_ENGINES='{}' could not empty the file's engines)
+        loaded = {k: v for k, v in loaded.items() if f"WATCHER_{str(k).upper()}" not in os.environ}
         data.update(loaded)
     data.update(overrides or {})
     try:

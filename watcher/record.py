@@ -205,8 +205,11 @@ def failures_from(signals: Iterable[Signal], since: float = -math.inf) -> list[d
             continue
         name = s.target.container
         if s.kind is LifecycleKind.OOM:
+            # one kill can report several oom events (one per process the kernel killed in the
+            # cgroup, milliseconds apart): the same failure
+            if s.ts - last_oom.get(name, -math.inf) > OOM_DIE_WINDOW_S:
+                failures.append({"target": name, "ts": s.ts, "kind": "oom", "source": "docker"})
             last_oom[name] = s.ts
-            failures.append({"target": name, "ts": s.ts, "kind": "oom", "source": "docker"})
         elif s.kind is LifecycleKind.DIE and s.exit_code not in (None, 0):
             if s.ts - last_oom.get(name, -math.inf) > OOM_DIE_WINDOW_S:
                 failures.append({"target": name, "ts": s.ts, "kind": "crash", "source": "docker"})

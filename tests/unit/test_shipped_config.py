@@ -194,3 +194,10 @@ def test_watcher_run_with_a_typo_prints_one_line_and_exits_2(tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "did you mean 'stats_interval_s'?" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_environment_mapping_replaces_the_files_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kubernetes ConfigMap sets WATCHER_ENGINES='{}' over the shipped file's local engine: the
+    environment wins a setting whole (a deep merge kept the file's engine, and the pod crash-looped on it)."""
+    monkeypatch.setenv("WATCHER_ENGINES", "{}")
+    assert load_settings(SHIPPED_CONFIG).engines == {}
