@@ -15,9 +15,12 @@ and at the end the testbed is torn down. Strategies differ only in what acts on 
   because it is the design we were given (its HEALTHCHECK, restart policy, Nginx passive checks);
 - ``autoheal``: the seed plus a docker-autoheal loop here (every 5 s, restart with a 10 s stop
   timeout every container whose ``State.Health.Status`` is ``unhealthy``);
-- ``watcher``: the seed plus ``testbed.harness.Watcher`` (the service's assembly: engine,
-  shipped rule packs, default guard rails, Docker logs/events/stats every 2 s, the testbed's
-  Prometheus every second, real Nginx/Docker/Alertmanager actions) running in-process.
+- ``watcher``: the seed plus the watcher as users deploy it (:mod:`testbed.deployed`): ``watcher run
+  --config deploy/watcher.yaml`` as its own process, the testbed's addresses and paths in
+  ``WATCHER_*`` variables and nothing else, Docker only through the shipped socket proxy
+  (``watcher.guard_proxy``), the real Nginx rewritten and reloaded, Alertmanager alerted; its
+  findings and incidents read back with ``watcher findings/incidents --json``. The testbed's
+  Prometheus scrapes every 5 s, as the shipped ``deploy/prometheus/prometheus.yml`` does.
 
 Writes the JSON (a list, one object per scenario x strategy), a markdown table next to it
 (``PATH`` with ``.md``) and one PNG timeline per scenario (``PATH`` stem + ``-<scenario>.png``).
@@ -230,19 +233,17 @@ def run_one(
         run.replica_names = [r.name for r in bed.replicas]
         events = EventRecorder(bed.client, bed.run_id).start()
         if strategy == "watcher":
-            from testbed.harness import Watcher
+            from testbed.deployed import DeployedWatcher
 
             store = workdir / f"watcher-{scenario.name}-{bed.run_id}.db"
             spec = HarnessSpec.for_testbed(bed, store, dry_run=False)
-            if packs:
-                spec.packs = list(packs)
-            spec.packs, skipped = loadable_packs(spec.packs)
+            chosen, skipped = loadable_packs(list(packs)) if packs else (None, [])
             if skipped:
                 run.notes.append((time.time(), f"rule packs that do not load, left out: {skipped}"))
                 log(f"    WARNING: rule packs that do not load, left out: {skipped}")
             if watcher_stats_s is not None:
                 spec.stats_interval_s = watcher_stats_s
-            watcher = Watcher(spec)
+            watcher = DeployedWatcher(spec, workdir / f"watcher-{scenario.name}-{bed.run_id}", packs=chosen)
             watcher.start()
         elif strategy == "autoheal":
             autoheal = Autoheal(bed).start()
@@ -280,25 +281,24 @@ def run_one(
         run.notes = ctx.notes
         if watcher is not None:
             try:
-                watcher.wait(timeout_s=60)
+                watcher.wait_idle(timeout_s=60)
             except TimeoutError as exc:
                 run.notes.append((time.time(), f"watcher: {exc}"))
-            with watcher.live._lock:
-                found = list(watcher.live.findings)
             run.findings = [
                 {
-                    "ts": f.ts,
-                    "target": f.target.key,
-                    "rule": f.rule_id,
-                    "predicts": f.predicts.value,
-                    "resolved": f.resolved,
-                    "eta_s": f.eta_s,
+                    "ts": f["ts"],
+                    "target": f["target"],
+                    "rule": f["rule_id"],
+                    "predicts": f["predicts"],
+                    "resolved": f["resolved"],
+                    "eta_s": f.get("eta_s"),
                 }
-                for f in found
+                for f in watcher.findings()
             ]
-            run.incidents = [i.to_json() for i in watcher.journal.incidents()]
+            run.incidents = watcher.incidents()
             run.notes.extend(
-                (time.time(), f"watcher refused: {t} {r}: {why}") for t, r, why in watcher.executor.refusals
+                (time.time(), f"watcher refused: {e.get('target')} {e.get('rule')}: {e.get('why')}")
+                for e in watcher.log_events("refused")
             )
         if autoheal is not None:
             autoheal.stop()
@@ -312,10 +312,9 @@ def run_one(
         if autoheal is not None:
             autoheal.stop()
         if watcher is not None:
-            try:
-                watcher.stop()
-            except Exception as exc:
-                run.notes.append((time.time(), f"watcher stop: {exc}"))
+            code = watcher.stop()
+            if code not in (0, None):
+                run.notes.append((time.time(), f"watcher run exited {code} on SIGTERM"))
         if events is not None:
             events.stop()
             run.events = [(e.ts, e.container, e.action) for e in events.events()]
@@ -586,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="S",
-        help="Docker stats period of the watcher, 0 = off (default: the harness's, 2 s); the foresight "
-        "pack's memory-runway forecast reads them",
+        help="experiment knob: Docker stats period of the watcher, 0 = off (default: the shipped file's); "
+        "the foresight pack's memory-runway forecast reads them",
     )
     p.add_argument(
         "--packs", nargs="+", default=None, metavar="PATH", help="rule packs for the watcher (default: rules/)"

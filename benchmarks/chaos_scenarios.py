@@ -18,9 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
+from watcher.rulepack.durations import parse_duration
+
+REPO = Path(__file__).resolve().parents[1]
 
 MODEL = "half_plus_two"
 SMOKE = {v: json.loads((MODELS_DIR / MODEL / v / "smoke.json").read_text()) for v in ("1", "2")}
@@ -140,7 +146,15 @@ def testbed_config(scenario: Scenario, strategy: str) -> TestbedConfig:
         health_interval_s=30.0,
         health_timeout_s=9.0,
         health_retries=3,
+        # as the shipped Prometheus scrapes (deploy/prometheus/prometheus.yml): the watcher's series
+        # are as fresh as in a deployment, not fresher
+        scrape_interval_s=shipped_scrape_interval_s(),
     )
+
+
+def shipped_scrape_interval_s() -> float:
+    doc = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    return parse_duration(str(doc["global"]["scrape_interval"]))
 
 
 def _fault(name: str) -> Callable[[Context], float]:

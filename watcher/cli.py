@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar
 
 import typer
 
@@ -19,6 +19,8 @@ from watcher import __version__
 
 if TYPE_CHECKING:
     from watcher.rulepack.compile import RuleSet
+
+T = TypeVar("T")
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=True, help="serving-watcher: catch model servers before they fail."
@@ -302,23 +304,9 @@ def incidents(
     """Incidents with their timeline: finding, steps, outcomes, verification, durations.
 
     Read-only: opens the store with SQLite's ``mode=ro`` and never creates it (exit 2 when missing)."""
-    import sqlite3
-
     from watcher.journal import Journal
-    from watcher.store import Store, StoreError, StoreMissing
 
-    try:
-        journal = Journal(Store(store, read_only=True))
-        found = journal.incidents(open_only=open_only)
-    except StoreMissing as exc:
-        typer.echo(f"error: {exc} (set --store or WATCHER_STORE)", err=True)
-        raise typer.Exit(2) from None
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except sqlite3.Error as exc:  # a store the watcher never journalled in (no incidents table)
-        typer.echo(f"error: {store}: not a watcher store with a journal: {exc}", err=True)
-        raise typer.Exit(2) from None
+    found = _read_store(store, lambda s: Journal(s).incidents(open_only=open_only))
     if as_json:
         typer.echo(json.dumps([i.to_json() for i in found], indent=2))
         return
@@ -338,6 +326,51 @@ def incidents(
             took = f"{step['duration_s']:.1f}s" if step["duration_s"] is not None else "..."
             detail = f" - {step['detail']}" if step["detail"] else ""
             typer.echo(f"    {step['idx']:>2} {step['name']:<15} {step['status']:<8} {took:>7}{detail}")
+
+
+@app.command()
+def findings(
+    store: Annotated[Path, typer.Option(envvar="WATCHER_STORE", help="the watcher's SQLite store")] = Path(
+        "watcher.db"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document with every finding")] = False,
+    target: Annotated[str | None, typer.Option(help="only this target (engine/container)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="the newest N findings")] = 1000,
+) -> None:
+    """Findings the watcher recorded (raised and resolved), oldest first, with their evidence.
+
+    Read-only, like ``watcher incidents``: what a detector saw, whether or not it led to an incident."""
+    rows = _read_store(store, lambda s: s.findings(target=target, limit=limit))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no findings")
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["ts"]))
+        state = "resolved" if row["resolved"] else "raised"
+        eta = f" eta {row['eta_s']:.0f}s" if row.get("eta_s") is not None else ""
+        typer.echo(f"{when}Z {row['target']} {row['predicts']} ({row['rule_id']}) {state}{eta}")
+
+
+def _read_store(store: Path, read: Callable[[Any], T]) -> T:
+    """Open the store read-only (SQLite ``mode=ro``, never created) and read from it; a missing or
+    foreign file is one line and exit 2."""
+    import sqlite3
+
+    from watcher.store import Store, StoreError, StoreMissing
+
+    try:
+        return read(Store(store, read_only=True))
+    except StoreMissing as exc:
+        typer.echo(f"error: {exc} (set --store or WATCHER_STORE)", err=True)
+        raise typer.Exit(2) from None
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except sqlite3.Error as exc:  # a store the watcher never wrote to (no such table)
+        typer.echo(f"error: {store}: not a watcher store: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 # -- talking to a running watcher (issue #19): silence, pause, resume, dry-run -----------------------------

@@ -21,12 +21,13 @@ from typing import Any
 from watcher.clock import Clock, WallClock
 from watcher.engine import Engine
 from watcher.inventory import Inventory, LabelNames, make_clients
-from watcher.model import Finding, Target
+from watcher.model import SERIES_ONLY_ENGINE, Finding, Target
 from watcher.rulepack.compile import CompileOptions, RuleSet, compile_packs
 from watcher.rulepack.schema import RulePack
 from watcher.sources.base import SignalQueue, Source
 from watcher.sources.docker_events import DockerEventsSource
 from watcher.sources.docker_logs import DockerLogsSource
+from watcher.sources.docker_stats import SERIES as DOCKER_STATS_SERIES
 from watcher.sources.docker_stats import DockerStatsSource
 from watcher.sources.file_logs import FileLogsSource, FileSpec
 from watcher.sources.prometheus import PrometheusSource, PromQuery
@@ -113,7 +114,7 @@ class LiveWatcher:
                 DockerLogsSource(self.queue, self.store, backfill_s=cfg.backfill_s, inventory=inventory),
                 DockerEventsSource(self.queue, self.store, inventory=inventory),
             ]
-        if cfg.stats_interval_s and inventory.engine_names:
+        if cfg.stats_interval_s and self._docker_stats_on:
             sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, inventory=inventory))
         if cfg.files:
             sources.append(FileLogsSource(self.queue, self.store, list(cfg.files)))
@@ -122,12 +123,25 @@ class LiveWatcher:
             self.prometheus = PrometheusSource(
                 self.queue,
                 cfg.prometheus_url,
-                ruleset.queries,
+                self._prometheus_queries(ruleset),
                 interval_s=cfg.prometheus_interval_s,
                 resolve=self._resolve_series,
             )
             sources.append(self.prometheus)
         return sources
+
+    @property
+    def _docker_stats_on(self) -> bool:
+        return bool(self.config.stats_interval_s) and bool(self.inventory.engine_names)
+
+    def _prometheus_queries(self, ruleset: RuleSet) -> list[PromQuery]:
+        """The packs' queries, less the series Docker stats give while they run: both would feed one
+        detector input, cAdvisor's sample up to a scrape older than Docker's, so a leak's rise would
+        be read twice and out of order. Series resolve only to containers Docker reports, so no
+        replica loses its memory series by this."""
+        if not self._docker_stats_on:
+            return list(ruleset.queries)
+        return [q for q in ruleset.queries if q.id not in DOCKER_STATS_SERIES]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LiveWatcher:
@@ -158,8 +172,13 @@ class LiveWatcher:
     def _resolve_series(self, query: PromQuery, labels: Mapping[str, str]) -> Target | None:
         """A Prometheus series names its container by a label; the Target is the watched container's
         own (engine, service), so peers compare by service and the capacity rails see the service.
-        Series of containers the watcher does not watch are dropped."""
+        Series of containers the watcher does not watch are dropped. Without any Docker engine
+        (observe-and-alert, ``engines: {}``) the series' own label is the replica: a pod's cAdvisor
+        or server series then still raise findings, and alerts, under ``prometheus/<name>``."""
         name = labels.get(query.target_label, "")
+        if not self.inventory.engine_names:
+            service = labels.get(query.service_label) if query.service_label else None
+            return Target(name, engine=SERIES_ONLY_ENGINE, service=service) if name else None
         return self._by_name.get(name.lstrip("/"))
 
     def refresh_upstreams(self) -> None:
@@ -260,7 +279,7 @@ class LiveWatcher:
         self.engine.stats = stats  # the lines/samples counters go on counting across a reload
         self.ruleset = ruleset
         if self.prometheus is not None:
-            self.prometheus.set_queries(ruleset.queries)
+            self.prometheus.set_queries(self._prometheus_queries(ruleset))
 
     @property
     def alive(self) -> bool:

@@ -56,6 +56,10 @@ class Target:
         return f"{self.engine}/{self.container}"
 
 
+SERIES_ONLY_ENGINE: Final = "prometheus"
+"""The engine name of a replica known only by its Prometheus series, when no Docker engine is
+configured (observe-and-alert, ``engines: {}``): ``prometheus/<pod>``. Nothing can act on it."""
+
 MAX_LINE_BYTES: Final = 16 * 1024
 """The longest log line the watcher looks at (16 KiB, Docker's own split size). Sources cut raw
 bytes there (and mark ``fields["truncated"]``); the engine, replay and the matcher cut again at

@@ -7,9 +7,10 @@ in a pod, no Docker socket and no DOCKER_HOST. Only addresses are swapped: Prome
 and the API listen address go to loopback (real Prometheus and Alertmanager from testbed.services).
 
 It must stay up (no crash loop), say on /readyz what it can watch (Prometheus) and what it cannot
-(Docker: not configured, observe-and-alert only), and alert through the real Alertmanager: the alert
-is the watcher's heartbeat (ServingWatcherWatchdog). A series-based finding cannot fire in this mode
-yet: series resolve only to replicas the watcher learned from Docker (see deploy/README.md).
+(Docker: not configured, observe-and-alert only), and alert through the real Alertmanager: its
+heartbeat (ServingWatcherWatchdog), then a finding from Prometheus series alone -- a pod whose
+cAdvisor working set (testbed.cadvisor: cAdvisor's names and labels; cAdvisor itself has no Debian
+package) leaks towards its limit is alerted under its ``pod`` label, as a dry run nothing acts on.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import pytest
 import requests
 import yaml
 
+from testbed.cadvisor import CadvisorStandIn, PodMemory
 from testbed.ports import free_port
-from testbed.services import Alertmanager, Prometheus
+from testbed.services import Alertmanager, Prometheus, ScrapeTarget
 from tests.integration.test_deploy import watcher_image  # noqa: F401  (the offline-built image fixture)
 
 pytestmark = pytest.mark.integration
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.integration
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "serving-watcher.yaml"
 LABEL = "serving-watcher.k8s-test"
 SECRET_VALUE = "k8s-test-api-token"
+MB = 1024 * 1024
 
 
 def _docs() -> dict[str, dict[str, Any]]:
@@ -122,7 +125,12 @@ def test_manifest_env_starts_observe_and_alert_only(
     assert env["WATCHER_ACTIONS_ENABLED"] == "false" and env["WATCHER_API_TOKEN"] == SECRET_VALUE
     api_port = free_port()
     am = Alertmanager(tmp_path / "am", free_port()).start()
-    prom = Prometheus(tmp_path / "prom", free_port(), scrape_interval_s=1.0).start()
+    # the pods' memory as the kubelet's cAdvisor gives it (labels pod, namespace, container, image)
+    cadvisor = CadvisorStandIn(free_port()).start()
+    for pod in ("tfs-0", "tfs-1"):
+        cadvisor.set_pod(PodMemory(pod, limit_bytes=256 * MB, base_bytes=60 * MB))
+    scrape = [ScrapeTarget("kubelet-cadvisor", f"127.0.0.1:{cadvisor.port}")]
+    prom = Prometheus(tmp_path / "prom", free_port(), scrape_interval_s=5.0, targets=scrape).start()
     # addresses only: the cluster's service names become loopback
     env |= {
         "WATCHER_PROMETHEUS_URL": prom.url,
@@ -163,6 +171,19 @@ def test_manifest_env_starts_observe_and_alert_only(
             time.sleep(0.5)
         assert "ServingWatcherWatchdog" in seen, (seen, _logs(container))
 
+        # from Prometheus series alone to an alert: a pod leaking 4 MB/s towards its limit
+        cadvisor.leak("tfs-0", 4 * MB)
+        deadline = time.monotonic() + 60
+        raised: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not raised:
+            raised = [a for a in am.alerts() if a["labels"]["alertname"] == "ServingWatcher"]
+            time.sleep(1)
+        assert raised, _logs(container)
+        [alert] = raised
+        assert alert["labels"]["pod"] == "tfs-0" and alert["labels"]["rule"] == "memory-runway"
+        assert alert["labels"]["predicts"] == "oom" and alert["labels"]["severity"] == "critical"
+        assert "observe-and-alert" in alert["annotations"]["summary"]
+
         time.sleep(3)  # still up a moment later: no crash loop, no traceback
         container.reload()
         assert container.status == "running" and container.attrs["RestartCount"] == 0, _logs(container)
@@ -171,3 +192,4 @@ def test_manifest_env_starts_observe_and_alert_only(
         container.remove(force=True)
         prom.stop()
         am.stop()
+        cadvisor.stop()

@@ -13,7 +13,7 @@ from typing import Any
 
 from watcher.actions.base import Alert, ChangeRefused, Replica
 from watcher.journal import IncidentState, Journal
-from watcher.model import Finding, Predicts, Target
+from watcher.model import SERIES_ONLY_ENGINE, Finding, Predicts, Target
 from watcher.playbook.executor import Executor
 from watcher.policy import GuardConfig, Policy, ReplicaView
 from watcher.rulepack.compile import load_packs
@@ -93,7 +93,9 @@ class Alerts:
         return None
 
 
-def make(tmp_path: Path, max_hold_s: float = 30.0) -> tuple[Executor, FakeShifter, Alerts, Journal]:
+def make(
+    tmp_path: Path, max_hold_s: float = 30.0, dry_run: bool = False
+) -> tuple[Executor, FakeShifter, Alerts, Journal]:
     (tmp_path / "p.yaml").write_text(PACK)
     [pack] = load_packs([tmp_path / "p.yaml"])
     store = Store(tmp_path / "w.db")
@@ -101,7 +103,7 @@ def make(tmp_path: Path, max_hold_s: float = 30.0) -> tuple[Executor, FakeShifte
     alerts = Alerts()
     journal = Journal(store)
     executor = Executor(
-        Policy(store, GuardConfig(max_hold_s=max_hold_s)),
+        Policy(store, GuardConfig(max_hold_s=max_hold_s, dry_run=dry_run)),
         journal,
         FakeFleet(shifter),  # type: ignore[arg-type]
         shifter,
@@ -247,3 +249,33 @@ def test_a_refused_change_holds_the_incident_alerts_why_and_the_next_finding_act
     again = journal.incident(second)
     assert again is not None and again.state is IncidentState.RESOLVED
     assert shifter.history == [(TARGETS[1].key, 0), (TARGETS[1].key, 2)]
+
+
+def test_a_dry_run_alerts_what_it_found_and_what_it_would_do_and_touches_nothing(tmp_path: Path) -> None:
+    executor, shifter, alerts, journal = make(tmp_path, dry_run=True)
+    incident_id = executor.on_finding(slow(TARGETS[0]))
+    [incident] = journal.incidents()
+    assert incident.id == incident_id and incident.state is IncidentState.DRY_RUN
+    [alert] = alerts.fired
+    assert alert.labels["target"] == TARGETS[0].key and alert.labels["rule"] == "slow"
+    summary = alert.annotations["summary"]
+    assert (
+        summary == "tfs-0: latency detected; dry run: planned, nothing touched (would: weight, await_resolved, restore)"
+    )
+    assert alert.ends_at is not None  # a dry run is over at once: its alert ends by itself
+    assert shifter.history == []
+
+
+def test_a_replica_known_only_by_its_series_is_alerted_never_acted_on(tmp_path: Path) -> None:
+    """Observe-and-alert (no Docker engine): a pod's series raise a finding; the plan is journalled
+    as a dry run and alerted even with actions enabled. An unknown Docker container is still refused."""
+    executor, shifter, alerts, journal = make(tmp_path)
+    pod = Target("tfs-0", engine=SERIES_ONLY_ENGINE)
+    executor.on_finding(slow(pod))
+    [incident] = journal.incidents()
+    assert incident.target == "prometheus/tfs-0" and incident.state is IncidentState.DRY_RUN
+    [alert] = alerts.fired
+    assert "observe-and-alert" in alert.annotations["summary"] and alert.labels["replica"] == "tfs-0"
+    assert executor.on_finding(slow(Target("gone", service="m"))) is None
+    assert [r[2] for r in executor.refusals] == ["replica has no load-balancer address/model label"]
+    assert shifter.history == [] and len(journal.incidents()) == 1

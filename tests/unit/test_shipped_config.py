@@ -201,3 +201,19 @@ def test_an_environment_mapping_replaces_the_files_whole(monkeypatch: pytest.Mon
     environment wins a setting whole (a deep merge kept the file's engine, and the pod crash-looped on it)."""
     monkeypatch.setenv("WATCHER_ENGINES", "{}")
     assert load_settings(SHIPPED_CONFIG).engines == {}
+
+
+def test_the_benchmarks_deployed_watcher_sets_only_site_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chaos benchmark's ``watcher`` strategy: `watcher run` with the shipped file and the
+    testbed's site values in the environment, as a deployment sets them (testbed/deployed.py)."""
+    from testbed.deployed import DeployedWatcher
+    from testbed.harness import HarnessSpec
+
+    watcher = DeployedWatcher(HarnessSpec.for_testbed(_Bed(), tmp_path / "w.db"), tmp_path / "run")
+    assert Path(watcher.env["WATCHER_CONFIG"]) == SHIPPED_CONFIG and watcher.knobs == []
+    overridden = {k.removeprefix("WATCHER_").lower() for k in watcher.env if k.startswith("WATCHER_")} - {"config"}
+    assert overridden <= SITE_KEYS, overridden - SITE_KEYS
+    assert _effective(watcher.env, SHIPPED_CONFIG, monkeypatch) == _effective({}, SHIPPED_CONFIG, monkeypatch)
+    assert watcher.env["DOCKER_HOST"].startswith("tcp://127.0.0.1:")  # Docker only through the socket proxy
+    knob = HarnessSpec.for_testbed(_Bed(), tmp_path / "w.db", stats_interval_s=1.0)
+    assert DeployedWatcher(knob, tmp_path / "k").knobs == ["stats_interval_s"]  # a row that changes timing says so

@@ -30,8 +30,8 @@ from watcher.actions.verify import Verifier
 from watcher.clock import Clock, WallClock
 from watcher.fleet import Fleet
 from watcher.journal import Incident, IncidentState, Journal, StepStatus
-from watcher.model import Finding
-from watcher.playbook.alerting import IncidentAlerts
+from watcher.model import SERIES_ONLY_ENGINE, Finding
+from watcher.playbook.alerting import IncidentAlerts, format_eta
 from watcher.playbook.base import Interrupted, Step, StepFailed
 from watcher.playbook.context import ExecutorConfig, StepContext
 from watcher.playbook.resolutions import ResolvedFindings
@@ -112,30 +112,50 @@ class Executor:
                 reason = f"held drained by incident #{held}; release it by hand (restore its weight)"
                 self._refused(finding, Decision(None, reason), now)
                 return None
-            if replica is None:
+            # a replica known only by its Prometheus series (no Docker engine: observe-and-alert):
+            # nothing can act on it, so the plan is journalled and alerted as a dry run
+            observe_only = replica is None and finding.target.engine == SERIES_ONLY_ENGINE
+            if replica is None and not observe_only:
                 self._refused(finding, Decision(None, "replica has no load-balancer address/model label"), now)
                 return None
-            before = self.verifier.served_version(replica)
+            dry_run = decision.dry_run or observe_only
+            before = self.verifier.served_version(replica) if replica is not None else None
+            if observe_only:
+                note = "observe-and-alert: no Docker engine watches this replica; nothing touched"
+            else:
+                note = "dry run: planned, nothing touched" if dry_run else ""
             try:
                 incident_id = self.journal.open_incident(
                     finding,
                     decision.plan,
                     now,
                     version_before=before,
-                    state=IncidentState.DRY_RUN if decision.dry_run else IncidentState.RUNNING,
-                    dry_run=decision.dry_run,
-                    note="dry run: planned, nothing touched" if decision.dry_run else "",
+                    state=IncidentState.DRY_RUN if dry_run else IncidentState.RUNNING,
+                    dry_run=dry_run,
+                    note=note,
                 )
             except StoreError as exc:  # no step runs that the journal could not hand to the next start
                 alert = f"store not writable, not acting on {key} ({finding.rule_id}): {exc}"
                 self._refused(finding, Decision(None, STORE_NOT_WRITABLE, escalate=alert), now)
                 return None
             self.policy.record_action(key, finding.rule_id, now)
-            if decision.dry_run:
+            if dry_run:
+                self._alert_dry_run(incident_id, note)
                 return incident_id
             self.policy.busy.add(key)
             self._submit(incident_id)
         return incident_id
+
+    def _alert_dry_run(self, incident_id: int, note: str) -> None:
+        """A dry run tells a human what was found and what would have been done: the alert is the
+        whole of its effect (it ends by itself three re-send periods on, the incident being over)."""
+        incident = self.journal.incident(incident_id)
+        if incident is None:
+            return
+        steps = ", ".join(step.kind for step in incident.plan)
+        eta = f" in {format_eta(incident.finding.eta_s)}" if incident.finding.eta_s is not None else ""
+        what = f"{incident.predicts} predicted{eta}" if eta else f"{incident.predicts} detected"
+        self.alerts.incident(incident, incident.finding.severity.value, f"{what}; {note} (would: {steps})")
 
     def _held(self, key: str) -> int | None:
         """The id of the latest incident of this replica if it ended HELD (kept drained on purpose)."""
