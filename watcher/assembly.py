@@ -126,6 +126,6 @@ def assemble(
         executor_config,
         on_event=on_event,
     )
-    decisions = Decisions(on_finding or executor.on_finding)
+    decisions = Decisions(on_finding or executor.on_finding, on_tick=executor.retry_refused)
     live = LiveWatcher(live_config, ruleset, opened, on_finding=decisions.submit, inventory=inventory)
     return Assembly(opened, journal, policy, fleet, executor, decisions, live, alerter, outboxes)
