@@ -114,6 +114,8 @@ class Executor:
         now = self.clock.now()
         opened = []
         for entry in self.retries.due(now):
+            if (entry.finding.target.key, entry.finding.rule_id) not in self.retries:
+                continue  # an incident opened earlier in this tick for its replica took it out
             if entry.finding.rule_id not in self.rules:  # a reload dropped the rule
                 self.retries.discard(entry.finding.target.key, entry.finding.rule_id)
                 continue
@@ -155,6 +157,7 @@ class Executor:
                 self._refused(finding, Decision(None, STORE_NOT_WRITABLE, escalate=alert), now)
                 return None
             self.policy.record_action(key, finding.rule_id, now)
+            self.retries.discard(key, finding.rule_id)  # decided: a retried finding leaves the set quietly
             for dropped in self.retries.discard_target(key):  # this incident owns the replica now
                 self._event("retry dropped", {"target": key, "rule": dropped.finding.rule_id, "why": "incident opened"})
             if retrying is not None:
