@@ -94,7 +94,8 @@ def assemble(
     """Every finding, resolved ones included, goes from the engine thread to the decision thread,
     which hands it to ``on_finding`` (default: the executor): a plan that only moves traffic waits
     for its finding to resolve. The executor's rules and the live driver's engine and queries come
-    from one compiled ``ruleset``.
+    from one compiled ``ruleset``. The decision thread's tick decides again the executor's refused,
+    still-active findings whose refusal can have lapsed (the restart backoff ended, capacity came back).
 
     Alerts go either to ``alerter`` directly (the testbed's recording alerters) or, given
     ``alert_sinks`` (name -> receiver), through one durable outbox per receiver in the store
@@ -126,6 +127,6 @@ def assemble(
         executor_config,
         on_event=on_event,
     )
-    decisions = Decisions(on_finding or executor.on_finding)
+    decisions = Decisions(on_finding or executor.on_finding, on_tick=executor.retry_refused)
     live = LiveWatcher(live_config, ruleset, opened, on_finding=decisions.submit, inventory=inventory)
     return Assembly(opened, journal, policy, fleet, executor, decisions, live, alerter, outboxes)

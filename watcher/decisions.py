@@ -9,7 +9,9 @@ one thread takes findings and operator commands in arrival order: a pause posted
 is applied after that finding's decision, never in the middle of it.
 
 Resolved findings travel the same queue, so a plan that waits for its finding to resolve sees the
-resolution after the decision that opened it.
+resolution after the decision that opened it. The thread also ticks (``on_tick``, every ``tick_s``
+while it runs, busy or idle): a refused finding whose refusal can lapse (the restart backoff) is
+decided again there, in line with the findings and resolutions, never beside them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,14 +39,25 @@ class _Command:
 
 
 class Decisions:
-    def __init__(self, on_finding: Callable[[Finding], object], max_pending: int = 10_000) -> None:
+    def __init__(
+        self,
+        on_finding: Callable[[Finding], object],
+        max_pending: int = 10_000,
+        on_tick: Callable[[], object] | None = None,
+        tick_s: float = 1.0,
+    ) -> None:
+        if tick_s <= 0:
+            raise ValueError("tick_s must be positive")
         self._on_finding = on_finding
+        self._on_tick = on_tick
+        self._tick_s = tick_s
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.dropped = 0  # findings refused by a full queue (the decision thread is far behind)
         self.decided = 0
         self.errors = 0
+        self.ticks = 0
 
     # -- what other threads call ----------------------------------------------------------------
     def submit(self, finding: Finding) -> bool:
@@ -104,8 +118,16 @@ class Decisions:
 
     # -- the thread -------------------------------------------------------------------------------
     def _run(self) -> None:
+        next_tick = time.monotonic() + self._tick_s
         while True:
-            item = self._queue.get()
+            if self._on_tick is not None and time.monotonic() >= next_tick:
+                self._tick()
+                next_tick = time.monotonic() + self._tick_s
+            try:
+                wait = None if self._on_tick is None else max(next_tick - time.monotonic(), 0.0)
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                continue
             if item is _STOP:
                 return
             if isinstance(item, Finding):
@@ -120,6 +142,17 @@ class Decisions:
                 continue
             assert isinstance(item, _Command)
             self._call(item.fn, item.future)
+
+    def _tick(self) -> None:
+        assert self._on_tick is not None
+        try:
+            self._on_tick()
+        except Exception:  # a failing tick must not end the decisions
+            with self._lock:
+                self.errors += 1
+            log.exception("the decision thread's tick failed")
+        with self._lock:
+            self.ticks += 1
 
     @staticmethod
     def _call(fn: Callable[[], Any], future: Future[Any]) -> None:

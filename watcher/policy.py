@@ -7,6 +7,10 @@ rule, one incident per replica at a time, a fleet-wide rate limit, capacity (nev
 the last healthy replica), and the restart budget with exponential backoff and a circuit breaker
 that stops acting and escalates once (the restart-forever loop users hate in docker-autoheal).
 
+A refusal that can lapse says when (``Decision.retry_at``): the executor decides a still-active
+finding again then (:mod:`watcher.playbook.retries`), so a replica refused during its backoff is not
+left sick because its rule already fired. Pause, staleness and a resolved finding never lapse by time.
+
 The policy is pure over its inputs (finding, fleet view, time) plus its own persisted state:
 cooldowns and budgets held in memory would be forgotten by exactly the restart that needs them.
 """
@@ -18,7 +22,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from watcher.model import Finding
@@ -72,6 +76,9 @@ class Decision:
     reason: str = ""
     escalate: str | None = None  # an alert to send once (breaker tripped, capacity exhausted)
     dry_run: bool = False
+    # a refusal that can lapse: decide the finding again at this time if it is still active (None: it cannot,
+    # or not while the finding is fresh). ``now`` means "on the next re-check" (capacity, a running incident).
+    retry_at: float | None = None
 
 
 @dataclass
@@ -225,6 +232,15 @@ class Policy:
     def decide(
         self, finding: Finding, rule: AnyRule, defaults: Defaults, fleet: dict[str, ReplicaView], now: float
     ) -> Decision:
+        """A plan, or a refusal that says why and whether it can lapse while the finding is still fresh."""
+        decision = self._decide(finding, rule, defaults, fleet, now)
+        if decision.retry_at is not None and decision.retry_at - finding.ts > self.config.fresh_s:
+            return replace(decision, retry_at=None)  # stale by then: it would start nothing
+        return decision
+
+    def _decide(
+        self, finding: Finding, rule: AnyRule, defaults: Defaults, fleet: dict[str, ReplicaView], now: float
+    ) -> Decision:
         key = finding.target.key
         labels = {
             "target": key,
@@ -244,28 +260,31 @@ class Policy:
             return Decision(None, "watcher is paused")
         for s in self.silences:
             if s.matches(labels, now):
-                return Decision(None, f"silenced until {s.until:.0f} ({s.comment})")
+                return Decision(None, f"silenced until {s.until:.0f} ({s.comment})", retry_at=s.until)
         breaker = self.breakers.get(key)
         if breaker is not None:
-            if now - float(breaker["tripped_at"]) < defaults.max_restarts.per:
-                return Decision(None, "circuit breaker open: restart budget exhausted")
+            closes_at = float(breaker["tripped_at"]) + defaults.max_restarts.per
+            if now < closes_at:
+                return Decision(None, "circuit breaker open: restart budget exhausted", retry_at=closes_at)
             del self.breakers[key]
         if key in self.busy:
-            return Decision(None, "an incident is already in progress for this replica")
+            return Decision(None, "an incident is already in progress for this replica", retry_at=now)
         last = self.last_action.get(f"{key}|{finding.rule_id}")
         reason = "planned"
         if last is not None and now - last < defaults.cooldown:
             cooling = f"cooldown: acted {now - last:.0f}s ago (cooldown {defaults.cooldown:.0f}s)"
             if not plan.takes_capacity:
-                return Decision(None, cooling)
+                return Decision(None, cooling, retry_at=last + defaults.cooldown)
             plan, reason = hold_steps(), f"recurred within the {cooling}: holding drained"
         recent = [t for t in self.actions if now - t < 60.0]
         if len(recent) >= self.config.global_actions_per_minute:
-            return Decision(None, f"fleet rate limit: {len(recent)} actions in the last minute")
+            return Decision(
+                None, f"fleet rate limit: {len(recent)} actions in the last minute", retry_at=min(recent) + 60.0
+            )
         if plan.takes_capacity:
             refusal = self._capacity(key, finding.target.service, defaults, fleet)
             if refusal is not None:
-                return Decision(None, refusal, escalate=f"{key}: {refusal}")
+                return Decision(None, refusal, escalate=f"{key}: {refusal}", retry_at=now)
         if plan.restarts:
             window = [t for t in self.restarts.get(key, []) if now - t < defaults.max_restarts.per]
             if len(window) >= defaults.max_restarts.count:
@@ -275,12 +294,14 @@ class Policy:
                     f"restart budget exhausted ({len(window)} restarts in {defaults.max_restarts.per:.0f}s):"
                     " circuit breaker tripped"
                 )
-                return Decision(None, reason, escalate=f"{key}: {reason}")
+                return Decision(None, reason, escalate=f"{key}: {reason}", retry_at=now + defaults.max_restarts.per)
             if window:
                 wait = self.config.backoff_base_s * 2 ** (len(window) - 1)
                 if now - window[-1] < wait:
                     return Decision(
-                        None, f"backing off: next restart allowed {wait - (now - window[-1]):.0f}s from now"
+                        None,
+                        f"backing off: next restart allowed {wait - (now - window[-1]):.0f}s from now",
+                        retry_at=window[-1] + wait,
                     )
         return Decision(plan, reason, dry_run=self.config.dry_run)
 

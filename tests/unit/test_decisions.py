@@ -100,3 +100,26 @@ def test_stop_decides_what_was_queued_before_it() -> None:
         d.submit(finding(i))
     d.stop()
     assert seen == list(range(50))
+
+
+def test_the_tick_runs_when_idle_and_between_findings_and_a_failing_tick_is_counted() -> None:
+    ticks: list[float] = []
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        if len(ticks) == 1:
+            raise RuntimeError("a bad tick")
+
+    d = Decisions(lambda f: time.sleep(0.01), on_tick=tick, tick_s=0.05).start()
+    try:
+        time.sleep(0.3)  # idle: the thread wakes for its tick, not only for findings
+        idle = len(ticks)
+        assert idle >= 3 and d.errors == 1
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:  # a steady stream keeps the queue busy: ticks still come
+            d.submit(finding(1))
+            time.sleep(0.005)
+        d.drain(10)
+        assert len(ticks) >= idle + 3
+    finally:
+        d.stop()

@@ -18,6 +18,7 @@ step's own (see :mod:`watcher.playbook.base`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -35,11 +36,14 @@ from watcher.playbook.alerting import IncidentAlerts, format_eta
 from watcher.playbook.base import Interrupted, Step, StepFailed
 from watcher.playbook.context import ExecutorConfig, StepContext
 from watcher.playbook.resolutions import ResolvedFindings
+from watcher.playbook.retries import Refused, RefusedFindings
 from watcher.policy import Decision, Policy
 from watcher.rulepack.schema import AnyRule, Defaults
 from watcher.store import StoreError
 
 __all__ = ["Executor", "ExecutorConfig"]
+
+log = logging.getLogger("watcher")
 
 MAX_REFUSALS = 1000  # the most recent refusals kept for status and tests
 STORE_NOT_WRITABLE = "store not writable"  # the refusal when the journal cannot record the plan
@@ -89,21 +93,43 @@ class Executor:
         self._lock = threading.Lock()
         self._futures: dict[int, Future[None]] = {}  # incidents still running (finished ones are pruned)
         self.refusals: deque[tuple[str, str, str]] = deque(maxlen=MAX_REFUSALS)  # (target, rule, reason)
+        self.retries = RefusedFindings()  # refused, still active, and the refusal can lapse
 
     # -- entry points ------------------------------------------------------------------------------
     def on_finding(self, finding: Finding) -> int | None:
         """Decide and, if planned, start the incident. Returns the incident id (also for dry runs)."""
         if finding.resolved:
             self.resolved.mark(finding.target.key, finding.rule_id, finding.ts)
+            if self.retries.discard(finding.target.key, finding.rule_id) is not None:
+                self._event("retry dropped", {"target": finding.target.key, "rule": finding.rule_id, "why": "resolved"})
             return None
         if finding.rule_id not in self.rules:
             return None
-        rule, defaults = self.rules[finding.rule_id]
+        return self._decide(finding, self.clock.now())
+
+    def retry_refused(self) -> list[int]:
+        """Decide again every refused, still-active finding whose refusal can have lapsed by now (the
+        decision thread's tick). A refusal that still holds is rescheduled quietly; one that holds for
+        good, or an incident, is journalled as a first decision would be. Returns the incidents opened."""
         now = self.clock.now()
+        opened = []
+        for entry in self.retries.due(now):
+            if (entry.finding.target.key, entry.finding.rule_id) not in self.retries:
+                continue  # an incident opened earlier in this tick for its replica took it out
+            if entry.finding.rule_id not in self.rules:  # a reload dropped the rule
+                self.retries.discard(entry.finding.target.key, entry.finding.rule_id)
+                continue
+            incident = self._decide(entry.finding, now, retrying=entry)
+            if incident is not None:
+                opened.append(incident)
+        return opened
+
+    def _decide(self, finding: Finding, now: float, retrying: Refused | None = None) -> int | None:
+        rule, defaults = self.rules[finding.rule_id]
         with self._lock:
             decision = self.policy.decide(finding, rule, defaults, self.fleet.views(), now)
             if decision.plan is None:
-                self._refused(finding, decision, now)
+                self._refused(finding, decision, now, retrying)
                 return None
             key = finding.target.key
             replica = self.fleet.replica(key)
@@ -139,6 +165,12 @@ class Executor:
                 self._refused(finding, Decision(None, STORE_NOT_WRITABLE, escalate=alert), now)
                 return None
             self.policy.record_action(key, finding.rule_id, now)
+            self.retries.discard(key, finding.rule_id)  # decided: a retried finding leaves the set quietly
+            for dropped in self.retries.discard_target(key):  # this incident owns the replica now
+                self._event("retry dropped", {"target": key, "rule": dropped.finding.rule_id, "why": "incident opened"})
+            if retrying is not None:
+                why = f"refused earlier ({retrying.reason}), still active"
+                self._event("retried", {"target": key, "rule": finding.rule_id, "incident": incident_id, "why": why})
             if dry_run:
                 self._alert_dry_run(incident_id, note)
                 return incident_id
@@ -351,7 +383,16 @@ class Executor:
         self._event("failed", {"incident": incident.id, "target": incident.target, "why": str(exc)})
 
     # -- refusals and events ------------------------------------------------------------------------
-    def _refused(self, finding: Finding, decision: Decision, now: float) -> None:
+    def _refused(self, finding: Finding, decision: Decision, now: float, retrying: Refused | None = None) -> None:
+        """Journal a refusal (and escalate it once); keep the finding for a re-decision if it can lapse.
+        A re-decision refused again until later is no news: no event, no second alert."""
+        key = finding.target.key
+        if decision.retry_at is None:
+            self.retries.discard(key, finding.rule_id)
+        else:
+            self.retries.hold(finding, decision.reason, decision.retry_at)
+            if retrying is not None:
+                return
         self.refusals.append((finding.target.key, finding.rule_id, decision.reason))
         self._event("refused", {"target": finding.target.key, "rule": finding.rule_id, "why": decision.reason})
         if decision.escalate:
