@@ -67,6 +67,7 @@ from testbed.harness import HarnessSpec
 from testbed.loadgen import LoadGenerator, LoadResult, RequestRecord, percentile
 from testbed.stack import Testbed
 
+REPO = Path(__file__).resolve().parents[1]
 AUTOHEAL_INTERVAL_S = 5.0
 SAMPLE_INTERVAL_S = 1.0
 TAIL_S = 3.0  # after the load ends, before the books are closed
@@ -183,6 +184,7 @@ class Run:
     startup_s: float = 0.0
     wall_s: float = 0.0
     load: dict[str, Any] = field(default_factory=dict)
+    watcher_as: dict[str, Any] = field(default_factory=dict)  # how the watcher ran (the row says it)
 
 
 def _merge(main: LoadResult, extra: list[LoadResult]) -> list[RequestRecord]:
@@ -245,6 +247,11 @@ def run_one(
                 spec.stats_interval_s = watcher_stats_s
             watcher = DeployedWatcher(spec, workdir / f"watcher-{scenario.name}-{bed.run_id}", packs=chosen)
             watcher.start()
+            run.watcher_as = {
+                "command": f"watcher run --config {Path(spec.config).relative_to(REPO)}",
+                "docker": "through the socket proxy (watcher.guard_proxy)",
+                "knobs": watcher.knobs,
+            }
         elif strategy == "autoheal":
             autoheal = Autoheal(bed).start()
         sampler = MemorySampler(bed, FAULTY if scenario.faulty is None else scenario.faulty).start()
@@ -645,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_one(scenario, strategy, length, Path(tmp), log, args.watcher_stats, args.packs)
                 row = measure(run, none_failure)
                 if strategy == "watcher":
+                    row["watcher_as"] = run.watcher_as
                     stats = args.watcher_stats
                     row["watcher_stats_s"] = stats if stats is not None else "shipped settings"
                     row["watcher_packs"] = args.packs or "shipped"

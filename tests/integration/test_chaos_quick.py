@@ -46,6 +46,9 @@ def test_quick_chaos_run_writes_every_key_and_the_watcher_is_not_worse_than_none
     none, watcher = rows
     assert watcher["failed"] <= none["failed"], (none["failed_by_status"], watcher["incidents"])
     assert watcher["false_actions"] == 0, watcher["incidents"]
+    # the product as users run it: its own process, the shipped file, no experiment knob
+    assert watcher["watcher_as"]["command"] == "watcher run --config deploy/watcher.yaml"
+    assert watcher["watcher_as"]["knobs"] == []
     table = out.with_suffix(".md").read_text()
     assert "| leak-oom-8 | watcher |" in table
     png = tmp_path / "chaos-leak-oom-8.png"

@@ -217,3 +217,30 @@ def test_the_benchmarks_deployed_watcher_sets_only_site_values(tmp_path: Path, m
     assert watcher.env["DOCKER_HOST"].startswith("tcp://127.0.0.1:")  # Docker only through the socket proxy
     knob = HarnessSpec.for_testbed(_Bed(), tmp_path / "w.db", stats_interval_s=1.0)
     assert DeployedWatcher(knob, tmp_path / "k").knobs == ["stats_interval_s"]  # a row that changes timing says so
+
+
+def test_the_readme_says_which_signal_each_shipped_rule_reads() -> None:
+    """The README's table of signals counts every shipped rule once, under what it reads."""
+    import re
+
+    from watcher.rulepack.compile import load_packs
+    from watcher.rules import SHIPPED_RULES
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("### What the shipped rules read, and how often", 1)[1].split("\n\n", 2)[1]
+    rows = {line.split("|")[1].strip(): line.split("|")[4] for line in section.splitlines()[2:] if line}
+    logs = {m[0]: int(m[1]) for m in re.findall(r"(\w+) (\d+)", rows["container log lines (stdout/stderr)"])}
+    logs |= {m[0]: int(m[1]) for m in re.findall(r"(\w+) (\d+)", rows["the load balancer's logs"])}
+    events = {
+        m[0]: int(m[1])
+        for m in re.findall(r"(\w+) (\d+)", rows["container lifecycle (`die`, `oom`, `health_status`, restarts)"])
+    }
+    series = " ".join(v for k, v in rows.items() if k.startswith(("memory", "error ratio")))
+    for pack in load_packs([SHIPPED_RULES]):
+        log_rules = [r for r in pack.rules if getattr(r, "match", None) is not None]
+        event_rules = [r for r in pack.rules if getattr(r, "event", None) is not None]
+        detectors = [r for r in pack.rules if r not in log_rules and r not in event_rules]
+        assert logs.get(pack.pack, 0) == len(log_rules), pack.pack
+        assert events.get(pack.pack, 0) == len(event_rules), pack.pack
+        for rule in detectors:
+            assert f"`{rule.id}`" in series, rule.id
