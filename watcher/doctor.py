@@ -57,6 +57,7 @@ class Doctor:
             service=settings.service_label,
             upstream=settings.upstream_label,
             model=settings.model_label,
+            protocol=settings.protocol_label,
         )
         self.http = requests.Session()
         self.http.trust_env = False  # as the watcher: never through a proxy from the environment
