@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from watcher.actions.protocols import ServingProtocol, TFServingREST
 
 from testbed.ports import LOOPBACK, free_port, port_is_open
 from watcher.actions.base import ActionError, Replica
+from watcher.actions.protocols import ServingProtocol, TFServingREST
 from watcher.actions.verify import SmokeFileMissingError, Verifier, VersionState
 from watcher.model import Target
 

@@ -67,7 +67,7 @@ class OpenInferenceV2(ServingProtocol):
         out = []
         for e in mine:
             state = _STATES.get(str(e.get("state")), str(e.get("state")))
-            reason = str(e.get("reason") or "")
+            reason = str(e.get("reason") or "") or "load failed (the server gave no reason)"
             out.append(VersionState(str(e["version"]), state, f"UNAVAILABLE: {reason}" if state == "END" else None))
         return out
 
