@@ -108,3 +108,22 @@ def test_protocol_name_default_and_error() -> None:
         protocol_name("ml-0", "V2", "acme.protocol")
     assert str(err.value) == "container ml-0: unknown acme.protocol='V2'; allowed: kserve-v1, tfserving, torchserve, v2"
     assert "\n" not in str(err.value)
+
+
+def test_the_protocol_label_reaches_the_replica_the_verifier_gets() -> None:
+    """From Docker's labels (name from the settings) through the inventory to the actuators' Replica."""
+    from types import SimpleNamespace
+
+    from watcher.fleet import replica_of
+    from watcher.inventory import LabelNames, WatchedContainer
+
+    labels = {"watcher.upstream": "127.0.0.1:8080", "watcher.model": "lin", "acme/protocol": "torchserve"}
+    attrs = {"State": {"Running": True, "StartedAt": "2026-01-01T00:00:00Z"}}
+    container = SimpleNamespace(id="abc", name="ts-0", labels=labels, attrs=attrs)
+    names = LabelNames(protocol="acme/protocol")
+    replica = replica_of(WatchedContainer.of("local", container, names))
+    assert replica is not None and replica.protocol == "torchserve"
+    assert Verifier().adapter(replica).name == "torchserve"
+    unlabelled = replica_of(WatchedContainer.of("local", container, LabelNames()))
+    assert unlabelled is not None and unlabelled.protocol is None
+    assert Verifier().adapter(unlabelled).name == "tfserving"
