@@ -20,7 +20,7 @@ from watcher.actions.alerts import FanoutAlerter
 from watcher.actions.base import Alerter, TrafficShifter
 from watcher.actions.docker import DockerRestarter
 from watcher.actions.outbox import AlertOutbox
-from watcher.actions.tfserving import TFServingVerifier
+from watcher.actions.verify import Verifier
 from watcher.decisions import Decisions
 from watcher.fleet import Fleet
 from watcher.inventory import Inventory, LabelNames
@@ -88,6 +88,7 @@ def assemble(
     guard: GuardConfig,
     executor_config: ExecutorConfig,
     model_label: str = "watcher.model",
+    protocol_label: str = "watcher.protocol",
     on_finding: Callable[[Finding], object] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Assembly:
@@ -111,7 +112,11 @@ def assemble(
     policy = Policy(opened, guard)
     # One inventory for the watcher: its sources and the fleet see the same replicas.
     labels = LabelNames(
-        tuple(live_config.label_selector), live_config.service_label, live_config.upstream_label, model_label
+        tuple(live_config.label_selector),
+        live_config.service_label,
+        live_config.upstream_label,
+        model_label,
+        protocol_label,
     )
     inventory = Inventory(clients, labels, rescan_s=live_config.rescan_s)
     fleet = Fleet(inventory, weight_of=shifter.get_weight)
@@ -121,7 +126,7 @@ def assemble(
         fleet,
         shifter,
         DockerRestarter(clients),
-        TFServingVerifier(),
+        Verifier(protocol_label=protocol_label),
         alerter,
         dict(ruleset.executor_rules),
         executor_config,

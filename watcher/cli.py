@@ -215,7 +215,11 @@ def record(
         ruleset=ruleset,
         engines=settings.engines,
         labels=LabelNames(
-            tuple(settings.label_selector), settings.service_label, settings.upstream_label, settings.model_label
+            tuple(settings.label_selector),
+            settings.service_label,
+            settings.upstream_label,
+            settings.model_label,
+            settings.protocol_label,
         ),
         prometheus_url=settings.prometheus_url,
         prometheus_interval_s=settings.prometheus_interval_s,

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     service_label: str = "watcher.service"
     upstream_label: str = "watcher.upstream"
     model_label: str = "watcher.model"
+    protocol_label: str = "watcher.protocol"
     packs: list[Path] = Field(
         default_factory=lambda: [Path(SHIPPED_PACKS)],
         validate_default=True,

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import requests
 
+from watcher.actions.protocols import DEFAULT_PROTOCOL, UnknownProtocolError, protocol_name
 from watcher.config import Settings, effective_config
 from watcher.inventory import LabelNames, WatchedContainer, make_clients
 from watcher.redact import redact_text, redact_url
@@ -57,6 +58,7 @@ class Doctor:
             service=settings.service_label,
             upstream=settings.upstream_label,
             model=settings.model_label,
+            protocol=settings.protocol_label,
         )
         self.http = requests.Session()
         self.http.trust_env = False  # as the watcher: never through a proxy from the environment
@@ -187,9 +189,14 @@ class Doctor:
                 f"container {c.key} ({state}): watched but cannot be remediated: "
                 f"missing label {labels} ({ADVICE_LABELS})"
             )
+        try:
+            protocol = protocol_name(c.key, c.protocol, self.names.protocol)
+        except UnknownProtocolError as exc:  # it would be drained and then held, never verified
+            return self.problem(f"{exc} (it would be drained and held: the watcher cannot verify it)")
         service = c.target.service or f"none (no {self.names.service} label: capacity rails see it alone)"
         return self.ok(
             f"container {c.key} ({state}): can be remediated: upstream {c.upstream}, model {c.model}, service {service}"
+            + ("" if protocol == DEFAULT_PROTOCOL else f", protocol {protocol}")
         )
 
     # -- the load balancer -------------------------------------------------------------------------------

@@ -20,7 +20,13 @@ def replica_of(container: WatchedContainer) -> Replica | None:
     if not (container.upstream and container.model):
         return None
     upstream = container.upstream
-    return Replica(target=container.target, upstream=upstream, rest_url=f"http://{upstream}", model=container.model)
+    return Replica(
+        target=container.target,
+        upstream=upstream,
+        rest_url=f"http://{upstream}",
+        model=container.model,
+        protocol=container.protocol,
+    )
 
 
 class Fleet:

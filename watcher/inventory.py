@@ -124,6 +124,7 @@ class LabelNames:
     service: str = "watcher.service"
     upstream: str = "watcher.upstream"  # how the load balancer addresses the replica ("127.0.0.1:8501")
     model: str = "watcher.model"
+    protocol: str = "watcher.protocol"  # the serving protocol the watcher verifies it with (default tfserving)
 
 
 ROLE_LABEL = "watcher.role"
@@ -145,6 +146,7 @@ class WatchedContainer:
     health: str | None  # "healthy", "unhealthy", "starting" or None (no healthcheck)
     started_at: str  # changes on every (re)start: how a restart is told from "still running"
     tty: bool  # a TTY container's logs are not multiplexed
+    protocol: str | None = None  # the protocol label's value; None = the default (tfserving)
 
     @property
     def key(self) -> str:
@@ -176,6 +178,7 @@ class WatchedContainer:
             labels=labels,
             upstream=labels.get(names.upstream) or None,
             model=labels.get(names.model) or None,
+            protocol=labels.get(names.protocol) or None,
             running=bool(state.get("Running")),
             health=(state.get("Health") or {}).get("Status"),
             started_at=str(state.get("StartedAt") or ""),

@@ -147,6 +147,7 @@ class Service:
                 replica_label=settings.prometheus_target_label,
             ),
             model_label=settings.model_label,
+            protocol_label=settings.protocol_label,
             on_finding=self._on_finding,
             on_event=self._on_event,
         )

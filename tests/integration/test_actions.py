@@ -26,7 +26,6 @@ from watcher.actions import (
     HostNginxReload,
     NginxShifter,
     Replica,
-    TFServingVerifier,
     Verifier,
 )
 from watcher.model import Target
@@ -210,7 +209,7 @@ def test_haproxy_wait_idle_follows_current_sessions(bed: Testbed, http: requests
 
 def test_restart_then_model_available_and_smoke_passes(bed: Testbed, docker_client: docker.DockerClient) -> None:
     restarter = DockerRestarter({"local": docker_client})
-    verifier = TFServingVerifier()
+    verifier = Verifier()
     r1 = replica(bed, 1)
     before = restarter.state(r1.target)
     state = restarter.restart(r1.target, stop_timeout_s=5)
@@ -230,7 +229,7 @@ def test_recreate_gives_a_new_container_with_the_same_config(bed: Testbed, docke
     new = docker_client.containers.get(r1.target.container)
     assert new.id != old.id and state["running"]
     assert new.labels == old.labels and new.attrs["HostConfig"]["Memory"] == old.attrs["HostConfig"]["Memory"]
-    assert TFServingVerifier().wait_available(r1, timeout_s=30) == "2"
+    assert Verifier().wait_available(r1, timeout_s=30) == "2"
     assert len(docker_client.containers.list(all=True, filters={"name": r1.target.container})) == 1
 
 
@@ -238,7 +237,7 @@ def test_stale_version_after_restart_fails_smoke_with_a_clear_message(
     bed: Testbed, docker_client: docker.DockerClient
 ) -> None:
     restarter = DockerRestarter({"local": docker_client})
-    verifier = TFServingVerifier()
+    verifier = Verifier()
     r2 = replica(bed, 2)
     before = verifier.served_version(r2)
     bed.replicas[2].set_faults({"stale_on_restart": {"version": 1}})

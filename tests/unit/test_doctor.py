@@ -167,6 +167,18 @@ def test_a_container_missing_a_label_is_named_with_the_label(fleet: dict[str, An
     assert problem.split("missing label ")[1].startswith(" and ".join(missing))
 
 
+def test_an_unknown_protocol_label_is_a_problem_naming_the_allowed_values(fleet: dict[str, Any]) -> None:
+    fake = containers()
+    fake[1].labels["watcher.protocol"] = "grpc"
+    fake[0].labels["watcher.protocol"] = "v2"
+    lines = check(fleet, fake)
+    [problem] = problems(lines)
+    assert problem.startswith(
+        "container local/tfs-2: unknown watcher.protocol='grpc'; allowed: kserve-v1, tfserving, torchserve, v2"
+    )
+    assert any(line.text.endswith("service m, protocol v2") for line in lines)
+
+
 def test_label_names_come_from_the_settings(fleet: dict[str, Any]) -> None:
     [problem] = problems(check({**fleet, "model_label": "example.com/model"}, containers()[:1]))
     assert "missing label example.com/model" in problem

@@ -18,14 +18,14 @@ from watcher.actions.base import (
 from watcher.actions.docker import DockerRestarter
 from watcher.actions.haproxy import HAProxyShifter
 from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxReload, NginxShifter
-from watcher.actions.tfserving import TFServingVerifier
-from watcher.actions.verify import SmokeFileMissingError, Verifier, VersionState
+from watcher.actions.verify import CannotVerifyError, SmokeFileMissingError, Verifier, VersionState
 
 __all__ = [
     "ActionError",
     "Alert",
     "Alerter",
     "AlertmanagerAlerter",
+    "CannotVerifyError",
     "ChangeRefused",
     "ContainerNginxReload",
     "DockerRestarter",
@@ -36,7 +36,6 @@ __all__ = [
     "Replica",
     "Restarter",
     "SmokeFileMissingError",
-    "TFServingVerifier",
     "TrafficShifter",
     "Verifier",
     "VersionState",

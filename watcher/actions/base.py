@@ -53,6 +53,7 @@ class Replica:
     rest_url: str  # "http://127.0.0.1:8501": TF Serving REST
     model: str
     lb_name: str | None = None  # HAProxy server name; None for Nginx (matched by address)
+    protocol: str | None = None  # the protocol label's value (None: the default, TF Serving REST)
 
     def __str__(self) -> str:
         return f"{self.target.key} ({self.upstream})"

@@ -15,10 +15,12 @@ So restoring weight is gated on four checks:
 Afterwards :meth:`Verifier.settle` watches an error ratio the executor supplies (e.g. from
 Prometheus) return to its baseline and stay there for a settle period.
 
-This module is the protocol-independent part: :class:`Verifier` is the base of the protocol
-adapters, which only say how to read the version states and how to predict. TF Serving REST is
-:class:`~watcher.actions.tfserving.TFServingVerifier`; a V2/Open-Inference adapter is one more
-subclass, and ``tests/unit/conformance/test_verifier_conformance.py`` covers it the moment it exists.
+This module is the protocol-independent part. Each replica names its serving protocol (the
+``watcher.protocol`` label, default TF Serving REST); the adapters in :mod:`watcher.actions.protocols` only
+say how to read readiness, version states and predictions in that protocol's words. A protocol that
+cannot report versions (KServe V1) is verified by ready + smoke prediction; a replica whose protocol
+is unknown, or that offers nothing to compare against, is *not verifiable*
+(:class:`~watcher.actions.protocols.CannotVerifyError`): it stays drained and a human is told.
 """
 
 from __future__ import annotations
@@ -26,18 +28,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from watcher.actions.base import ActionError, Replica
+import requests
 
-__all__ = ["SmokeFileMissingError", "Verifier", "VersionState", "predictions_match"]
+from watcher.actions.base import ActionError, Replica, http_session
+from watcher.actions.protocols import ADAPTERS, ServingProtocol, protocol_name
+from watcher.actions.protocols.base import CannotVerifyError, VersionState, highest_available, version_key
+
+__all__ = ["CannotVerifyError", "SmokeFileMissingError", "Verifier", "VersionState", "predictions_match"]
 
 
-class SmokeFileMissingError(ActionError):
+class SmokeFileMissingError(CannotVerifyError):
     """No stored smoke input/output for this model version: the smoke check cannot be run."""
 
 
@@ -58,32 +62,13 @@ def predictions_match(expected: Any, got: Any, rel_tol: float, abs_tol: float) -
     return bool(expected == got)
 
 
-def _version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (-1, version)
+class Verifier:
+    """The model checks, over the replica's protocol adapter, with an injectable clock.
 
-
-@dataclass(frozen=True, slots=True)
-class VersionState:
-    """One model version as the server reports it, in TF Serving's words (adapters map theirs)."""
-
-    version: str
-    state: str  # "AVAILABLE", "LOADING", "UNLOADING", "END", ...
-    error: str | None = None  # "CODE: message" when a load attempt ended in an error
-
-
-class Verifier(ABC):
-    """The model checks, over a protocol adapter's two primitives, with an injectable clock.
-
-    Contract for adapters (checked by ``tests/unit/conformance/test_verifier_conformance.py``):
-
-    * :meth:`versions` returns the model's version states, or raises :class:`ActionError` when the
-      server is unreachable, answers garbage, or does not know the model (a replica still starting
-      looks exactly like that, so callers treat it as "not yet");
-    * :meth:`predict` posts instances to the unversioned endpoint and returns the predictions, or
-      raises :class:`ActionError` with the server's own error.
-
-    Both are bounded by ``timeout_s`` per request and hold no state between calls, so one
-    verifier may be used from several worker threads at once.
+    Adapters (see :class:`~watcher.actions.protocols.ServingProtocol`) are bounded by ``timeout_s`` per
+    request and hold no state between calls, so one verifier may be used from several worker
+    threads at once. ``protocols`` replaces the adapters by name (tests, a TorchServe with another
+    management port); by default every adapter in :data:`watcher.actions.protocols.ADAPTERS` is available.
     """
 
     def __init__(
@@ -93,6 +78,9 @@ class Verifier(ABC):
         poll_s: float = 0.25,
         rel_tol: float = 1e-5,
         abs_tol: float = 1e-6,
+        session: requests.Session | None = None,
+        protocols: Mapping[str, ServingProtocol] | None = None,
+        protocol_label: str = "watcher.protocol",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -100,66 +88,85 @@ class Verifier(ABC):
         self.poll_s = poll_s
         self.rel_tol = rel_tol
         self.abs_tol = abs_tol
+        self.protocol_label = protocol_label
+        shared = session or http_session()
+        self.protocols: dict[str, ServingProtocol] = {
+            name: cls(timeout_s, session=shared) for name, cls in ADAPTERS.items()
+        }
+        self.protocols.update(protocols or {})
         self._clock = clock
         self._sleep = sleep
 
-    # -- what an adapter provides -------------------------------------------------------------
-    @abstractmethod
-    def versions(self, replica: Replica) -> list[VersionState]:
-        """The model's versions and their states; :class:`ActionError` when unreachable or unknown."""
+    def adapter(self, replica: Replica) -> ServingProtocol:
+        """The replica's protocol adapter; :class:`CannotVerifyError` (one line: the container, the
+        label value, the allowed values) when its label names no adapter."""
+        name = protocol_name(replica.target.container, replica.protocol, self.protocol_label)
+        return self.protocols[name]
 
-    @abstractmethod
+    def versions(self, replica: Replica) -> list[VersionState] | None:
+        """The model's version states; None when the protocol cannot report versions."""
+        return self.adapter(replica).versions(replica)
+
     def predict(self, replica: Replica, instances: list[Any]) -> Any:
-        """Predictions for ``instances`` from the unversioned endpoint; :class:`ActionError` on failure."""
+        return self.adapter(replica).predict(replica, instances)
 
     # -- status ---------------------------------------------------------------------------------
     @staticmethod
-    def _available(entries: list[VersionState]) -> str | None:
-        versions = [e.version for e in entries if e.state == "AVAILABLE"]
-        return max(versions, key=_version_key) if versions else None
-
-    @staticmethod
     def _load_error(entries: list[VersionState]) -> str | None:
-        for e in sorted(entries, key=lambda e: _version_key(e.version), reverse=True):
+        for e in sorted(entries, key=lambda e: version_key(e.version), reverse=True):
             if e.state == "END" and e.error:
                 return f"version {e.version}: {e.error}".strip()
         return None
 
     def served_version(self, replica: Replica) -> str | None:
-        """The highest AVAILABLE version, or None (nothing available, or the replica is down)."""
+        """The highest AVAILABLE version, or None (nothing available, the replica is down, or the
+        protocol cannot say)."""
         try:
-            return self._available(self.versions(replica))
+            return highest_available(self.versions(replica) or [])
         except ActionError:
             return None
+
+    def reports_versions(self, replica: Replica) -> bool:
+        """Whether the replica's protocol says which version it serves (raises when it is unknown)."""
+        return self.versions(replica) is not None
 
     def load_failed(self, replica: Replica) -> str | None:
         """The error of a version that ended in a failed load (newest first), else None."""
         try:
-            return self._load_error(self.versions(replica))
+            return self._load_error(self.versions(replica) or [])
         except ActionError:
             return None
 
-    def wait_available(self, replica: Replica, timeout_s: float, version: str | None = None) -> str:
-        """Wait until a version (``version`` if given) is AVAILABLE and return it.
+    def wait_available(self, replica: Replica, timeout_s: float, version: str | None = None) -> str | None:
+        """Wait until a version (``version`` if given) is AVAILABLE and return it; for a protocol
+        that reports no versions, until the model is ready, and return None.
 
         Fails early when nothing is available and a load has ended in an error: the server has
-        already given up retrying, and waiting out the timeout would only delay the alert.
+        already given up retrying, and waiting out the timeout would only delay the alert. Fails at
+        once when the replica cannot be verified at all (an unknown protocol label).
         """
+        adapter = self.adapter(replica)  # CannotVerifyError: no amount of waiting helps
         deadline = self._clock() + timeout_s
         last = "no answer yet"
         while True:
             try:
-                entries = self.versions(replica)
+                entries = adapter.versions(replica)
             except ActionError as exc:  # still starting: connection refused, NOT_FOUND
                 last = str(exc)
             else:
-                available = self._available(entries)
-                if available is not None and (version is None or available == version):
-                    return available
-                error = self._load_error(entries)
-                if available is None and error is not None:
-                    raise ActionError(f"{replica}: model {replica.model} failed to load: {error}")
-                last = ", ".join(f"{e.version}={e.state}" for e in entries) or "no versions"
+                if entries is None:
+                    check = adapter.ready(replica)
+                    if check.ok:
+                        return None
+                    last = check.why
+                else:
+                    available = highest_available(entries)
+                    if available is not None and (version is None or available == version):
+                        return available
+                    error = self._load_error(entries)
+                    if available is None and error is not None:
+                        raise ActionError(f"{replica}: model {replica.model} failed to load: {error}")
+                    last = ", ".join(f"{e.version}={e.state}" for e in entries) or "no versions"
             if self._clock() >= deadline:
                 want = f"version {version}" if version else "any version"
                 raise ActionError(

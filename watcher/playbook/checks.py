@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Self
 
 from watcher.actions.base import ActionError
+from watcher.actions.verify import CannotVerifyError
 from watcher.playbook.base import Step, StepFailed
 from watcher.playbook.registry import register
 from watcher.playbook.verification import check_serving
@@ -22,9 +23,11 @@ class WaitAvailable(Step):
     def run(self, ctx: StepContext) -> str:
         try:
             version = ctx.verifier.wait_available(ctx.replica, self.timeout_s)
+        except CannotVerifyError as exc:
+            raise StepFailed(f"cannot verify: {exc}", hold=True) from exc
         except ActionError as exc:
             raise StepFailed(f"model not AVAILABLE after restart: {exc}", hold=True) from exc
-        return f"version {version} AVAILABLE"
+        return f"version {version} AVAILABLE" if version is not None else "model ready (protocol reports no version)"
 
     @classmethod
     def _example(cls) -> Self:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from watcher.actions.base import ActionError, Replica
-from watcher.actions.tfserving import TFServingVerifier
 from watcher.actions.verify import SmokeFileMissingError, Verifier, predictions_match
 from watcher.model import Target
 
@@ -98,7 +97,7 @@ def serving() -> Iterator[FakeServing]:
 
 
 def test_served_version_and_load_failure(serving: FakeServing) -> None:
-    v = TFServingVerifier(poll_s=0.01)
+    v = Verifier(poll_s=0.01)
     serving.versions(("2", "AVAILABLE", "OK", ""), ("1", "END", "OK", ""))
     assert v.served_version(serving.replica) == "2"
     assert v.load_failed(serving.replica) is None
@@ -110,21 +109,21 @@ def test_served_version_and_load_failure(serving: FakeServing) -> None:
 def test_wait_available_times_out_with_last_status(serving: FakeServing) -> None:
     serving.versions(("2", "LOADING", "OK", ""))
     with pytest.raises(ActionError, match=r"not AVAILABLE \(any version\) within 0.1s; last status: 2=LOADING"):
-        TFServingVerifier(poll_s=0.02).wait_available(serving.replica, 0.1)
+        Verifier(poll_s=0.02).wait_available(serving.replica, 0.1)
     serving.versions(("1", "AVAILABLE", "OK", ""))
     with pytest.raises(ActionError, match="version 2"):
-        TFServingVerifier(poll_s=0.02).wait_available(serving.replica, 0.1, version="2")
-    assert TFServingVerifier().wait_available(serving.replica, 1.0) == "1"
+        Verifier(poll_s=0.02).wait_available(serving.replica, 0.1, version="2")
+    assert Verifier().wait_available(serving.replica, 1.0) == "1"
 
 
 def test_wait_available_fails_fast_on_a_failed_load(serving: FakeServing) -> None:
     serving.versions(("2", "END", "DATA_LOSS", "Can't parse saved_model.pb"))
     with pytest.raises(ActionError, match="failed to load: version 2: DATA_LOSS"):
-        TFServingVerifier(poll_s=0.02).wait_available(serving.replica, 30)
+        Verifier(poll_s=0.02).wait_available(serving.replica, 30)
 
 
 def test_smoke_against_the_stored_files(serving: FakeServing) -> None:
-    v = TFServingVerifier()
+    v = Verifier()
     serving.versions(("2", "AVAILABLE", "OK", ""))
     v.smoke(serving.replica, "2", REPO_MODELS)  # 0.5x + 3 is version 2
     serving.offset = 2.0
@@ -144,7 +143,7 @@ def test_settle_needs_a_continuous_good_period() -> None:
     def sleep(dt: float) -> None:
         now[0] += dt
 
-    v = TFServingVerifier(poll_s=1.0, clock=lambda: now[0], sleep=sleep)
+    v = Verifier(poll_s=1.0, clock=lambda: now[0], sleep=sleep)
     assert v.settle(lambda: next(values), baseline=0.0, settle_s=3.0, tolerance=0.02) == 0.01
     assert now[0] == 6.0  # streak starts at t=3 (after the second bad value), lasts 3 s
 
@@ -155,6 +154,6 @@ def test_settle_gives_up_with_the_last_value() -> None:
     def sleep(dt: float) -> None:
         now[0] += dt
 
-    v = TFServingVerifier(poll_s=1.0, clock=lambda: now[0], sleep=sleep)
+    v = Verifier(poll_s=1.0, clock=lambda: now[0], sleep=sleep)
     with pytest.raises(ActionError, match=r"last value 0\.3"):
         v.settle(lambda: 0.3, baseline=0.0, settle_s=2.0, tolerance=0.05, timeout_s=5.0)

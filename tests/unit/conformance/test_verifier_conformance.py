@@ -1,14 +1,15 @@
-"""Every protocol adapter of :class:`~watcher.actions.verify.Verifier` passes the same checks.
+""":class:`~watcher.actions.verify.Verifier` over a model server run as a host process, per protocol.
 
-Implementations are found by walking ``Verifier.__subclasses__()``; each supplies, in
-:data:`SERVERS`, how to start a real model server speaking its protocol as a host process on a
-loopback port (TF Serving REST: the simulator ``testbed/simulator/tfserving_sim.py``, no Docker),
-serving ``half_plus_two`` versions 1 and 2 from a copy of ``models/``, with version 3 set to fail
-its load. ``test_every_verifier_has_a_server`` fails until a new adapter has one.
+:data:`SERVERS` says how to start a server speaking a protocol on a loopback port without Docker
+(TF Serving REST: the simulator ``testbed/simulator/tfserving_sim.py``), serving ``half_plus_two``
+versions 1 and 2 from a copy of ``models/``, with version 3 set to fail its load. Every adapter is
+also in ``test_protocol_conformance.py`` (recorded answers) and the real MLServer/KServe servers are
+in ``tests/integration/test_protocols_real.py`` (they need their own virtualenv).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -21,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from testbed.ports import LOOPBACK, free_port, port_is_open
-from tests.plugins import implementations
 from watcher.actions.base import ActionError, Replica
-from watcher.actions.tfserving import TFServingVerifier
+from watcher.actions.protocols import ServingProtocol, TFServingREST
 from watcher.actions.verify import SmokeFileMissingError, Verifier, VersionState
 from watcher.model import Target
 
@@ -80,22 +80,15 @@ def _tfserving_sim(tmp: Path) -> Server:
     return Server(Replica(Target("sim-0", service=MODEL), f"{LOOPBACK}:{port}", url, MODEL), tmp / "models", stop)
 
 
-SERVERS: dict[type[Verifier], Callable[[Path], Server]] = {TFServingVerifier: _tfserving_sim}
-
-
-def _implementations() -> set[type[Verifier]]:
-    return implementations(Verifier)
-
-
-def test_every_verifier_has_a_server() -> None:
-    assert _implementations() == set(SERVERS)
+SERVERS: dict[type[ServingProtocol], Callable[[Path], Server]] = {TFServingREST: _tfserving_sim}
 
 
 @pytest.fixture(params=list(SERVERS), ids=lambda c: c.__name__)
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Verifier, Server]]:
     server = SERVERS[request.param](tmp_path)
+    server.replica = dataclasses.replace(server.replica, protocol=request.param.name)
     try:
-        yield request.param(poll_s=0.05), server
+        yield Verifier(poll_s=0.05), server
     finally:
         server.stop()
 

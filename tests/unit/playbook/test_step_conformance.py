@@ -66,6 +66,9 @@ class HealthyModel(FakeVerifier):
     def load_failed(self, replica: Replica) -> str | None:
         return None
 
+    def reports_versions(self, replica: Replica) -> bool:
+        return True
+
     def smoke(self, replica: Replica, version: str, smoke_dir: Path) -> None:
         return None
 
