@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="alert 'watcher blind' once every Prometheus query has failed this long"
     )
     stats_interval_s: float = Field(default=5.0, ge=0, description="Docker stats period; 0 = off")
+    probe_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="active probe period per replica (its own status call); 0 = off; at most one in flight each",
+    )
+    probe_timeout_s: float = Field(
+        default=0.4, gt=0, description="a probe not answered within this is failed (well below the proxy timeout)"
+    )
     # memory
     store: Path = Path("watcher.db")
     # acting

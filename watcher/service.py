@@ -124,6 +124,8 @@ class Service:
             prometheus_interval_s=settings.prometheus_interval_s,
             prometheus_window=settings.prometheus_window,
             stats_interval_s=settings.effective_stats_interval_s,
+            probe_interval_s=settings.probe_interval_s or None,
+            probe_timeout_s=settings.probe_timeout_s,
             files=[
                 FileSpec(path, Target(name), load_balancer=name in settings.lb_log_files)
                 for name, path in settings.log_files.items()
