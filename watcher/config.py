@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         ge=0,
         description="wait after a replica's first restart in its budget window before the next (doubles each time)",
     )
+    restart_takes_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a restart takes until the replica serves, until the journal has measured one: "
+        "a finding with a shorter ETA is drained at once, and held drained when its restart is refused",
+    )
     # the service itself
     api_listen: str = "127.0.0.1:9108"
     api_token: SecretStr | None = None

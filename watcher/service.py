@@ -140,7 +140,11 @@ class Service:
             alert_sinks=self._alert_sinks(),
             alert_queue_max=settings.alert_queue_max,
             alert_secrets=settings.secrets,
-            guard=GuardConfig(dry_run=settings.dry_run, backoff_base_s=settings.restart_backoff_s),
+            guard=GuardConfig(
+                dry_run=settings.dry_run,
+                backoff_base_s=settings.restart_backoff_s,
+                restart_takes_s=settings.restart_takes_s,
+            ),
             executor_config=ExecutorConfig(
                 model_repo=settings.model_repo,
                 pinned_versions=dict(settings.pinned_versions),

@@ -146,9 +146,7 @@ class ProbesSource(Source):
         states = self.inventory.engine_states()
         self.connected = all(state.listed for state in states.values())
         started = 0
-        probeable = [
-            c for c in self.inventory.snapshot().running() if c.upstream and c.model and not c.load_balancer
-        ]
+        probeable = [c for c in self.inventory.snapshot().running() if c.upstream and c.model and not c.load_balancer]
         with self._lock:  # a replica gone from the inventory takes its failure count with it
             keys = {c.key for c in probeable}
             self._failures = {k: n for k, n in self._failures.items() if k in keys}
