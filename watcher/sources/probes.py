@@ -47,27 +47,58 @@ HealthCall = Callable[[str, str, float], None]
 :class:`ProbeFailed`, ``TimeoutError`` or ``OSError`` when it is not. The per-protocol seam."""
 
 
-def tfserving_status(upstream: str, model: str, timeout_s: float) -> None:
-    """TF Serving REST ``GET /v1/models/<model>``: 200 with at least one version AVAILABLE.
+class TFServingStatus:
+    """TF Serving REST ``GET /v1/models/<model>``: healthy when 200 with at least one version AVAILABLE.
 
-    A fresh connection per probe: a hung replica's connection is discarded with the timeout, and
-    keep-alive would save little at one request per period."""
-    host, _, port = upstream.rpartition(":")
-    conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=timeout_s)
-    try:
-        conn.request("GET", f"/v1/models/{model}", headers={"Connection": "close"})
-        reply = conn.getresponse()
-        body = reply.read(64 * 1024)
-    finally:
-        conn.close()
-    if reply.status != 200:
-        raise ProbeFailed(f"HTTP {reply.status}")
-    try:
-        versions = json.loads(body).get("model_version_status") or []
-    except (ValueError, AttributeError):
-        raise ProbeFailed("status reply is not JSON") from None
-    if not any(isinstance(v, dict) and v.get("state") == "AVAILABLE" for v in versions):
-        raise ProbeFailed("no version AVAILABLE")
+    One kept-alive connection per replica (its probes never overlap, so one thread uses it at a
+    time): a probe costs one request, not a TCP handshake and a thread's worth of socket setup,
+    which is most of its CPU. Any failure closes the connection; the next probe opens a new one,
+    so a hung replica's connection is never reused."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, http.client.HTTPConnection] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, upstream: str, model: str, timeout_s: float) -> None:
+        with self._lock:
+            conn = self._conns.pop(upstream, None)
+        if conn is None:
+            host, _, port = upstream.rpartition(":")
+            conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=timeout_s)
+        conn.timeout = timeout_s
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
+        try:
+            conn.request("GET", f"/v1/models/{model}")
+            reply = conn.getresponse()
+            body = reply.read(64 * 1024)
+        except BaseException:
+            conn.close()
+            raise
+        if reply.will_close:
+            conn.close()
+        else:
+            with self._lock:
+                self._conns[upstream] = conn
+        if reply.status != 200:
+            raise ProbeFailed(f"HTTP {reply.status}")
+        try:
+            versions = json.loads(body).get("model_version_status") or []
+        except (ValueError, AttributeError):
+            raise ProbeFailed("status reply is not JSON") from None
+        if not any(isinstance(v, dict) and v.get("state") == "AVAILABLE" for v in versions):
+            raise ProbeFailed("no version AVAILABLE")
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+
+
+def tfserving_status(upstream: str, model: str, timeout_s: float) -> None:
+    """One TF Serving status probe on a fresh connection (for one-off checks and tests)."""
+    TFServingStatus()(upstream, model, timeout_s)
 
 
 class ProbesSource(Source):
@@ -85,7 +116,7 @@ class ProbesSource(Source):
         timeout_s: float = 0.4,
         workers: int = 16,
         inventory: Inventory | None = None,
-        call: HealthCall = tfserving_status,
+        call: HealthCall | None = None,
     ) -> None:
         """``inventory``: the watcher's shared one (its snapshot says which replicas run and where they
         listen); without it (``engines``, ``label_selector``, ``service_label``) a private one."""
@@ -96,7 +127,7 @@ class ProbesSource(Source):
         self.interval_s = interval_s
         self.timeout_s = timeout_s  # longer than interval_s: a slow replica's turns are skipped, not stacked
         self.workers = workers
-        self.call = call
+        self.call: HealthCall = call if call is not None else TFServingStatus()
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -124,6 +155,9 @@ class ProbesSource(Source):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)  # a probe ends within its timeout
             self._pool = None
+        close = getattr(self.call, "close", None)
+        if callable(close):
+            close()  # the kept-alive connections
         if self._owns_inventory:
             self.inventory.stop()
         self.connected = False
