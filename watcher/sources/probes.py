@@ -137,6 +137,7 @@ class ProbesSource(Source):
         self.sent = 0  # probes started
         self.skipped = 0  # turns skipped because the replica's previous probe was still out
         self.rounds = 0
+        self.unprobed: list[str] = []  # running replicas without an upstream address or model label
 
     def start(self) -> None:
         if not self._claim_start():
@@ -180,7 +181,10 @@ class ProbesSource(Source):
         states = self.inventory.engine_states()
         self.connected = all(state.listed for state in states.values())
         started = 0
-        probeable = [c for c in self.inventory.snapshot().running() if c.upstream and c.model and not c.load_balancer]
+        running = [c for c in self.inventory.snapshot().running() if not c.load_balancer]
+        probeable = [c for c in running if c.upstream and c.model]
+        # named in /status: a replica without its labels is not watched this way, and should be seen not to be
+        self.unprobed = sorted(c.name for c in running if not (c.upstream and c.model))
         with self._lock:  # a replica gone from the inventory takes its failure count with it
             keys = {c.key for c in probeable}
             self._failures = {k: n for k, n in self._failures.items() if k in keys}
@@ -204,6 +208,7 @@ class ProbesSource(Source):
         return started
 
     def _probe(self, container: WatchedContainer) -> None:
+        """One probe; its three samples go to the queue (never blocking: a full queue drops them)."""
         key = container.key
         assert container.upstream is not None and container.model is not None
         t0 = time.monotonic()
@@ -245,4 +250,5 @@ class ProbesSource(Source):
             "skipped": self.skipped,
             "in_flight": inflight,
             "failing": failing,
+            "unprobed": list(self.unprobed),
         }
