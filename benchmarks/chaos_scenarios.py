@@ -291,6 +291,13 @@ SCENARIOS: dict[str, Scenario] = {
             _fault("latency_creep"),
         ),
         Scenario(
+            "hang",
+            "replica 1 stops answering REST requests (the process stays up and logs nothing) until restarted",
+            60.0,
+            {"hang": {}},
+            _fault("hang"),
+        ),
+        Scenario(
             "hard-kill",
             "replica 1's server process is SIGKILLed without warning",
             45.0,

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="alert 'watcher blind' once every Prometheus query has failed this long"
     )
     stats_interval_s: float = Field(default=5.0, ge=0, description="Docker stats period; 0 = off")
+    probe_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="active probe period per replica (its own status call); 0 = off; at most one in flight each",
+    )
+    probe_timeout_s: float = Field(
+        default=0.4, gt=0, description="a probe not answered within this is failed (well below the proxy timeout)"
+    )
     # memory
     store: Path = Path("watcher.db")
     # acting
@@ -134,6 +142,12 @@ class Settings(BaseSettings):
         default=30.0,
         ge=0,
         description="wait after a replica's first restart in its budget window before the next (doubles each time)",
+    )
+    restart_takes_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long a restart takes until the replica serves, until the journal has measured one: "
+        "a finding with a shorter ETA is drained at once, and held drained when its restart is refused",
     )
     # the service itself
     api_listen: str = "127.0.0.1:9108"

@@ -252,6 +252,25 @@ class Journal:
             return self._load(f"WHERE state IN ({marks})", tuple(s.value for s in OPEN_STATES), limit)
         return self._load("", (), limit)
 
+    def restart_duration(self, target: str, recent: int = 50) -> float | None:
+        """How long the target's latest journalled restart took, from the restart (or recreate)
+        step's start to the end of the wait for it to serve again; None when the last ``recent``
+        incidents hold none. The policy compares a finding's ETA with it: a replica that cannot
+        wait for a restart is drained first."""
+        for incident in reversed(self.incidents(limit=recent)):
+            if incident.target != target or incident.dry_run:
+                continue
+            started: float | None = None
+            for step in reversed(incident.steps):  # the wait follows its restart: read back to front
+                if step.name == "wait_available":
+                    ok = step.status is StepStatus.DONE and step.ended is not None
+                    started = step.ended if ok else None
+                elif step.name in ("restart", "recreate") and started is not None:
+                    if step.status is StepStatus.DONE:
+                        return max(0.0, started - step.started)
+                    started = None
+        return None
+
     def open_counts(self) -> dict[str, int]:
         """What is open now: incidents running, and replicas whose latest (not dry-run) incident
         ended held, i.e. kept drained until someone releases them."""

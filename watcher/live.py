@@ -30,6 +30,7 @@ from watcher.sources.docker_logs import DockerLogsSource
 from watcher.sources.docker_stats import SERIES as DOCKER_STATS_SERIES
 from watcher.sources.docker_stats import DockerStatsSource
 from watcher.sources.file_logs import FileLogsSource, FileSpec
+from watcher.sources.probes import ProbesSource
 from watcher.sources.prometheus import PrometheusSource, PromQuery
 from watcher.store import Store, StoreError
 
@@ -47,6 +48,8 @@ class LiveConfig:
     prometheus_interval_s: float = 15.0
     prometheus_window: str = "1m"  # replaces $window in series queries: at least 4 scrape intervals
     stats_interval_s: float | None = 5.0  # None: no Docker stats
+    probe_interval_s: float | None = 0.5  # None: no active probes (they need Docker's upstream labels)
+    probe_timeout_s: float = 0.4
     # host log files; those marked load_balancer (the Nginx access/error logs) are the only lines
     # the engine attributes to the replica behind their upstream_addr
     files: list[FileSpec] = field(default_factory=list)
@@ -116,6 +119,12 @@ class LiveWatcher:
             ]
         if cfg.stats_interval_s and self._docker_stats_on:
             sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, inventory=inventory))
+        if cfg.probe_interval_s and inventory.engine_names:  # a replica's address is its Docker label
+            sources.append(
+                ProbesSource(
+                    self.queue, interval_s=cfg.probe_interval_s, timeout_s=cfg.probe_timeout_s, inventory=inventory
+                )
+            )
         if cfg.files:
             sources.append(FileLogsSource(self.queue, self.store, list(cfg.files)))
         if cfg.prometheus_url:

@@ -7,6 +7,12 @@ rule, one incident per replica at a time, a fleet-wide rate limit, capacity (nev
 the last healthy replica), and the restart budget with exponential backoff and a circuit breaker
 that stops acting and escalates once (the restart-forever loop users hate in docker-autoheal).
 
+Drain before you know why: a finding whose ETA is shorter than a restart takes (measured per
+replica from the journal, else ``restart_takes_s``) is drained first, always; and when the restart
+itself is refused (backoff, budget, circuit breaker) but draining is allowed (capacity, rate limit,
+pause and silences still decide), the replica is drained at once and held with a critical alert
+instead of being left to fail in rotation while the backoff runs.
+
 A refusal that can lapse says when (``Decision.retry_at``): the executor decides a still-active
 finding again then (:mod:`watcher.playbook.retries`), so a replica refused during its backoff is not
 left sick because its rule already fired. Pause, staleness and a resolved finding never lapse by time.
@@ -58,6 +64,9 @@ class GuardConfig:
     global_actions_per_minute: int = 10
     wait_available_s: float = 60.0
     max_hold_s: float = 600.0  # a weight-only plan keeps the weight until its finding resolves, at most this long
+    # how long a restart takes (restart to serving) when the journal has none measured for the replica:
+    # a finding whose ETA is shorter cannot wait for one, so it is drained at once (drain before you know why)
+    restart_takes_s: float = 10.0
     dry_run: bool = False
 
 
@@ -230,16 +239,30 @@ class Policy:
     # -- the decision --------------------------------------------------------------------------
     @_locked
     def decide(
-        self, finding: Finding, rule: AnyRule, defaults: Defaults, fleet: dict[str, ReplicaView], now: float
+        self,
+        finding: Finding,
+        rule: AnyRule,
+        defaults: Defaults,
+        fleet: dict[str, ReplicaView],
+        now: float,
+        restart_takes_s: float | None = None,
     ) -> Decision:
-        """A plan, or a refusal that says why and whether it can lapse while the finding is still fresh."""
-        decision = self._decide(finding, rule, defaults, fleet, now)
+        """A plan, or a refusal that says why and whether it can lapse while the finding is still fresh.
+        ``restart_takes_s``: this replica's measured restart duration (None: the configured one)."""
+        takes = self.config.restart_takes_s if restart_takes_s is None else restart_takes_s
+        decision = self._decide(finding, rule, defaults, fleet, now, takes)
         if decision.retry_at is not None and decision.retry_at - finding.ts > self.config.fresh_s:
             return replace(decision, retry_at=None)  # stale by then: it would start nothing
         return decision
 
     def _decide(
-        self, finding: Finding, rule: AnyRule, defaults: Defaults, fleet: dict[str, ReplicaView], now: float
+        self,
+        finding: Finding,
+        rule: AnyRule,
+        defaults: Defaults,
+        fleet: dict[str, ReplicaView],
+        now: float,
+        restart_takes_s: float,
     ) -> Decision:
         key = finding.target.key
         labels = {
@@ -256,6 +279,11 @@ class Policy:
         plan = plan_steps(rule, self.config.wait_available_s, self.config.max_hold_s)
         if not plan:
             return Decision(None, "rule has no actions")
+        # cannot wait for a restart: the drain comes first, and a refused restart does not keep it in rotation
+        urgent = plan.restarts and finding.eta_s is not None and finding.eta_s < restart_takes_s
+        if urgent and not isinstance(plan[0], Drain):
+            plan = Plan([Drain(), *plan])
+        blocked: Decision | None = None  # the restart is refused; an urgent finding may still be drained
         if self.paused:
             return Decision(None, "watcher is paused")
         for s in self.silences:
@@ -265,8 +293,11 @@ class Policy:
         if breaker is not None:
             closes_at = float(breaker["tripped_at"]) + defaults.max_restarts.per
             if now < closes_at:
-                return Decision(None, "circuit breaker open: restart budget exhausted", retry_at=closes_at)
-            del self.breakers[key]
+                blocked = Decision(None, "circuit breaker open: restart budget exhausted", retry_at=closes_at)
+                if not urgent:
+                    return blocked
+            else:
+                del self.breakers[key]
         if key in self.busy:
             return Decision(None, "an incident is already in progress for this replica", retry_at=now)
         last = self.last_action.get(f"{key}|{finding.rule_id}")
@@ -285,25 +316,39 @@ class Policy:
             refusal = self._capacity(key, finding.target.service, defaults, fleet)
             if refusal is not None:
                 return Decision(None, refusal, escalate=f"{key}: {refusal}", retry_at=now)
-        if plan.restarts:
-            window = [t for t in self.restarts.get(key, []) if now - t < defaults.max_restarts.per]
-            if len(window) >= defaults.max_restarts.count:
-                self.breakers[key] = {"tripped_at": now, "alerted": True}
-                self.save(now)
-                reason = (
-                    f"restart budget exhausted ({len(window)} restarts in {defaults.max_restarts.per:.0f}s):"
-                    " circuit breaker tripped"
-                )
-                return Decision(None, reason, escalate=f"{key}: {reason}", retry_at=now + defaults.max_restarts.per)
-            if window:
-                wait = self.config.backoff_base_s * 2 ** (len(window) - 1)
-                if now - window[-1] < wait:
-                    return Decision(
-                        None,
-                        f"backing off: next restart allowed {wait - (now - window[-1]):.0f}s from now",
-                        retry_at=window[-1] + wait,
-                    )
+        if plan.restarts and blocked is None:
+            blocked = self._restart_refusal(key, defaults, now)
+        if blocked is not None:
+            if not urgent:
+                return blocked
+            assert finding.eta_s is not None
+            why = (
+                f"{blocked.reason}; {finding.predicts.value} expected in {finding.eta_s:.0f}s, sooner than a"
+                f" restart takes ({restart_takes_s:.0f}s): drained now, held drained"
+            )
+            return Decision(Plan([Drain(), Hold(why=why)]), why, dry_run=self.config.dry_run)
         return Decision(plan, reason, dry_run=self.config.dry_run)
+
+    def _restart_refusal(self, key: str, defaults: Defaults, now: float) -> Decision | None:
+        """The restart budget (tripping the circuit breaker when it is spent) and the backoff."""
+        window = [t for t in self.restarts.get(key, []) if now - t < defaults.max_restarts.per]
+        if len(window) >= defaults.max_restarts.count:
+            self.breakers[key] = {"tripped_at": now, "alerted": True}
+            self.save(now)
+            reason = (
+                f"restart budget exhausted ({len(window)} restarts in {defaults.max_restarts.per:.0f}s):"
+                " circuit breaker tripped"
+            )
+            return Decision(None, reason, escalate=f"{key}: {reason}", retry_at=now + defaults.max_restarts.per)
+        if window:
+            wait = self.config.backoff_base_s * 2 ** (len(window) - 1)
+            if now - window[-1] < wait:
+                return Decision(
+                    None,
+                    f"backing off: next restart allowed {wait - (now - window[-1]):.0f}s from now",
+                    retry_at=window[-1] + wait,
+                )
+        return None
 
     def _capacity(self, key: str, service: str | None, defaults: Defaults, fleet: dict[str, ReplicaView]) -> str | None:
         if service is None:

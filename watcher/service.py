@@ -124,6 +124,8 @@ class Service:
             prometheus_interval_s=settings.prometheus_interval_s,
             prometheus_window=settings.prometheus_window,
             stats_interval_s=settings.effective_stats_interval_s,
+            probe_interval_s=settings.probe_interval_s or None,
+            probe_timeout_s=settings.probe_timeout_s,
             files=[
                 FileSpec(path, Target(name), load_balancer=name in settings.lb_log_files)
                 for name, path in settings.log_files.items()
@@ -138,7 +140,11 @@ class Service:
             alert_sinks=self._alert_sinks(),
             alert_queue_max=settings.alert_queue_max,
             alert_secrets=settings.secrets,
-            guard=GuardConfig(dry_run=settings.dry_run, backoff_base_s=settings.restart_backoff_s),
+            guard=GuardConfig(
+                dry_run=settings.dry_run,
+                backoff_base_s=settings.restart_backoff_s,
+                restart_takes_s=settings.restart_takes_s,
+            ),
             executor_config=ExecutorConfig(
                 model_repo=settings.model_repo,
                 pinned_versions=dict(settings.pinned_versions),

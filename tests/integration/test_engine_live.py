@@ -137,3 +137,19 @@ def test_prometheus_series_flag_the_slow_replica_as_a_member_of_its_service(bed:
     assert ratios and max(ratios) == 0.0  # no request failed on the server's side
     assert {s.target.service for s in seen if s.target is not None} == {"half_plus_two"}
     assert load.result(5).failed == 0
+
+
+def test_a_hung_replica_is_found_by_its_probes_within_1_5_s(bed: Testbed, watcher: LiveWatcher) -> None:
+    """Issue #17: the process stays up and logs nothing; its own status call stops answering. The
+    shipped probes (0.5 s period, 0.4 s timeout, two failures in a row) find it before the proxy's
+    3 s timeout has failed a client, and only it."""
+    sick = bed.replicas[1]
+    time.sleep(3.0)  # the inventory has listed the replicas and each has answered a probe
+    hung_at = time.time()
+    sick.set_faults({"hang": {}})
+    found = watcher.wait_for(lambda f: f.rule_id == "probe-unanswered" and not f.resolved, 10)
+    assert found.target.container == sick.name
+    print(f"hang found by its probes {found.ts - hung_at:.2f}s after it started")
+    assert found.ts - hung_at <= 1.5
+    flagged = {f.target.container for f in watcher.findings if f.rule_id == "probe-unanswered"}
+    assert flagged == {sick.name}

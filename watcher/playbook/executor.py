@@ -127,11 +127,13 @@ class Executor:
     def _decide(self, finding: Finding, now: float, retrying: Refused | None = None) -> int | None:
         rule, defaults = self.rules[finding.rule_id]
         with self._lock:
-            decision = self.policy.decide(finding, rule, defaults, self.fleet.views(), now)
+            key = finding.target.key
+            decision = self.policy.decide(
+                finding, rule, defaults, self.fleet.views(), now, restart_takes_s=self.journal.restart_duration(key)
+            )
             if decision.plan is None:
                 self._refused(finding, decision, now, retrying)
                 return None
-            key = finding.target.key
             replica = self.fleet.replica(key)
             held = self._held(key)
             if held is not None and replica is not None and self.shifter.get_weight(replica) == 0:

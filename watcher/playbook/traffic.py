@@ -102,10 +102,12 @@ class Restore(Step):
 
 @register
 class Hold(Step):
-    """Out of rotation and kept there, with a critical alert: the rule says a restart will not help."""
+    """Out of rotation and kept there, with a critical alert: the rule says a restart will not help,
+    or (``why``) the guard rails refused the restart of a replica that could not wait for it."""
 
     kind = "hold"
     ends_held = True
+    why: str = ""  # the alert's reason; empty: the rule's own hold (a restart will not fix it)
 
     @property
     def takes_capacity(self) -> bool:
@@ -113,7 +115,10 @@ class Hold(Step):
 
     def run(self, ctx: StepContext) -> str:
         ctx.shifter.set_weight(ctx.replica, 0)
-        ctx.alerts.incident(
-            ctx.incident, "critical", f"replica held drained ({ctx.incident.predicts}); a restart will not fix it"
-        )
+        why = self.why or "a restart will not fix it"
+        ctx.alerts.incident(ctx.incident, "critical", f"replica held drained ({ctx.incident.predicts}); {why}")
         return "held drained"
+
+    @classmethod
+    def _example(cls) -> Self:
+        return cls(why="restart refused: backing off")

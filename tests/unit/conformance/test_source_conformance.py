@@ -25,6 +25,7 @@ import watcher.sources.docker_events
 import watcher.sources.docker_logs
 import watcher.sources.docker_stats
 import watcher.sources.file_logs
+import watcher.sources.probes
 import watcher.sources.prometheus
 from tests.plugins import implementations
 from watcher.model import Sample, Target
@@ -109,12 +110,18 @@ def _docker_stats(tmp: Path, q: SignalQueue) -> Rig:
     return Rig(source, lambda: None, lambda: None)
 
 
+def _probes(tmp: Path, q: SignalQueue) -> Rig:
+    source = watcher.sources.probes.ProbesSource(q, engines=_down_engine(), interval_s=0.1, timeout_s=0.1)
+    return Rig(source, lambda: None, lambda: None)
+
+
 FACTORIES: dict[type[Source], Callable[[Path, SignalQueue], Rig]] = {
     watcher.sources.file_logs.FileLogsSource: _file_logs,
     watcher.sources.prometheus.PrometheusSource: _prometheus,
     watcher.sources.docker_logs.DockerLogsSource: _docker_logs,
     watcher.sources.docker_events.DockerEventsSource: _docker_events,
     watcher.sources.docker_stats.DockerStatsSource: _docker_stats,
+    watcher.sources.probes.ProbesSource: _probes,
 }
 
 
