@@ -235,7 +235,7 @@ def test_the_readme_says_which_signal_each_shipped_rule_reads() -> None:
         m[0]: int(m[1])
         for m in re.findall(r"(\w+) (\d+)", rows["container lifecycle (`die`, `oom`, `health_status`, restarts)"])
     }
-    series = " ".join(v for k, v in rows.items() if k.startswith(("memory", "error ratio")))
+    series = " ".join(v for k, v in rows.items() if k.startswith(("memory", "error ratio", "the replica's own")))
     for pack in load_packs([SHIPPED_RULES]):
         log_rules = [r for r in pack.rules if getattr(r, "match", None) is not None]
         event_rules = [r for r in pack.rules if getattr(r, "event", None) is not None]
