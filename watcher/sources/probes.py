@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+from watcher.actions.base import Replica
+from watcher.actions.protocols import ADAPTERS, DEFAULT_PROTOCOL, ServingProtocol
 from watcher.inventory import DEFAULT_SELECTOR, Inventory, WatchedContainer, shared_or_own
 from watcher.model import Sample
 from watcher.sources.base import Envelope, SignalQueue, Source
@@ -128,6 +130,7 @@ class ProbesSource(Source):
         self.timeout_s = timeout_s  # longer than interval_s: a slow replica's turns are skipped, not stacked
         self.workers = workers
         self.call: HealthCall = call if call is not None else TFServingStatus()
+        self._adapters: dict[str, ServingProtocol] = {}  # other protocols' adapters, one each
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -182,9 +185,10 @@ class ProbesSource(Source):
         self.connected = all(state.listed for state in states.values())
         started = 0
         running = [c for c in self.inventory.snapshot().running() if not c.load_balancer]
-        probeable = [c for c in running if c.upstream and c.model]
-        # named in /status: a replica without its labels is not watched this way, and should be seen not to be
-        self.unprobed = sorted(c.name for c in running if not (c.upstream and c.model))
+        probeable = [c for c in running if c.upstream and c.model and (c.protocol or DEFAULT_PROTOCOL) in ADAPTERS]
+        # named in /status: a replica without its labels (or with a protocol no adapter speaks) is not
+        # watched this way, and should be seen not to be
+        self.unprobed = sorted(c.name for c in running if c not in probeable)
         with self._lock:  # a replica gone from the inventory takes its failure count with it
             keys = {c.key for c in probeable}
             self._failures = {k: n for k, n in self._failures.items() if k in keys}
@@ -214,7 +218,10 @@ class ProbesSource(Source):
         t0 = time.monotonic()
         error: str | None = None
         try:
-            self.call(container.upstream, container.model, self.timeout_s)
+            if (container.protocol or DEFAULT_PROTOCOL) == DEFAULT_PROTOCOL:
+                self.call(container.upstream, container.model, self.timeout_s)
+            else:
+                self._ready(container)
         except TimeoutError:
             error = f"timed out after {self.timeout_s:g}s"
         except (ProbeFailed, OSError, http.client.HTTPException, ValueError) as exc:
@@ -237,6 +244,26 @@ class ProbesSource(Source):
         for series, value in (*values, ("probe_consecutive_failures", float(failures))):
             sample = Sample(series=series, ts=ts, value=value, target=container.target, labels=labels)
             self.queue.put(Envelope(sample, f"probes:{key}", None))
+
+    def _ready(self, container: WatchedContainer) -> None:
+        """Another protocol's readiness call (its adapter's ``ready``: V2 ``/v2/models/<m>/ready``,
+        KServe V1, TorchServe ``/ping``), so a server that is not TF Serving is never taken for hung."""
+        assert container.upstream is not None and container.model is not None
+        adapter = self._adapters.get(container.protocol or DEFAULT_PROTOCOL)
+        if adapter is None:
+            adapter = self._adapters[container.protocol or DEFAULT_PROTOCOL] = ADAPTERS[
+                container.protocol or DEFAULT_PROTOCOL
+            ](timeout_s=self.timeout_s)
+        replica = Replica(
+            container.target,
+            container.upstream,
+            f"http://{container.upstream}",
+            container.model,
+            protocol=container.protocol,
+        )
+        check = adapter.ready(replica)
+        if not check:
+            raise ProbeFailed(check.why)
 
     def status(self) -> dict[str, Any]:
         with self._lock:

@@ -85,6 +85,7 @@ class FakeTFServing:
 
     def __init__(self, slow: frozenset[int] = frozenset(), delay_s: float = 1.0) -> None:
         self.count = 0
+        self.paths: list[str] = []
         lock = threading.Lock()
         outer = self
 
@@ -92,6 +93,7 @@ class FakeTFServing:
             def do_GET(self) -> None:
                 with lock:
                     outer.count += 1
+                    outer.paths.append(self.path)
                     n = outer.count
                 if n in slow:
                     time.sleep(delay_s)
@@ -277,5 +279,22 @@ def test_a_replica_without_its_model_label_is_not_probed_and_says_so() -> None:
         assert server.count == 0
         assert status["unprobed"] == ["tfs-2"]
         json.dumps(status)
+    finally:
+        server.close()
+
+
+def test_a_replica_of_another_protocol_is_probed_with_its_own_readiness_call() -> None:
+    """A V2 server (MLServer, KServe, Triton) answers its own readiness call, not TF Serving's: it is
+    never taken for hung; a protocol no adapter speaks is not probed and says so."""
+    server = FakeTFServing()
+    try:
+        v2 = replace(replica("ml-0", server.address), protocol="v2")
+        unknown = replace(replica("odd-0", server.address), protocol="grpc-only")
+        with Watch(FakeInventory([v2, unknown])) as watch:
+            time.sleep(1.6)
+            status = watch.source.status()
+        assert server.paths and all(p.startswith("/v2/") for p in server.paths), server.paths
+        assert watch.raised() == [] and status["failing"] == []
+        assert status["unprobed"] == ["odd-0"]
     finally:
         server.close()
