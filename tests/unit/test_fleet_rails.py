@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from tests.unit.playbook.test_step_conformance import FakeDocker, HealthyModel
 from tests.unit.test_executor import Alerts, FakeShifter
 from tests.unit.test_inventory import NAMES, FakeContainer, FakeEngine
-from watcher.actions.base import Replica
+from watcher.actions.base import Alert, Replica
+from watcher.engine_alerts import EngineAlerts
 from watcher.fleet import Fleet
 from watcher.inventory import Inventory
 from watcher.journal import Journal
@@ -231,3 +232,114 @@ def test_rails_hold_per_service_across_engines(spec: dict[str, Any], batches: li
         finally:
             world.gate.set()
             executor.shutdown()
+
+
+# -- engines that come and go, replicas that move -------------------------------------------------------
+def three_engines(tmp: Path, replicas: list[tuple[int, str]] | None = None) -> tuple[World, Executor, Inventory]:
+    """Service s0: one replica on each of engines a, b, c (max_unavailable 1, min_healthy 1)."""
+    spec = {
+        "engines": 3,
+        "down": set(),
+        "services": [replicas or [(0, "ok"), (1, "ok"), (2, "ok")]],
+        "max_unavailable": 1,
+        "min_healthy": 1,
+    }
+    world, executor, inventory, _ = build(tmp, spec)
+    world.gate.set()
+    return world, executor, inventory
+
+
+def set_down(world: World, inventory: Inventory, engine: str, down: bool) -> None:
+    world.engines[engine].failing = down
+    (world.down.add if down else world.down.discard)(engine)
+    inventory.rescan(engine)
+
+
+def test_an_unreachable_engines_replica_is_unknown_never_acted_on_and_decided_again_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    world, executor, inventory = three_engines(tmp_path)
+    try:
+        set_down(world, inventory, "a", True)
+        view = executor.fleet.views()["a/s0-r0"]
+        assert view.unknown and not view.serving  # kept, not forgotten: the rails count it
+        assert executor.on_finding(finding("a/s0-r0", "s0", "slow")) is None
+        [(_target, _rule, why)] = executor.refusals
+        assert why == "engine a unreachable: replica state unknown"
+        # a fault on a reachable replica of the service: a's replica may be down, so max_unavailable 1 is spent
+        assert executor.on_finding(finding("b/s0-r1", "s0", "slow")) is None
+        assert "would make 2 replica(s) of s0 unavailable" in executor.refusals[-1][2]
+        assert executor.shifter.history == []  # type: ignore[attr-defined]
+        set_down(world, inventory, "a", False)  # the engine answers again
+        opened = executor.retry_refused()  # the decision thread's next tick
+        executor.wait(5)
+        assert len(opened) == 1 and world.violations == []
+        assert world.taken_out == 1  # one of the two still-active findings acted; the other waits for capacity
+    finally:
+        executor.shutdown()
+
+
+def test_a_replica_moved_to_another_engine_counts_once(tmp_path: Path) -> None:
+    # s0-r0 and s0-r1 on engine a; s0-r0 is moved to engine b: a lists its old container stopped
+    world, executor, inventory = three_engines(tmp_path, [(0, "ok"), (0, "ok")])
+    try:
+        _engine, old = world.containers["a/s0-r0"]
+        old.running = False
+        labels = {**old.labels, "watcher.upstream": "127.0.0.1:9100"}
+        world.engines["b"].run("s0-r0", labels, quiet=True)
+        inventory.rescan()
+        views = executor.fleet.views()
+        assert views["a/s0-r0"].identity == views["b/s0-r0"].identity  # one replica, seen on two engines
+        # two replicas, both serving: draining r1 leaves one serving and one unavailable (max_unavailable 1)
+        assert executor.on_finding(finding("a/s0-r1", "s0", "slow")) is not None, executor.refusals
+    finally:
+        executor.shutdown()
+
+
+def test_two_running_copies_of_one_name_on_two_engines_are_two_replicas(tmp_path: Path) -> None:
+    """The same Compose project on two hosts names its containers alike: both run, both count."""
+    world, executor, _inventory = three_engines(tmp_path, [(0, "ok"), (1, "ok")])
+    try:
+        _engine, c = world.containers["b/s0-r1"]
+        c.name = "s0-r0"
+        executor.fleet.inventory.rescan()
+        views = executor.fleet.views()
+        assert views["a/s0-r0"].identity != views["b/s0-r0"].identity
+        assert executor.on_finding(finding("a/s0-r0", "s0", "slow")) is not None, executor.refusals
+    finally:
+        executor.shutdown()
+
+
+class RecordingAlerts(Alerts):
+    def __init__(self) -> None:
+        super().__init__()
+        self.resolved: list[Alert] = []
+
+    def resolve(self, alert: Alert) -> None:
+        self.resolved.append(alert)
+
+
+def test_an_engine_that_stops_answering_is_alerted_by_name_once_and_resolved_when_it_returns(tmp_path: Path) -> None:
+    world, executor, inventory = three_engines(tmp_path)
+    alerts = RecordingAlerts()
+    engine_alerts = EngineAlerts(inventory, lambda: alerts, resend_s=300)  # type: ignore[arg-type,return-value]
+    try:
+        engine_alerts.check(1000.0)
+        assert alerts.fired == []
+        set_down(world, inventory, "b", True)
+        for now in (1001.0, 1002.0, 1100.0):
+            engine_alerts.check(now)
+        [alert] = alerts.fired  # once per state change, not per check
+        assert alert.labels["alertname"] == "ServingWatcherEngineDown" and alert.labels["engine"] == "b"
+        assert "Docker engine b unreachable" in alert.annotations["summary"]
+        assert "1 replica(s) are unknown (s0-r1)" in alert.annotations["summary"]
+        engine_alerts.check(1301.0)  # still down after the re-send period: kept active
+        assert len(alerts.fired) == 2 and alerts.fired[1].labels == alert.labels and alerts.resolved == []
+        set_down(world, inventory, "b", False)
+        engine_alerts.check(1302.0)
+        engine_alerts.check(1303.0)
+        [resolved] = alerts.resolved
+        assert resolved.labels == alert.labels and resolved.ends_at == 1302.0
+        assert engine_alerts.down == []
+    finally:
+        executor.shutdown()
