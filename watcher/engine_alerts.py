@@ -20,8 +20,6 @@ from watcher.timefmt import format_rfc3339
 
 log = logging.getLogger("watcher")
 
-ALERT_NAME = "ServingWatcherEngineDown"
-
 
 @dataclass
 class _Outage:
@@ -63,7 +61,7 @@ class EngineAlerts:
                     " and the guard rails count them as unavailable"
                 )
                 alert = Alert.build(
-                    ALERT_NAME,
+                    "ServingWatcherEngineDown",
                     None,
                     severity="warning",
                     labels={"engine": engine},
