@@ -71,8 +71,11 @@ class LogsApi(FakeApi):
         return {"State": {"Running": self.engine.by_id[cid].running}}
 
 
+BASE_S = int(time.time()) - 60  # a minute ago: inside the source's backfill window
+
+
 def ts(second: int, nanos: int = 0) -> str:
-    base = datetime.fromtimestamp(int(time.time()) - 60 + second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    base = datetime.fromtimestamp(BASE_S + second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{base}.{nanos:09d}Z"
 
 
