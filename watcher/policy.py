@@ -5,8 +5,9 @@ freshness (act only on fresh, unresolved findings), silences, pause, cooldown pe
 rule, one incident per replica at a time, a fleet-wide rate limit, capacity (never drain below
 ``min_healthy`` serving replicas, never more than ``max_unavailable`` out of a service — so never
 the last healthy replica — counted per service across every engine, with a replica whose engine does
-not answer, or with an incident in progress, counted as unavailable), and the restart budget with exponential backoff and a circuit breaker
-that stops acting and escalates once (the restart-forever loop users hate in docker-autoheal).
+not answer, or with an incident in progress, counted as unavailable), and the restart budget with
+exponential backoff and a circuit breaker that stops acting and escalates once (the restart-forever
+loop users hate in docker-autoheal).
 
 A refusal that can lapse says when (``Decision.retry_at``): the executor decides a still-active
 finding again then (:mod:`watcher.playbook.retries`), so a replica refused during its backoff is not

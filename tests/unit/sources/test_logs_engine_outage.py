@@ -45,8 +45,8 @@ class LogsApi(FakeApi):
     def _get(self, url: str, params: dict[str, Any], stream: bool) -> _Response:
         if self.engine.failing:
             raise docker.errors.APIError("engine unreachable")
-        self.since.append(params["since"])
-        seconds, _, nanos = params["since"].partition(".")
+        self.since.append(params.get("since", ""))  # none: the whole log (no cursor, no backfill bound)
+        seconds, _, nanos = (params.get("since") or "0").partition(".")
         since_ns = int(seconds) * 10**9 + int(nanos.ljust(9, "0"))
         body = b""
         for ts, text in self.lines:
@@ -71,7 +71,7 @@ class LogsApi(FakeApi):
         return {"State": {"Running": self.engine.by_id[cid].running}}
 
 
-BASE_S = int(time.time()) - 60  # a minute ago: inside the source's backfill window
+BASE_S = int(time.time()) - 60  # any fixed time: the source reads the whole log (backfill_s=None)
 
 
 def ts(second: int, nanos: int = 0) -> str:
@@ -87,7 +87,7 @@ def test_an_engine_that_returns_resumes_each_log_from_its_cursor(tmp_path: Any) 
     inventory = Inventory({"a": engine}, NAMES, rescan_s=3600)  # type: ignore[dict-item]
     inventory.rescan()
     queue = SignalQueue(100, 100)
-    logs = DockerLogsSource(queue, Store(tmp_path / "s.db"), inventory=inventory)
+    logs = DockerLogsSource(queue, Store(tmp_path / "s.db"), backfill_s=None, inventory=inventory)
     logs.start()
     delivered: list[str] = []
 
