@@ -36,9 +36,28 @@ class Fleet:
         self._views: dict[str, ReplicaView] = {}
 
     def refresh(self) -> None:
-        """Views of every known replica (stopped ones too); serving also asks the load balancer."""
+        """Views of every known replica (stopped ones too); serving also asks the load balancer.
+
+        The replicas of an engine that does not answer are kept, as unknown (never serving): the
+        rails must count them as unavailable, not forget them. A container name seen on more than
+        one engine within a service, running on at most one reachable engine, is one replica that
+        moved (its old engine still lists it stopped, or is down): its views share one identity, so
+        capacity counts it once. Two running copies on reachable engines are two replicas (the same
+        Compose project deployed on two hosts names its containers alike)."""
+        snapshot = self.inventory.snapshot()
+        known = list(snapshot.current())
+        unknown = list(snapshot.unknown())
+        live: dict[tuple[str | None, str], int] = {}
+        for c in known:
+            if c.running:
+                live[(c.target.service, c.target.container)] = live.get((c.target.service, c.target.container), 0) + 1
         views: dict[str, ReplicaView] = {}
-        for c in self.inventory.snapshot().current():
+        for c, reachable in [(c, True) for c in known] + [(c, False) for c in unknown]:
+            moved_once = live.get((c.target.service, c.target.container), 0) <= 1
+            identity = f"{c.target.service}/{c.target.container}" if moved_once else c.key
+            if not reachable:
+                views[c.key] = ReplicaView(c.key, c.target.service, False, unknown=True, replica=identity)
+                continue
             serving = c.serving
             replica = replica_of(c)
             if replica is not None and serving and self.weight_of is not None:
@@ -46,7 +65,7 @@ class Fleet:
                     serving = self.weight_of(replica) > 0
                 except Exception:
                     serving = False
-            views[c.key] = ReplicaView(c.key, c.target.service, serving)
+            views[c.key] = ReplicaView(c.key, c.target.service, serving, replica=identity)
         self._views = views
 
     def replica(self, key: str) -> Replica | None:

@@ -202,6 +202,13 @@ class Snapshot:
     def running(self, engine: str | None = None) -> Iterator[WatchedContainer]:
         return (c for c in self.current(engine) if c.running)
 
+    def unknown(self) -> Iterator[WatchedContainer]:
+        """The last known containers of the engines whose last listing failed: their state is unknown
+        (the engine is down or cut off), so the capacity rails count them as unavailable."""
+        for name, containers in self.engines.items():
+            if not self.listed.get(name, False):
+                yield from containers.values()
+
     def by_key(self, key: str) -> WatchedContainer | None:
         """``engine/name`` -> the container now carrying that name."""
         return next((c for c in self.current() if c.key == key), None)

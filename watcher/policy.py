@@ -4,8 +4,10 @@ Everything that stops the watcher from making an outage worse lives here and now
 freshness (act only on fresh, unresolved findings), silences, pause, cooldown per replica and
 rule, one incident per replica at a time, a fleet-wide rate limit, capacity (never drain below
 ``min_healthy`` serving replicas, never more than ``max_unavailable`` out of a service — so never
-the last healthy replica), and the restart budget with exponential backoff and a circuit breaker
-that stops acting and escalates once (the restart-forever loop users hate in docker-autoheal).
+the last healthy replica — counted per service across every engine, with a replica whose engine does
+not answer, or with an incident in progress, counted as unavailable), and the restart budget with
+exponential backoff and a circuit breaker that stops acting and escalates once (the restart-forever
+loop users hate in docker-autoheal).
 
 Drain before you know why: a finding whose ETA is shorter than a restart takes (measured per
 replica from the journal, else ``restart_takes_s``) is drained first, always; and when the restart
@@ -77,6 +79,15 @@ class ReplicaView:
     key: str
     service: str | None
     serving: bool  # in rotation, running, not unhealthy
+    # its engine is unreachable: state unknown, so never acted on and counted as unavailable by the rails
+    unknown: bool = False
+    # which replica of the service this is, across engines ("" = its key): a replica moved to another
+    # engine keeps its name, and its old and new views then share it, so capacity counts it once
+    replica: str = ""
+
+    @property
+    def identity(self) -> str:
+        return self.replica or self.key
 
 
 @dataclass(frozen=True)
@@ -300,6 +311,9 @@ class Policy:
                 del self.breakers[key]
         if key in self.busy:
             return Decision(None, "an incident is already in progress for this replica", retry_at=now)
+        me = fleet.get(key)
+        if me is not None and me.unknown:  # decided again when the engine answers (while the finding is fresh)
+            return Decision(None, f"engine {finding.target.engine} unreachable: replica state unknown", retry_at=now)
         last = self.last_action.get(f"{key}|{finding.rule_id}")
         reason = "planned"
         if last is not None and now - last < defaults.cooldown:
@@ -351,16 +365,24 @@ class Policy:
         return None
 
     def _capacity(self, key: str, service: str | None, defaults: Defaults, fleet: dict[str, ReplicaView]) -> str | None:
+        """Per service, across every engine. Counted as unavailable: a replica out of rotation, one
+        whose engine is unreachable (unknown: it may be down), and one with an incident in progress
+        (its plan may take it out at any step: a second finding decided before the first plan's drain
+        ran must not see it serving). A replica seen on two engines (moved) counts once."""
         if service is None:
             return None  # a lone container: nothing to keep serving beside it
         peers = [r for r in fleet.values() if r.service == service]
         if not peers:
             return None
+        serving: dict[str, bool] = {}  # replica identity -> in rotation on some engine
+        for r in peers:
+            serving[r.identity] = serving.get(r.identity, False) or (r.serving and r.key not in self.busy)
         me = fleet.get(key)
-        if me is not None and not me.serving:
+        mine = me.identity if me is not None else key
+        if me is not None and not serving[mine]:
             return None  # already out of rotation (down, unhealthy): taking it out removes nothing
-        serving_after = [r for r in peers if r.serving and r.key != key]
-        unavailable_after = [r for r in peers if not r.serving or r.key == key]
+        serving_after = [i for i, up in serving.items() if up and i != mine]
+        unavailable_after = [i for i, up in serving.items() if not up and i != mine] + [mine]
         min_healthy = max(defaults.min_healthy, 1)
         if len(serving_after) < min_healthy:
             return f"would leave {len(serving_after)} serving replica(s) in {service} (min_healthy {min_healthy})"

@@ -29,6 +29,7 @@ from watcher.actions.nginx import ContainerNginxReload, HostNginxReload, NginxRe
 from watcher.api import Api, positive_seconds
 from watcher.assembly import assemble
 from watcher.config import Settings
+from watcher.engine_alerts import EngineAlerts
 from watcher.fleet import replica_of
 from watcher.inventory import make_clients
 from watcher.live import LiveConfig
@@ -182,6 +183,12 @@ class Service:
         self._replaced: Alert | None = None  # the "store replaced" alert while actions stay paused
         self._replaced_sent = 0.0
         self._pack_mtimes = self._mtimes()
+        self.engine_alerts = EngineAlerts(
+            self.fleet.inventory,
+            lambda: self.alerter,
+            resend_s=settings.alert_resend_s,
+            redact=lambda text: redact_text(text, settings.secrets),
+        )
 
     def _api(self, settings: Settings) -> Api:
         return Api(
@@ -520,6 +527,8 @@ class Service:
                 self._stop.set()
                 return
             self._check_blind(now)
+            if self.clients:  # an engine that does not answer: its replicas are unknown, say so by name
+                self.engine_alerts.check(now)
             self.executor.alerts.tick(now)
             self._keep_replaced_alert(now)
             if now - last_beat >= self.settings.heartbeat_s:

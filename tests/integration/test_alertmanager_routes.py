@@ -69,6 +69,11 @@ CASES: list[tuple[str, Alert, str]] = [
         Alert.build("ServingWatcherBlind", None, severity="warning", labels={"source": "prometheus"}),
         "team",
     ),
+    (
+        "engine down",
+        Alert.build("ServingWatcherEngineDown", None, severity="warning", labels={"engine": "host-b"}),
+        "team",
+    ),
 ]
 
 
