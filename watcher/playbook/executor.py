@@ -113,15 +113,22 @@ class Executor:
         good, or an incident, is journalled as a first decision would be. Returns the incidents opened."""
         now = self.clock.now()
         opened = []
+        changed: set[str | None] = set()  # services an incident of this tick is changing
         for entry in self.retries.due(now):
             if (entry.finding.target.key, entry.finding.rule_id) not in self.retries:
                 continue  # an incident opened earlier in this tick for its replica took it out
+            if entry.finding.target.service in changed:
+                # one capacity change per service per tick: the next tick decides on a fleet view
+                # that shows the first one's effect (two findings refused for capacity together
+                # must not both act the moment capacity frees up)
+                continue
             if entry.finding.rule_id not in self.rules:  # a reload dropped the rule
                 self.retries.discard(entry.finding.target.key, entry.finding.rule_id)
                 continue
             incident = self._decide(entry.finding, now, retrying=entry)
             if incident is not None:
                 opened.append(incident)
+                changed.add(entry.finding.target.service)
         return opened
 
     def _decide(self, finding: Finding, now: float, retrying: Refused | None = None) -> int | None:
