@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system venv docker images lint typecheck unit integration test demo testbed clean
+.PHONY: help setup system venv docker images oip-servers lint typecheck unit integration test demo testbed clean
 
 help:
 	@echo "make demo   - start the loopback testbed, inject a fault, show what happens"
@@ -43,7 +43,11 @@ typecheck: venv
 unit: venv
 	$(VENV)/bin/pytest tests/unit -m "not integration" $(PYTEST_ARGS)
 
-integration: setup
+# real MLServer and KServe (PyPI) in their own virtualenv, build/oip-venv (tests/integration/test_protocols_real.py)
+oip-servers: system
+	@scripts/install-oip-servers.sh
+
+integration: setup oip-servers
 	$(VENV)/bin/pytest tests -m integration $(PYTEST_ARGS)
 
 test: lint typecheck unit integration

@@ -9,14 +9,20 @@
 # Measured here (2 cores, Python 3.11): download 43 s; offline venv + install 31 s; wheelhouse 119 MB
 # (98 wheels), venv 680 MB.
 set -euo pipefail
-VENV="${OIP_VENV:-/work/venvs/oip}"
-WHEELHOUSE="${OIP_WHEELHOUSE:-/work/wheelhouse/oip}"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${OIP_VENV:-$REPO/build/oip-venv}"
+WHEELHOUSE="${OIP_WHEELHOUSE:-$REPO/build/oip-wheels}"
 PYTHON="${PYTHON:-python3}"
 # the versions tests/integration/test_protocols_real.py and the recorded answers were taken with
 PACKAGES=(mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1 joblib==1.6.0 kserve==0.16.0)
 
 offline=0
 [[ "${1:-}" == "--offline" ]] && offline=1
+STAMP="$VENV/.installed-$(echo "${PACKAGES[*]}" | sha256sum | cut -c1-12)"
+if [[ -f "$STAMP" ]]; then
+  echo "OIP servers already installed in $VENV"
+  exit 0
+fi
 
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip wheel 2>/dev/null || [[ $offline == 1 ]]
@@ -28,4 +34,5 @@ fi
 # one import per process: MLServer and KServe register the same V2 protobuf symbols and cannot share one
 "$VENV/bin/python" -c "import mlserver, sklearn; print('mlserver', mlserver.__version__, 'sklearn', sklearn.__version__)"
 "$VENV/bin/python" -c "import kserve; print('kserve imports')"
+touch "$STAMP"
 echo "OIP servers installed in $VENV (wheels in $WHEELHOUSE)"
