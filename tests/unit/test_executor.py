@@ -279,3 +279,28 @@ def test_a_replica_known_only_by_its_series_is_alerted_never_acted_on(tmp_path: 
     assert executor.on_finding(slow(Target("gone", service="m"))) is None
     assert [r[2] for r in executor.refusals] == ["replica has no load-balancer address/model label"]
     assert shifter.history == [] and len(journal.incidents()) == 1
+
+
+class HungVerifier(FakeVerifier):
+    """A replica that does not answer its status call (hung): the version query blocks until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def served_version(self, replica: Replica) -> str | None:
+        self.release.wait(10)
+        return "2"
+
+
+def test_a_hung_replica_is_drained_without_waiting_for_its_version_query(tmp_path: Path) -> None:
+    executor, shifter, _alerts, journal = make(tmp_path)
+    hung = HungVerifier()
+    executor.verifier = hung  # type: ignore[assignment]
+    try:
+        executor.on_finding(slow(TARGETS[0]))  # returns while the version query is still blocked
+        [incident] = journal.incidents()
+        assert incident.version_before is None  # not known in time: verify expects the pinned/repository version
+        wait_until(lambda: shifter.history[:1] == [(TARGETS[0].key, 0)])
+        assert not hung.release.is_set()  # drained while the query still hangs
+    finally:
+        hung.release.set()

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from watcher.actions.base import ActionError, Alerter, ChangeRefused, Replica, Restarter, TrafficShifter
@@ -45,6 +46,7 @@ __all__ = ["Executor", "ExecutorConfig"]
 
 log = logging.getLogger("watcher")
 
+VERSION_BEFORE_WAIT_S = 0.25  # a serving replica answers its status call in milliseconds
 MAX_REFUSALS = 1000  # the most recent refusals kept for status and tests
 STORE_NOT_WRITABLE = "store not writable"  # the refusal when the journal cannot record the plan
 
@@ -90,6 +92,9 @@ class Executor:
         )
         self.resolved = ResolvedFindings()
         self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="playbook")
+        # the version a replica serves when its incident opens, asked off the decision path: a hung
+        # replica must not hold its own drain back by the length of a version query's timeout
+        self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="version-before")
         self._lock = threading.Lock()
         self._futures: dict[int, Future[None]] = {}  # incidents still running (finished ones are pruned)
         self.refusals: deque[tuple[str, str, str]] = deque(maxlen=MAX_REFUSALS)  # (target, rule, reason)
@@ -154,7 +159,7 @@ class Executor:
                 self._refused(finding, Decision(None, "replica has no load-balancer address/model label"), now)
                 return None
             dry_run = decision.dry_run or observe_only
-            before = self.verifier.served_version(replica) if replica is not None else None
+            before = self._version_before(replica) if replica is not None else None
             if observe_only:
                 note = "observe-and-alert: no Docker engine watches this replica; nothing touched"
             else:
@@ -186,6 +191,17 @@ class Executor:
             self.policy.busy.add(key)
             self._submit(incident_id)
         return incident_id
+
+    def _version_before(self, replica: Replica) -> str | None:
+        """What the replica serves now, if it says so within :data:`VERSION_BEFORE_WAIT_S`; else None
+        (verification then expects the pinned or the repository's version, as for a replica that
+        was down). Measured: on a hung replica the 2 s query put its drain 2 s after the finding,
+        and every request Nginx sent it meanwhile failed."""
+        future = self._lookups.submit(self.verifier.served_version, replica)
+        try:
+            return future.result(timeout=VERSION_BEFORE_WAIT_S)
+        except FutureTimeout:
+            return None
 
     def _alert_dry_run(self, incident_id: int, note: str) -> None:
         """A dry run tells a human what was found and what would have been done: the alert is the
@@ -253,6 +269,7 @@ class Executor:
     def shutdown(self) -> None:
         self.interrupt_waits()
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._lookups.shutdown(wait=False, cancel_futures=True)
 
     def escalate(self, key: str, summary: str, rule_id: str = "") -> None:
         """One alert per (replica, rule, kind of refusal); the alerter drops repeats in its window."""
