@@ -600,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-png", action="store_true", help="skip the PNG timelines")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of earlier runs, then exit")
+    p.add_argument("--merged", type=Path, default=None, metavar="JSON", help="with --table: write the merged rows here")
     p.add_argument("--list", action="store_true", help="list the scenarios and their defaults, then exit")
     return p
 
@@ -607,8 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.table:
-        earlier = [row for path in args.table for row in json.loads(Path(path).read_text())]
-        print(markdown_table(earlier))
+        # one row per scenario x strategy, a later file's row replacing an earlier one's (a re-run)
+        merged = {(r["scenario"], r["strategy"]): r for path in args.table for r in json.loads(Path(path).read_text())}
+        order = list(SCENARIOS)
+        rows = sorted(
+            merged.values(),
+            key=lambda r: (
+                order.index(r["scenario"]) if r["scenario"] in order else len(order),
+                STRATEGIES.index(r["strategy"]),
+            ),
+        )
+        if args.merged is not None:
+            args.merged.write_text(json.dumps(rows, indent=1, default=str))
+        print(markdown_table(rows))
         return 0
     if args.list:
         for s in SCENARIOS.values():
