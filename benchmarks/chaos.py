@@ -24,8 +24,17 @@ and at the end the testbed is torn down. Strategies differ only in what acts on 
 
 Writes the JSON (a list, one object per scenario x strategy), a markdown table next to it
 (``PATH`` with ``.md``) and one PNG timeline per scenario (``PATH`` stem + ``-<scenario>.png``).
-Durations: see ``--list``; the default full run (all 8 scenarios x 4 strategies) is about
-80 minutes (healthy-noise alone 40), ``--quick`` about 2.5 minutes.
+Durations: see ``--list``; the default full run (all 11 scenarios x 4 strategies) is about
+2 hours (healthy-noise and healthy-noise-fast 40 minutes each), ``--quick`` about 2.5 minutes.
+
+The rate sweep (issue 17), ``--sweep leak`` or ``--rates 1,2,4,8,16,32``: ``leak-oom`` at each rate under
+the same limit (``--set bed.memory_limit_mb=...``), strategies none, seed and watcher unless
+``--strategy`` says otherwise, each run as long as the warm-up, the time the leak takes from the
+simulator's resting ~60 MB to the limit and a margin (``--list`` prints them: 250 s at 1 MB/s down to
+42 s at 32 MB/s; the whole sweep about 40 minutes). The .md leads with a table per rate — failed
+requests per strategy, the watcher's first finding, its lead over the none run's failure, and whether
+that finding came no later than half the time to the limit (the none run's OOM kill, else the
+estimate) — then every run's row.
 """
 
 from __future__ import annotations

@@ -361,11 +361,11 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "healthy-noise-fast",
             "nothing fails: log noise, a fast bounded GC sawtooth on replica 1 (40 MB in 2 s, held 1 s, "
-            "freed, every 8 s), load bursts",
+            "freed, every 10 s), load bursts",
             600.0,
             {
                 "noise": {"lines_per_s": 5},
-                "sawtooth": {"mb_per_s": 20, "max_mb": 40, "period_s": 8, "on_s": 3},
+                "sawtooth": {"mb_per_s": 20, "max_mb": 40, "period_s": 10, "on_s": 3},
                 "jitter": {"extra_rate": 10, "burst_s": 5, "every_s": 30},
             },
             _noise_start,
