@@ -24,13 +24,23 @@ and at the end the testbed is torn down. Strategies differ only in what acts on 
 
 Writes the JSON (a list, one object per scenario x strategy), a markdown table next to it
 (``PATH`` with ``.md``) and one PNG timeline per scenario (``PATH`` stem + ``-<scenario>.png``).
-Durations: see ``--list``; the default full run (all 8 scenarios x 4 strategies) is about
-80 minutes (healthy-noise alone 40), ``--quick`` about 2.5 minutes.
+Durations: see ``--list``; the default full run (all 11 scenarios x 4 strategies) is about
+2 hours (healthy-noise and healthy-noise-fast 40 minutes each), ``--quick`` about 2.5 minutes.
+
+The rate sweep (issue 17), ``--sweep leak`` or ``--rates 1,2,4,8,16,32``: ``leak-oom`` at each rate under
+the same limit (``--set bed.memory_limit_mb=...``), strategies none, seed and watcher unless
+``--strategy`` says otherwise, each run as long as the warm-up, the time the leak takes from the
+simulator's resting ~60 MB to the limit and a margin (``--list`` prints them: 250 s at 1 MB/s down to
+42 s at 32 MB/s; the whole sweep about 40 minutes). The .md leads with a table per rate — failed
+requests per strategy, the watcher's first finding, its lead over the none run's failure, and whether
+that finding came no later than half the time to the limit (the none run's OOM kill, else the
+estimate) — then every run's row.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -59,6 +69,7 @@ from benchmarks.chaos_scenarios import (
     Context,
     PhasedExpected,
     Scenario,
+    faulty_indices,
     parse_set,
     testbed_config,
 )
@@ -254,7 +265,7 @@ def run_one(
             }
         elif strategy == "autoheal":
             autoheal = Autoheal(bed).start()
-        sampler = MemorySampler(bed, FAULTY if scenario.faulty is None else scenario.faulty).start()
+        sampler = MemorySampler(bed, (faulty_indices(scenario) or (FAULTY,))[0]).start()
         expected = PhasedExpected({"2": SMOKE["2"]["predictions"]})
         load_p = scenario.params.get("load", {})
         gen = LoadGenerator(
@@ -347,7 +358,8 @@ def measure(run: Run, none_failure_s: float | None) -> dict[str, Any]:
     failed = [r for r in records if not r.ok]
     lat = [r.latency_ms for r in records]
     window = [e for e in run.events if e[0] >= t0 - 1]
-    faulty_name = run.replica_names[sc.faulty] if sc.faulty is not None and run.replica_names else None
+    # the replica(s) the fault hits, by container name (empty: none is faulty)
+    faulty_names = [run.replica_names[i] for i in faulty_indices(sc)] if run.replica_names else []
     # a restart-policy restart emits die/start, `docker restart` kill/die/stop/start/restart:
     # count every restart once, as its "start"
     restarts = sum(1 for e in window if e[2] == "start" and e[0] >= t0)
@@ -360,7 +372,7 @@ def measure(run: Run, none_failure_s: float | None) -> dict[str, Any]:
         e
         for e in window
         if e[2] in ("oom", "die")
-        and e[1] == faulty_name
+        and e[1] in faulty_names
         and e[0] >= run.fault_ts
         and not (e[2] == "die" and any(t - 0.5 <= e[0] <= t + 20.0 for t in remedial))
     ]
@@ -375,15 +387,15 @@ def measure(run: Run, none_failure_s: float | None) -> dict[str, Any]:
         action_times = [ts for ts, _name in run.autoheal]
     else:
         actions, action_targets, action_times = 0, [], []
-    false_actions = actions if faulty_name is None else sum(1 for t in action_targets if t != faulty_name)
-    firsts = [
-        f["ts"]
-        for f in run.findings
-        if not f["resolved"]
-        and f["ts"] >= run.fault_ts - 1
-        and (faulty_name is None or f["target"].endswith(faulty_name))
-    ]
+    false_actions = sum(1 for t in action_targets if t not in faulty_names)
+    fresh = [f for f in run.findings if not f["resolved"] and f["ts"] >= run.fault_ts - 1]
+    firsts = [f["ts"] for f in fresh if not faulty_names or any(f["target"].endswith(n) for n in faulty_names)]
     first_finding_s = (min(firsts) - run.fault_ts) if firsts else None
+    # with two faulty replicas: was each found, and when (one finding per replica is not enough)
+    first_by_faulty = {
+        n: _round(min((f["ts"] for f in fresh if f["target"].endswith(n)), default=math.nan) - run.fault_ts)
+        for n in faulty_names
+    }
     after = [r for r in failed if r.started_s >= fault_s - 0.5]
     first_fail_s = (after[0].started_s - fault_s) if after else None
     death_s = (min(e[0] for e in death) - run.fault_ts) if death else None
@@ -413,7 +425,9 @@ def measure(run: Run, none_failure_s: float | None) -> dict[str, Any]:
         "actions": actions,
         "false_actions": false_actions,
         "first_finding_s": _round(first_finding_s),
+        "first_finding_by_faulty": first_by_faulty,
         "failure_s": _round(failure_s),
+        "death_s": _round(death_s),  # the faulty replica's OOM kill or death, not the remediation's restart
         "lead_time_s": _round(lead),
         "lead_time_reference": None if lead is None else ("this run" if failure_s is not None else "none run"),
         "recovery_s": _round(recovery_s),
@@ -566,13 +580,124 @@ def plot_timeline(scenario: str, runs: list[Run], rows: list[dict[str, Any]], pa
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------------- rate sweep
+SWEEP_SCENARIO = "leak-oom"
+SWEEP_RATES: tuple[float, ...] = (1, 2, 4, 8, 16, 32)
+SWEEP_STRATEGIES = ("none", "seed", "watcher")
+# the simulator's memory before it leaks (the same start tests/unit/detectors/test_forecast_urgent.py uses)
+SWEEP_BASE_MB = 60.0
+SWEEP_MARGIN_S = 30.0  # after the expected OOM: the none run's kill and restart are in the run
+
+
+def time_to_limit_s(rate_mb_per_s: float, limit_mb: float, base_mb: float = SWEEP_BASE_MB) -> float:
+    """How long a leak at ``rate_mb_per_s`` takes from the simulator's resting memory to the limit."""
+    return max(0.0, limit_mb - base_mb) / rate_mb_per_s
+
+
+def sweep_seconds(
+    rate_mb_per_s: float,
+    limit_mb: float,
+    warmup_s: float = 5.0,
+    base_mb: float = SWEEP_BASE_MB,
+    margin_s: float = SWEEP_MARGIN_S,
+) -> float:
+    """A run long enough for the leak to reach the limit — warm-up, time to the limit, then a margin
+    (a quarter of the time to the limit, at least ``margin_s``) for the kill and the restart to show."""
+    reach = time_to_limit_s(rate_mb_per_s, limit_mb, base_mb)
+    return float(math.ceil(warmup_s + reach + max(margin_s, reach / 4)))
+
+
+def half_time_goal(first_finding_s: float | None, reach_s: float | None) -> bool | None:
+    """Issue 17's goal: the first finding no later than half the time the leak takes to reach the
+    limit (None: no time to the limit to judge by). A leak never found misses it."""
+    if reach_s is None:
+        return None
+    return first_finding_s is not None and first_finding_s <= reach_s / 2
+
+
+def parse_rates(text: str) -> list[float]:
+    rates = [float(x) for x in text.split(",") if x.strip()]
+    if not rates or any(r <= 0 for r in rates):
+        raise ValueError(f"--rates wants positive MB/s, comma-separated (e.g. 1,2,4), got {text!r}")
+    return rates
+
+
+def sweep_scenarios(rates: list[float], sets: list[tuple[str, str, Any]]) -> list[tuple[float, Scenario, float]]:
+    """(rate, scenario, length) per rate: the leak scenario with ``--set`` overrides, then the rate
+    (the sweep's own parameter wins), named by its rate."""
+    base = SCENARIOS[SWEEP_SCENARIO]
+    out: list[tuple[float, Scenario, float]] = []
+    for rate in rates:
+        sc = base.with_overrides([*sets, ("leak", "mb_per_s", rate)])
+        sc = dataclasses.replace(sc, name=f"{SWEEP_SCENARIO}-{rate:g}mbs")
+        limit = float(sc.params["bed"]["memory_limit_mb"])
+        out.append((rate, sc, sweep_seconds(rate, limit, sc.warmup_s)))
+    return out
+
+
+def sweep_row(rate: float, scenario: Scenario, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rate's line: failed requests per strategy, the watcher's first finding, its lead over the
+    none run's failure, and the half-time goal. The time to the limit is the none (or seed) run's
+    OOM kill when there was one (measured), else the estimate from the resting memory."""
+    by = {r["strategy"]: r for r in rows}
+    ref = by.get("none") or by.get("seed")
+    limit = float(scenario.params["bed"]["memory_limit_mb"])
+    measured = ref.get("death_s") if ref else None
+    reach = measured if measured is not None else time_to_limit_s(rate, limit)
+    watcher = by.get("watcher")
+    first = watcher.get("first_finding_s") if watcher else None
+    none_failure = ref.get("failure_s") if ref else None
+    return {
+        "rate_mb_per_s": rate,
+        "limit_mb": limit,
+        "reach_s": _round(reach, 1),
+        "reach_from": "OOM in the none run" if measured is not None else "estimate",
+        "failed": {s: r["failed"] for s, r in by.items()},
+        "first_finding_s": first,
+        "lead_s": None if first is None or none_failure is None else _round(none_failure - first),
+        "goal_half_time": half_time_goal(first, reach) if watcher else None,
+        "watcher_zero_failed": (watcher["failed"] == 0) if watcher else None,
+    }
+
+
+def sweep_table(summary: list[dict[str, Any]]) -> str:
+    """The rate sweep's markdown table, one line per rate."""
+    strategies = [s for s in STRATEGIES if any(s in row["failed"] for row in summary)]
+
+    def show(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "NO"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    head = (
+        ["MB/s", "limit MB", "to limit s"]
+        + [f"failed {s}" for s in strategies]
+        + ["watcher first finding s", "lead vs none s", "first <= half", "watcher 0 failed"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
+    for row in summary:
+        cells = [row["rate_mb_per_s"], row["limit_mb"], row["reach_s"]]
+        cells += [row["failed"].get(s) for s in strategies]
+        cells += [row["first_finding_s"], row["lead_s"], row["goal_half_time"], row["watcher_zero_failed"]]
+        lines.append("| " + " | ".join(show(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--scenario", default=",".join(SCENARIOS), help="comma list; default: all (" + ", ".join(SCENARIOS) + ")"
     )
-    p.add_argument("--strategy", default=",".join(STRATEGIES), help="comma list of none,seed,autoheal,watcher")
+    p.add_argument(
+        "--strategy",
+        default=None,
+        help="comma list of none,seed,autoheal,watcher (default: all; with --sweep: "
+        + ",".join(SWEEP_STRATEGIES)
+        + ")",
+    )
     p.add_argument("--seconds", type=float, default=None, help="scenario length (load duration); default per scenario")
     p.add_argument("--json", type=Path, default=Path("chaos.json"), help="output JSON; the .md and PNGs go next to it")
     p.add_argument(
@@ -598,11 +723,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--packs", nargs="+", default=None, metavar="PATH", help="rule packs for the watcher (default: rules/)"
     )
+    p.add_argument(
+        "--sweep",
+        choices=["leak"],
+        default=None,
+        help=f"rate sweep: {SWEEP_SCENARIO} at every rate of --rates under the same limit, each run long enough "
+        "for the OOM (time to the limit + a margin), and a table per rate",
+    )
+    p.add_argument(
+        "--rates",
+        default=None,
+        metavar="MB/S,...",
+        help="the sweep's leak rates (implies --sweep leak); default " + ",".join(f"{r:g}" for r in SWEEP_RATES),
+    )
     p.add_argument("--no-png", action="store_true", help="skip the PNG timelines")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of earlier runs, then exit")
     p.add_argument("--merged", type=Path, default=None, metavar="JSON", help="with --table: write the merged rows here")
     p.add_argument("--list", action="store_true", help="list the scenarios and their defaults, then exit")
     return p
+
+
+def run_scenario(
+    scenario: Scenario,
+    strategies: list[str],
+    length: float,
+    workdir: Path,
+    log: Any,
+    args: argparse.Namespace,
+    machine: str,
+    png: Path | None,
+) -> list[dict[str, Any]]:
+    """Every strategy on one scenario, ``none`` first (its failure is the lead-time reference):
+    the rows, and the scenario's timeline at ``png`` (None: none drawn)."""
+    name = scenario.name
+    runs: list[Run] = []
+    rows: list[dict[str, Any]] = []
+    none_failure: float | None = None
+    for strategy in strategies:
+        log(f"== {name} x {strategy} ({length:g} s) params {json.dumps(scenario.params)}")
+        run = run_one(scenario, strategy, length, workdir, log, args.watcher_stats, args.packs)
+        row = measure(run, none_failure)
+        if strategy == "watcher":
+            row["watcher_as"] = run.watcher_as
+            stats = args.watcher_stats
+            row["watcher_stats_s"] = stats if stats is not None else "shipped settings"
+            row["watcher_packs"] = args.packs or "shipped"
+        if strategy in ("none", "seed") and none_failure is None:
+            none_failure = row["failure_s"]
+        row["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        row["machine"] = machine
+        runs.append(run)
+        rows.append(row)
+        log(
+            f"   {row['requests']} requests, {row['failed']} failed {row['failed_by_status']}, "
+            f"p99 {row['p99_ms']} ms, restarts {row['restarts']}, OOM {row['oom_kills']}, "
+            f"actions {row['actions']} (false {row['false_actions']}), first finding {row['first_finding_s']}, "
+            f"lead {row['lead_time_s']}, recovery {row['recovery_s']}  [{row['wall_s']} s]"
+        )
+        for inc in row["incidents"]:
+            log(
+                f"     incident {inc['target']} {inc['rule']} {inc['state']} at {inc['opened_s']}s "
+                f"{inc['steps']} {inc['note']}"
+            )
+    if png is not None:
+        try:
+            plot_timeline(name, runs, rows, png)
+            log(f"   timeline: {png}")
+        except Exception as exc:
+            log(f"   timeline failed: {type(exc).__name__}: {exc}")
+    for r in rows:
+        r.pop("_action_times", None)
+    return rows
+
+
+def _strategies(text: str | None, default: tuple[str, ...]) -> list[str]:
+    return [s.strip() for s in (text or ",".join(default)).split(",") if s.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -624,16 +819,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.list:
         for s in SCENARIOS.values():
-            print(f"{s.name:15} {s.seconds:5.0f} s  {json.dumps(s.params)}  — {s.description}")
+            print(f"{s.name:18} {s.seconds:5.0f} s  {json.dumps(s.params)}  — {s.description}")
+        base = SCENARIOS[SWEEP_SCENARIO]
+        limit = float(base.with_overrides([]).params["bed"]["memory_limit_mb"])
+        lengths = ", ".join(f"{r:g} MB/s {sweep_seconds(r, limit, base.warmup_s):g} s" for r in SWEEP_RATES)
+        print(f"--sweep leak: {SWEEP_SCENARIO} at each rate under {limit:g} MB: {lengths}")
         return 0
     sets = [parse_set(x) for x in args.set]
+    rates = parse_rates(args.rates) if args.rates else (list(SWEEP_RATES) if args.sweep else [])
     if args.quick:
         names, strategies = list(QUICK_SCENARIOS), list(QUICK_STRATEGIES)
         seconds = args.seconds or QUICK_SECONDS
         sets = list(QUICK_SETS) + sets
+    elif rates:
+        names, strategies = [SWEEP_SCENARIO], _strategies(args.strategy, SWEEP_STRATEGIES)
+        seconds = args.seconds
     else:
         names = [n.strip() for n in args.scenario.split(",") if n.strip()]
-        strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
+        strategies = _strategies(args.strategy, STRATEGIES)
         seconds = args.seconds
     unknown = [n for n in names if n not in SCENARIOS] + [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -651,53 +854,27 @@ def main(argv: list[str] | None = None) -> int:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
     machine = f"{platform.node()} {platform.machine()} {platform.system()} {platform.release()}"
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
-        for name in names:
-            scenario = SCENARIOS[name].with_overrides(sets)
-            length = seconds or scenario.seconds
-            runs: list[Run] = []
-            scenario_rows: list[dict[str, Any]] = []
-            none_failure: float | None = None
-            for strategy in strategies:
-                log(f"== {name} x {strategy} ({length:g} s) params {json.dumps(scenario.params)}")
-                run = run_one(scenario, strategy, length, Path(tmp), log, args.watcher_stats, args.packs)
-                row = measure(run, none_failure)
-                if strategy == "watcher":
-                    row["watcher_as"] = run.watcher_as
-                    stats = args.watcher_stats
-                    row["watcher_stats_s"] = stats if stats is not None else "shipped settings"
-                    row["watcher_packs"] = args.packs or "shipped"
-                if strategy in ("none", "seed") and none_failure is None:
-                    none_failure = row["failure_s"]
-                row["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-                row["machine"] = machine
-                runs.append(run)
-                scenario_rows.append(row)
-                log(
-                    f"   {row['requests']} requests, {row['failed']} failed {row['failed_by_status']}, "
-                    f"p99 {row['p99_ms']} ms, restarts {row['restarts']}, OOM {row['oom_kills']}, "
-                    f"actions {row['actions']} (false {row['false_actions']}), first finding {row['first_finding_s']}, "
-                    f"lead {row['lead_time_s']}, recovery {row['recovery_s']}  [{row['wall_s']} s]"
-                )
-                for inc in row["incidents"]:
-                    log(
-                        f"     incident {inc['target']} {inc['rule']} {inc['state']} at {inc['opened_s']}s "
-                        f"{inc['steps']} {inc['note']}"
-                    )
-            if not args.no_png:
-                png = out_json.with_name(f"{out_json.stem}-{name}.png")
-                try:
-                    plot_timeline(name, runs, scenario_rows, png)
-                    log(f"   timeline: {png}")
-                except Exception as exc:
-                    log(f"   timeline failed: {type(exc).__name__}: {exc}")
+        plan: list[tuple[Scenario, float, float | None]] = (
+            [(sc, seconds or length, rate) for rate, sc, length in sweep_scenarios(rates, sets)]
+            if rates
+            else [(SCENARIOS[n].with_overrides(sets), seconds or SCENARIOS[n].seconds, None) for n in names]
+        )
+        for scenario, length, rate in plan:
+            png = None if args.no_png else out_json.with_name(f"{out_json.stem}-{scenario.name}.png")
+            scenario_rows = run_scenario(scenario, strategies, length, Path(tmp), log, args, machine, png)
+            if rate is not None:
+                for r in scenario_rows:
+                    r["sweep_rate_mb_per_s"] = rate
+                summary.append(sweep_row(rate, scenario, scenario_rows))
             rows.extend(scenario_rows)
-            for r in rows:
-                r.pop("_action_times", None)
             out_json.write_text(json.dumps(rows, indent=1, default=str))  # after every scenario
     total = time.monotonic() - started
     table = markdown_table(rows)
+    if summary:
+        table = sweep_table(summary) + "\n\nEvery run:\n\n" + table
     leads = [r["lead_time_s"] for r in rows if r["strategy"] == "watcher" and r["lead_time_s"] is not None]
     header = (
         f"Chaos benchmark, {time.strftime('%Y-%m-%d')}, {machine}, load {rows[0]['params']['load'] if rows else ''}; "

@@ -104,7 +104,8 @@ class Scenario:
     seconds: float
     params: dict[str, dict[str, Any]]
     inject: Callable[[Context], float]  # returns the wall-clock time the fault started
-    faulty: int | None = FAULTY  # None: no replica is faulty (any action is a false action)
+    # the replica(s) the fault hits; None: no replica is faulty (any action is a false action)
+    faulty: int | tuple[int, ...] | None = FAULTY
     warmup_s: float = 5.0
     background: Callable[[Context], None] | None = None  # runs in a thread until ctx.stop
 
@@ -118,6 +119,14 @@ class Scenario:
         return Scenario(
             self.name, self.description, self.seconds, params, self.inject, self.faulty, self.warmup_s, self.background
         )
+
+
+def faulty_indices(scenario: Scenario) -> tuple[int, ...]:
+    """The replicas a scenario's fault hits, as a tuple (empty when none is faulty), so a scenario
+    with two faulty replicas is measured with the same code as one with one."""
+    if scenario.faulty is None:
+        return ()
+    return (scenario.faulty,) if isinstance(scenario.faulty, int) else tuple(scenario.faulty)
 
 
 def parse_set(text: str) -> tuple[str, str, Any]:
@@ -161,6 +170,22 @@ def _fault(name: str) -> Callable[[Context], float]:
     def inject(ctx: Context) -> float:
         ctx.bed.replicas[FAULTY].set_faults({name: ctx.params[name]})
         return ctx.note(f"fault: {name} {json.dumps(ctx.params[name], sort_keys=True)} on replica {FAULTY}")
+
+    return inject
+
+
+def _faults_on(assignments: dict[int, str]) -> Callable[[Context], float]:
+    """Several faults at once, one per replica ({replica index: fault name}; the fault's parameter
+    group is its name): all are set before the returned start time, so they start together."""
+
+    def inject(ctx: Context) -> float:
+        for index, name in assignments.items():
+            ctx.bed.replicas[index].set_faults({name: ctx.params[name]})
+        what = ", ".join(
+            f"{name} {json.dumps(ctx.params[name], sort_keys=True)} on replica {index}"
+            for index, name in assignments.items()
+        )
+        return ctx.note(f"faults at once: {what}")
 
     return inject
 
@@ -212,12 +237,14 @@ def _noise_start(ctx: Context) -> float:
 
 
 def _noise_background(ctx: Context) -> None:
-    """GC sawtooth (leak for half a period up to max_mb, then free it) and load bursts."""
+    """GC sawtooth (every ``period_s``: leak at ``mb_per_s`` up to ``max_mb`` for ``on_s`` —
+    default half the period — then free it all) and load bursts."""
     from testbed.loadgen import LoadGenerator
 
     saw = ctx.params.get("sawtooth", {})
     jit = ctx.params.get("jitter", {})
     period = float(saw.get("period_s", 30.0))
+    on_s = min(float(saw.get("on_s", period / 2)), period)
     every = float(jit.get("every_s", 30.0))
     replica = ctx.bed.replicas[FAULTY]
     leaking = False
@@ -236,7 +263,7 @@ def _noise_background(ctx: Context) -> None:
                         {"leak": {"mb_per_s": float(saw.get("mb_per_s", 2.0)), "max_mb": float(saw.get("max_mb", 48))}}
                     )
                 leaking = not leaking
-                next_saw = now + period / 2
+                next_saw = now + (on_s if leaking else period - on_s)
             if jit and now >= next_burst:
                 rate = float(jit.get("extra_rate", 10.0))
                 burst = float(jit.get("burst_s", 5.0))
@@ -330,6 +357,34 @@ SCENARIOS: dict[str, Scenario] = {
             _noise_start,
             faulty=None,
             background=_noise_background,
+        ),
+        Scenario(
+            "healthy-noise-fast",
+            "nothing fails: log noise, a fast bounded GC sawtooth on replica 1 (40 MB in 2 s, held 1 s, "
+            "freed, every 10 s), load bursts",
+            600.0,
+            {
+                "noise": {"lines_per_s": 5},
+                "sawtooth": {"mb_per_s": 20, "max_mb": 40, "period_s": 10, "on_s": 3},
+                "jitter": {"extra_rate": 10, "burst_s": 5, "every_s": 30},
+            },
+            _noise_start,
+            faulty=None,
+            background=_noise_background,
+        ),
+        Scenario(
+            "two-faults",
+            "replicas 1 and 2 of the one service fail at once: 1 leaks (8 MB/s, 256 MB limit), 2's share of "
+            "500s ramps from 10 to 60 % over 30 s; with max_unavailable 1 the capacity rails let one be "
+            "drained at a time",
+            90.0,
+            {
+                "leak": {"mb_per_s": 8},
+                "error_ramp": {"start": 0.1, "end": 0.6, "over_s": 30},
+                "bed": {"memory_limit_mb": 256},
+            },
+            _faults_on({1: "leak", 2: "error_ramp"}),
+            faulty=(1, 2),
         ),
     ]
 }
