@@ -33,7 +33,9 @@ def bed(docker_client: docker.DockerClient) -> Iterator[Testbed]:
 def test_findings_and_actions_on_status_and_metrics(bed: Testbed, tmp_path: Path) -> None:
     w = Running(bed, tmp_path)
     try:
-        assert w.get("/readyz").json()["ready"] is True
+        # ready within moments of start: every source has connected (the probes after their first
+        # round on the inventory's first listing)
+        wait_for(lambda: w.get("/readyz").json()["ready"] is True, 10, "/readyz ready")
         sick = bed.replicas[0]
         sick.set_faults({"error_ramp": {"start": 1.0, "end": 1.0, "over_s": 1}})
         gen = LoadGenerator(bed.url, "half_plus_two", 20, 8, 5.0, [1.0])
