@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
-from watcher.actions.base import Replica
 from watcher.actions.protocols import ADAPTERS, DEFAULT_PROTOCOL, ServingProtocol
+from watcher.fleet import replica_of
 from watcher.inventory import DEFAULT_SELECTOR, Inventory, WatchedContainer, shared_or_own
 from watcher.model import Sample
 from watcher.sources.base import Envelope, SignalQueue, Source
@@ -130,7 +130,8 @@ class ProbesSource(Source):
         self.timeout_s = timeout_s  # longer than interval_s: a slow replica's turns are skipped, not stacked
         self.workers = workers
         self.call: HealthCall = call if call is not None else TFServingStatus()
-        self._adapters: dict[str, ServingProtocol] = {}  # other protocols' adapters, one each
+        # every protocol's adapter, for replicas that are not TF Serving (its call above is the fast path)
+        self._adapters: dict[str, ServingProtocol] = {name: cls(timeout_s=timeout_s) for name, cls in ADAPTERS.items()}
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -248,19 +249,9 @@ class ProbesSource(Source):
     def _ready(self, container: WatchedContainer) -> None:
         """Another protocol's readiness call (its adapter's ``ready``: V2 ``/v2/models/<m>/ready``,
         KServe V1, TorchServe ``/ping``), so a server that is not TF Serving is never taken for hung."""
-        assert container.upstream is not None and container.model is not None
-        adapter = self._adapters.get(container.protocol or DEFAULT_PROTOCOL)
-        if adapter is None:
-            adapter = self._adapters[container.protocol or DEFAULT_PROTOCOL] = ADAPTERS[
-                container.protocol or DEFAULT_PROTOCOL
-            ](timeout_s=self.timeout_s)
-        replica = Replica(
-            container.target,
-            container.upstream,
-            f"http://{container.upstream}",
-            container.model,
-            protocol=container.protocol,
-        )
+        replica = replica_of(container)
+        assert replica is not None  # probeable: it has an upstream and a model
+        adapter = self._adapters[container.protocol or DEFAULT_PROTOCOL]
         check = adapter.ready(replica)
         if not check:
             raise ProbeFailed(check.why)
