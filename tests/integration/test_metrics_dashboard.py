@@ -167,6 +167,13 @@ def test_metrics_through_prometheus_across_an_incident_and_every_dashboard_query
                 return [i for i in incidents if i["target"].endswith(sick.name) and i["state"] == "resolved"]
 
             wait_for(resolved, 60, "a resolved incident for the sick replica")
+            # a runway forecast needs a few 5 s buckets of Docker stats per replica: on a slow machine
+            # the incident can be over before the healthy replicas have their first fit
+            wait_for(
+                lambda: bed.prometheus.query('watcher_runway_eta_seconds{job="watcher"}'),
+                60,
+                "a runway forecast for some replica",
+            )
             time.sleep(6)  # the scrapes after the incident ended
         finally:
             gen.stop()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,6 +97,11 @@ def monitoring() -> Iterator[tuple[str, type[FakeMonitoring]]]:
 def nginx_master() -> Iterator[int]:
     """A process titled as an Nginx master (what the PID file check looks for)."""
     proc = subprocess.Popen(["bash", "-c", 'exec -a "nginx: master process" sleep 60'])
+    # Popen returns before bash has exec'd: until then the PID is titled "bash" (the check would fail)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while not cmdline.read_bytes().startswith(b"nginx: master") and time.monotonic() < deadline:
+        time.sleep(0.01)
     yield proc.pid
     proc.kill()
     proc.wait()
