@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks.procstat import machine
+from testbed.ports import free_port
 from watcher.clock import WallClock
 from watcher.config import Settings
 from watcher.engine import Engine
@@ -41,12 +42,6 @@ from watcher.sources.probes import ProbesSource, tfserving_status
 ROOT = Path(__file__).resolve().parent.parent
 SIM = ROOT / "testbed" / "simulator" / "tfserving_sim.py"
 MODEL = "half_plus_two"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Inventory:
@@ -64,23 +59,13 @@ class _Inventory:
         return {}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def _start_sims(n: int, tmp: Path) -> list[tuple[subprocess.Popen[bytes], str, str]]:
     models = tmp / "models"
     shutil.copytree(ROOT / "models", models)
     env = {k: v for k, v in os.environ.items() if k != "SIM_FAULTS"}
     sims = []
     for i in range(n):
-        port, admin = _free_port(), _free_port()
+        port, admin = free_port(), free_port()
         args = [
             sys.executable,
             str(SIM),
@@ -169,7 +154,7 @@ def run(replicas: int, seconds: float, hang: int) -> dict[str, Any]:
             consumer.join(timeout=5)
             return {
                 "date": time.strftime("%Y-%m-%d"),
-                "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
+                "machine": machine(),
                 "replicas": replicas,
                 "seconds": round(elapsed, 2),
                 "probe_interval_s": interval,

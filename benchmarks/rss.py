@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.procstat import status_kb
+from testbed.ports import free_port
 from watcher.rules import shipped_packs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,19 +58,6 @@ def configurations() -> dict[str, list[Path]]:
     return {"none": [], "no-learned": no_learned, "shipped": shipped}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _imports(stderr: str) -> tuple[int, list[str]]:
     """Module count and the heavy top-level packages among them, from ``-X importtime`` lines
     (``import time: self | cumulative | <indent>name``)."""
@@ -82,7 +70,7 @@ def _imports(stderr: str) -> tuple[int, list[str]]:
 def measure(name: str, packs: list[Path], settle_s: float = 3.0, timeout_s: float = 60.0) -> Measurement:
     """One ``watcher run`` with these packs, measured once it is healthy, then stopped (SIGTERM)."""
     with tempfile.TemporaryDirectory(prefix="watcher-rss-") as tmp:
-        port = _free_port()
+        port = free_port()
         config = {
             "label_selector": [f"watcher.rss-benchmark={os.getpid()}-matches-nothing"],
             "stats_interval_s": 0,
@@ -107,8 +95,8 @@ def measure(name: str, packs: list[Path], settle_s: float = 3.0, timeout_s: floa
             try:
                 startup = _wait_healthy(proc, port, start, timeout_s)
                 time.sleep(settle_s)
-                rss = _status_kb(proc.pid, "VmRSS")
-                hwm = _status_kb(proc.pid, "VmHWM")
+                rss = status_kb(proc.pid, "VmRSS")
+                hwm = status_kb(proc.pid, "VmHWM")
             finally:
                 proc.terminate()
                 try:

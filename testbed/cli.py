@@ -39,7 +39,11 @@ def images() -> None:
 
 @app.command("up")
 def up(
-    replicas: Annotated[int, typer.Option(min=1, max=8, help="number of simulator replicas")] = 3,
+    replicas: Annotated[int, typer.Option(min=1, max=64, help="number of simulator replicas")] = 3,
+    engines: Annotated[
+        int, typer.Option(min=1, max=8, help="Docker engines to spread them over (the shared one plus engines-1 own)")
+    ] = 1,
+    noise: Annotated[float, typer.Option(min=0, help="noise lines per second each replica prints")] = 0.0,
     memory: Annotated[str, typer.Option(help="memory limit per replica")] = "256m",
     haproxy: Annotated[bool, typer.Option(help="also start HAProxy in front of the replicas")] = False,
     keep: Annotated[bool, typer.Option(help="keep running until Ctrl-C (for exploring by hand)")] = False,
@@ -47,8 +51,17 @@ def up(
     """Start the testbed, print its addresses as JSON, then tear it down (with --keep: on Ctrl-C)."""
     from testbed.stack import Testbed, TestbedConfig
 
-    weights = (3, 2, 1, 1, 1, 1, 1, 1)[:replicas]
-    bed = Testbed(TestbedConfig(replicas=replicas, weights=weights, memory_limit=memory, with_haproxy=haproxy))
+    weights = ((3, 2, 1) + (1,) * replicas)[:replicas]
+    bed = Testbed(
+        TestbedConfig(
+            replicas=replicas,
+            weights=weights,
+            memory_limit=memory,
+            with_haproxy=haproxy,
+            engines=engines,
+            noise_lines_per_s=noise,
+        )
+    )
     bed.up()
     try:
         typer.echo(json.dumps(bed.describe(), indent=2))

@@ -62,7 +62,10 @@ class DeployedWatcher:
         self.spec = spec
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proxy_port = free_port()
+        # one socket proxy per engine, as each Docker host runs its own next to its engine
+        self.sockets = spec.engine_sockets or {"local": docker_socket()}
+        self.proxy_ports = {name: free_port() for name in self.sockets}
+        self.proxy_port = self.proxy_ports["local"]
         self.api_port = free_port()
         self.store = Path(spec.store)
         self.log_path = workdir / "watcher.log"
@@ -77,10 +80,11 @@ class DeployedWatcher:
             "WATCHER_API_LISTEN": f"127.0.0.1:{self.api_port}",
             "WATCHER_API_TOKEN": secrets.token_urlsafe(16),  # a site sets one; the control endpoints need it
             "DOCKER_HOST": f"tcp://127.0.0.1:{self.proxy_port}",
+            "WATCHER_ENGINES": json.dumps({n: f"tcp://127.0.0.1:{port}" for n, port in self.proxy_ports.items()}),
         }
         if packs:
             self.env["WATCHER_PACKS"] = json.dumps(packs)
-        self.proxy: subprocess.Popen[bytes] | None = None
+        self.proxies: dict[str, subprocess.Popen[bytes]] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = requests.Session()
         self.http.trust_env = False
@@ -88,23 +92,27 @@ class DeployedWatcher:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, ready_timeout_s: float = 60.0) -> DeployedWatcher:
         selector = ",".join(self.spec.site_overrides()["label_selector"])
-        self.proxy = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "watcher.guard_proxy",
-                f"--listen=127.0.0.1:{self.proxy_port}",
-                f"--socket={docker_socket()}",
-                f"--allow-label={selector}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self.proxy_log_path.open("wb"),
-        )
+        logs = {n: self.proxy_log_path.with_name(f"socket-proxy-{n}.log") for n in self.sockets if n != "local"}
+        logs["local"] = self.proxy_log_path
+        for name, socket in self.sockets.items():
+            self.proxies[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "watcher.guard_proxy",
+                    f"--listen=127.0.0.1:{self.proxy_ports[name]}",
+                    f"--socket={socket}",
+                    f"--allow-label={selector}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=logs[name].open("wb"),
+            )
         deadline = time.monotonic() + 15
-        while not port_is_open(self.proxy_port):
-            if self.proxy.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"socket proxy did not start: {self.proxy_log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+        for name, proxy in self.proxies.items():
+            while not port_is_open(self.proxy_ports[name]):
+                if proxy.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"socket proxy for {name} did not start: {logs[name].read_text()[-2000:]}")
+                time.sleep(0.1)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "watcher.cli", "run"],
             env=self.env,
@@ -147,13 +155,14 @@ class DeployedWatcher:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 code = self.proc.wait(timeout=10)
-        if self.proxy is not None and self.proxy.poll() is None:
-            self.proxy.send_signal(signal.SIGTERM)
-            try:
-                self.proxy.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proxy.kill()
-                self.proxy.wait(timeout=10)
+        for proxy in self.proxies.values():
+            if proxy.poll() is None:
+                proxy.send_signal(signal.SIGTERM)
+                try:
+                    proxy.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proxy.kill()
+                    proxy.wait(timeout=10)
         return code
 
     # -- reading back, as an operator does ---------------------------------------------------------

@@ -65,6 +65,8 @@ class HarnessSpec:
     stats_interval_s: float | None = None  # 0: off
     prometheus_interval_s: float | None = None
     prometheus_window: str | None = None
+    # every engine the replicas run on, name -> unix socket (None: the shared engine only, "local")
+    engine_sockets: dict[str, str] | None = None
 
     @classmethod
     def for_testbed(cls, bed: Any, store: Path, **kwargs: Any) -> HarnessSpec:
@@ -78,14 +80,18 @@ class HarnessSpec:
             haproxy_backend=bed.config.model,
             alertmanager_url=f"http://127.0.0.1:{bed.alertmanager.port}" if bed.alertmanager else None,
             prometheus_url=bed.prometheus.url if getattr(bed, "prometheus", None) is not None else None,
-            **kwargs,
+            **{"engine_sockets": bed.engine_sockets() if getattr(bed, "extra_engines", None) else None, **kwargs},
         )
 
     def site_overrides(self) -> dict[str, Any]:
         """What the testbed sets on top of the settings file: addresses, paths, its containers, its
         load balancer, actions on or off (all in :data:`watcher.config.SITE_KEYS`)."""
         site: dict[str, Any] = {
-            "engines": {"local": ""},
+            # "": the engine DOCKER_HOST names (the shared one); the testbed's own by their sockets
+            "engines": {
+                "local": "",
+                **{n: f"unix://{p}" for n, p in (self.engine_sockets or {}).items() if n != "local"},
+            },
             "label_selector": [f"{TESTBED_LABEL}={self.run_id}"],
             "store": self.store,
             "model_repo": self.model_repo,

@@ -45,6 +45,7 @@ class ReplicaSpec:
     health_timeout_s: float = 2.0
     health_retries: int = 3
     seed: int = 0
+    engine: str = "local"  # the Docker engine it runs on (the watcher's engine name for it)
     # TF Serving retries a failed load 5 times a minute apart; the testbed shortens that so a
     # load failure reaches END within seconds (same log lines, same states).
     extra_args: tuple[str, ...] = ("--max_num_load_retries=1", "--load_retry_interval_micros=1000000")

@@ -1,5 +1,12 @@
 """The loopback-only testbed: N simulator replicas behind Nginx, scraped by Prometheus.
 
+With ``engines`` > 1 the replicas are spread round-robin over that many Docker engines: the shared
+one (named ``local``) and ``engines - 1`` of the testbed's own (:class:`testbed.engines.ExtraEngine`,
+named ``e1``, ``e2``...: separate ``dockerd`` processes with their own socket, data root, exec root
+and PID file), as a fleet spreads one service over several hosts. One Nginx upstream stays in front
+of all of them: the replicas are one service, so the watcher's capacity rails for that service must
+hold across engines, which one upstream per engine would hide.
+
 Tests, benchmarks and the demo all stand on this one stack, so what the watcher is measured
 against is what it is tested against. Everything binds 127.0.0.1 on ports picked free at start;
 containers use host networking (no Docker networks are created). ``down()`` removes exactly
@@ -18,6 +25,8 @@ from typing import Any
 
 import docker
 
+from testbed.deployed import docker_socket
+from testbed.engines import ExtraEngine
 from testbed.images import REPO_ROOT, ensure_images
 from testbed.ports import free_ports
 from testbed.replicas import (
@@ -50,6 +59,8 @@ class TestbedConfig:
     with_haproxy: bool = False
     seed: int = 0
     workdir: Path | None = None  # default: a fresh temp dir, removed by down()
+    engines: int = 1  # Docker engines the replicas are spread over (1: the shared one only)
+    noise_lines_per_s: float = 0.0  # every replica prints TF-Serving-style noise lines at this rate
 
 
 class Testbed:
@@ -65,6 +76,7 @@ class Testbed:
         self.workdir = self.config.workdir or Path(tempfile.mkdtemp(prefix="watcher-testbed-"))
         self.model_repo = self.workdir / "models"
         self.replicas: list[Replica] = []
+        self.extra_engines: dict[str, ExtraEngine] = {}
         self.nginx: Nginx | None = None
         self.haproxy: HAProxy | None = None
         self.prometheus: Prometheus | None = None
@@ -93,10 +105,23 @@ class Testbed:
         cfg = self.config
         if len(cfg.weights) < cfg.replicas:
             raise ValueError(f"{cfg.replicas} replicas need {cfg.replicas} weights, got {cfg.weights}")
+        if cfg.engines < 1:
+            raise ValueError(f"engines must be >= 1, got {cfg.engines}")
         image = ensure_images(self.client)["simulator"].tag
         shutil.copytree(MODELS_DIR / cfg.model, self.model_repo / cfg.model)
+        clients = {"local": self.client}
+        for n in range(1, cfg.engines):
+            engine = ExtraEngine(name=f"e{n}")
+            self.extra_engines[engine.name] = engine  # before start: down() closes it whatever happens
+            engine.start()
+            engine.copy_image(self.client, image)
+            clients[engine.name] = engine.client()
+        placement = list(clients)
         ports = free_ports(2 * cfg.replicas + 5)
         for i in range(cfg.replicas):
+            faults = dict(cfg.faults.get(i, {}))
+            if cfg.noise_lines_per_s > 0:
+                faults.setdefault("noise", {"lines_per_s": cfg.noise_lines_per_s})
             spec = ReplicaSpec(
                 name=f"tfsim-{self.run_id}-{i}",
                 rest_port=ports[2 * i],
@@ -107,7 +132,7 @@ class Testbed:
                 image=image,
                 memory_limit=cfg.memory_limit,
                 restart_policy=cfg.restart_policy,
-                faults=cfg.faults.get(i, {}),
+                faults=faults,
                 labels={
                     TESTBED_LABEL: self.run_id,
                     "watcher.enable": "true",
@@ -122,8 +147,9 @@ class Testbed:
                 health_timeout_s=cfg.health_timeout_s,
                 health_retries=cfg.health_retries,
                 seed=cfg.seed + i,
+                engine=placement[i % len(placement)],
             )
-            self.replicas.append(start_replica(self.client, spec))
+            self.replicas.append(start_replica(clients[spec.engine], spec))
         lb_port, prom_port, am_port, haproxy_port, _spare = ports[2 * cfg.replicas :]
         upstreams = [
             Upstream(name=r.name, address=r.address, weight=w) for r, w in zip(self.replicas, cfg.weights, strict=False)
@@ -159,6 +185,9 @@ class Testbed:
             if service is not None:
                 service.stop()
         remove_testbed_containers(self.client, self.run_id)
+        for engine in self.extra_engines.values():
+            engine.close()  # removes its containers, stops its dockerd by PID, deletes its directory
+        self.extra_engines = {}
         self.replicas = []
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -168,6 +197,10 @@ class Testbed:
     def url(self) -> str:
         assert self.nginx is not None, "testbed is not up"
         return f"http://127.0.0.1:{self.nginx.listen_port}"
+
+    def engine_sockets(self) -> dict[str, str]:
+        """Each engine's name and unix socket path: what a watcher's ``engines`` setting points at."""
+        return {"local": docker_socket(), **{n: str(e.socket) for n, e in self.extra_engines.items()}}
 
     def publish_version(self, version: int, model_json: dict[str, Any] | None = None) -> Path:
         """Copy the newest version as ``version`` (optionally with another description) into the
@@ -192,8 +225,9 @@ class Testbed:
             "prometheus": f"http://127.0.0.1:{self.prometheus.port}" if self.prometheus else None,
             "alertmanager": f"http://127.0.0.1:{self.alertmanager.port}" if self.alertmanager else None,
             "haproxy": f"http://127.0.0.1:{self.haproxy.listen_port}" if self.haproxy else None,
+            "engines": self.engine_sockets(),
             "replicas": [
-                {"name": r.name, "rest": r.rest_url, "admin": r.admin_url, "weight": w}
+                {"name": r.name, "engine": r.spec.engine, "rest": r.rest_url, "admin": r.admin_url, "weight": w}
                 for r, w in zip(self.replicas, self.config.weights, strict=False)
             ],
             "startup_s": round(self.startup_s, 2),

@@ -219,6 +219,28 @@ def test_the_benchmarks_deployed_watcher_sets_only_site_values(tmp_path: Path, m
     assert DeployedWatcher(knob, tmp_path / "k").knobs == ["stats_interval_s"]  # a row that changes timing says so
 
 
+def test_a_fleet_over_several_engines_is_watched_through_one_socket_proxy_per_engine(tmp_path: Path) -> None:
+    """Each Docker host runs its own socket proxy: the watcher's ``engines`` names each through its
+    proxy, never a socket directly; the in-process harness reaches the testbed's engines by socket."""
+    import json
+
+    from testbed.deployed import DeployedWatcher
+    from testbed.harness import HarnessSpec
+
+    sockets = {"local": "/var/run/docker.sock", "e1": "/tmp/wde-a/docker.sock", "e2": "/tmp/wde-b/docker.sock"}
+    spec = HarnessSpec.for_testbed(_Bed(), tmp_path / "w.db", engine_sockets=sockets)
+    assert spec.site_overrides()["engines"] == {
+        "local": "",
+        "e1": "unix:///tmp/wde-a/docker.sock",
+        "e2": "unix:///tmp/wde-b/docker.sock",
+    }
+    watcher = DeployedWatcher(spec, tmp_path / "run")
+    engines = json.loads(watcher.env["WATCHER_ENGINES"])
+    assert set(engines) == set(sockets) == set(watcher.proxy_ports)
+    assert {engines[n] for n in sockets} == {f"tcp://127.0.0.1:{watcher.proxy_ports[n]}" for n in sockets}
+    assert len(set(watcher.proxy_ports.values())) == 3
+
+
 def test_the_readme_says_which_signal_each_shipped_rule_reads() -> None:
     """The README's table of signals counts every shipped rule once, under what it reads."""
     import re
