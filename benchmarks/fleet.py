@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -176,6 +179,19 @@ def fail_one(bed: Testbed, w: DeployedWatcher, replica: Replica, timeout_s: floa
     return Failure(target, line_at, drained_at, rule)
 
 
+def _profiler(w: DeployedWatcher, out: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy (a developer's tool, not a dependency: ``pip install py-spy``) sampling the watcher's
+    every thread for the window, as collapsed stacks (``flamegraph.pl`` or speedscope read them)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    assert w.proc is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "--format", "raw", "--nonblocking", "--threads", "--gil", "-r", "100"]
+    cmd += ["-d", str(int(seconds)), "-o", str(out), "-p", str(w.proc.pid)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_size(
     replicas: int,
     engines: int,
@@ -184,6 +200,7 @@ def run_size(
     measure_s: float,
     rounds: int,
     workdir: Path,
+    profile: Path | None = None,
 ) -> SizeResult:
     cfg = TestbedConfig(
         replicas=replicas,
@@ -205,8 +222,11 @@ def run_size(
             try:
                 time.sleep(SETTLE_S)
                 first = _sample(w)
+                spy = _profiler(w, profile / f"fleet-{replicas}.txt", measure_s) if profile else None
                 time.sleep(measure_s)
                 last = _sample(w)
+                if spy is not None:
+                    spy.wait(timeout=60)
                 assert w.proc is not None
                 rss, hwm = status_kb(w.proc.pid, "VmRSS") / 1024, status_kb(w.proc.pid, "VmHWM") / 1024
                 by_engine: dict[str, list[Replica]] = {}
@@ -285,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="failures per engine, one at a time")
     parser.add_argument("--quick", action="store_true", help="CI: 2 engines, 4 replicas, short windows")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the watcher in each window into DIR")
     args = parser.parse_args(argv)
     if args.quick:
         sizes, args.engines, args.measure_s, args.rounds = [4], 2, 15.0, 1
@@ -294,7 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         for n in sizes:
             result = run_size(
-                n, args.engines, args.lines_per_s, args.client_rate, args.measure_s, args.rounds, Path(tmp)
+                n,
+                args.engines,
+                args.lines_per_s,
+                args.client_rate,
+                args.measure_s,
+                args.rounds,
+                Path(tmp),
+                args.profile,
             )
             print(json.dumps(asdict(result)), flush=True)
             results.append(result)

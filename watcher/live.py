@@ -58,6 +58,10 @@ class LiveConfig:
     rescan_s: float = 5.0
     backfill_s: float | None = 300.0
     batch: int = 512
+    # let a batch gather for this long once a signal is there: one engine pass and one cursor commit
+    # per 50 ms instead of per line (a fleet's followers put lines one at a time), for at most 50 ms
+    # more from a line to its finding
+    linger_s: float = 0.05
 
 
 class LiveWatcher:
@@ -214,7 +218,7 @@ class LiveWatcher:
     def _run(self) -> None:
         last_tick = last_checkpoint = last_rescan = time.monotonic()
         while not self._stop.is_set() or self.queue.depth:
-            batch = self.queue.get_batch(self.config.batch, timeout_s=self.config.tick_s)
+            batch = self.queue.get_batch(self.config.batch, timeout_s=self.config.tick_s, linger_s=self.config.linger_s)
             found: list[Finding] = []
             if self._reload is not None:
                 self._swap_engine(self._reload)

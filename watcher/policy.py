@@ -322,7 +322,7 @@ class Policy:
                 return Decision(None, cooling, retry_at=last + defaults.cooldown)
             plan, reason = hold_steps(), f"recurred within the {cooling}: holding drained"
         recent = [t for t in self.actions if now - t < 60.0]
-        if len(recent) >= self.config.global_actions_per_minute:
+        if plan.changes_fleet and len(recent) >= self.config.global_actions_per_minute:
             return Decision(
                 None, f"fleet rate limit: {len(recent)} actions in the last minute", retry_at=min(recent) + 60.0
             )
@@ -395,9 +395,10 @@ class Policy:
 
     # -- bookkeeping by the executor -----------------------------------------------------------
     @_locked
-    def record_action(self, key: str, rule_id: str, now: float) -> None:
+    def record_action(self, key: str, rule_id: str, now: float, changes_fleet: bool = True) -> None:
+        """Stamp the rule's cooldown; a plan that changes the fleet also counts for the rate limit."""
         self.last_action[f"{key}|{rule_id}"] = now
-        self.actions = [t for t in self.actions if now - t < 3600.0] + [now]
+        self.actions = [t for t in self.actions if now - t < 3600.0] + ([now] if changes_fleet else [])
         self.save(now)
 
     @_locked

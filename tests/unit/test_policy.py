@@ -231,3 +231,31 @@ def test_restarts_recorded_by_concurrent_playbook_workers_are_never_lost(tmp_pat
     assert not errors
     assert len(policy.restarts["local/tfs-1"]) == 600
     assert len(Policy(Store(tmp_path / "w.db")).restarts["local/tfs-1"]) == 600
+
+
+def test_an_alert_only_rule_on_every_replica_leaves_the_fleet_rate_limit_to_drains(tmp_path: Path) -> None:
+    """At 48 replicas the learned predictor (alert only) fired on all of them within half a minute;
+    counted as actions, those alerts used up the fleet-wide limit and a crashing replica's drain was
+    refused. Alerts change nothing in the fleet: they neither count nor wait for the limit."""
+    by_id, defaults = rules(tmp_path)
+    policy = Policy(None, GuardConfig(global_actions_per_minute=3))
+    fleet = {f"local/r{i}": ReplicaView(f"local/r{i}", "m", serving=True) for i in range(20)}
+    for i in range(15):
+        d = policy.decide(finding(Target(f"r{i}", service="m"), "note", 100.0), by_id["note"], defaults, fleet, 100.0)  # type: ignore[arg-type]
+        assert d.plan is not None, d.reason  # not held back by the limit either
+        assert not d.plan.changes_fleet
+        policy.record_action(f"local/r{i}", "note", 100.0, d.plan.changes_fleet)
+    drains = []
+    for i in range(15, 19):
+        d = policy.decide(finding(Target(f"r{i}", service="m"), "oom", 101.0), by_id["oom"], defaults, fleet, 101.0)  # type: ignore[arg-type]
+        drains.append(d.reason)
+        if d.plan is not None:
+            assert d.plan.changes_fleet
+            policy.record_action(f"local/r{i}", "oom", 101.0, d.plan.changes_fleet)
+            fleet[f"local/r{i}"] = ReplicaView(f"local/r{i}", "m", serving=False)
+    # max_unavailable 1 allows the first drain only; the limit itself still counts drains
+    assert drains[0] == "planned" and all("fleet rate limit" not in r for r in drains[:1])
+    for i in range(19, 20):
+        policy.actions = [101.0] * 3  # three fleet changes in the last minute
+        d = policy.decide(finding(Target(f"r{i}", service="m"), "oom", 102.0), by_id["oom"], defaults, fleet, 102.0)  # type: ignore[arg-type]
+        assert d.plan is None and "fleet rate limit" in d.reason

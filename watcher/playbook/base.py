@@ -43,6 +43,9 @@ class Step(BaseModel, ABC):
     restarts: ClassVar[bool] = False  # restarts the container: counts against the restart budget
     hold_on_error: ClassVar[bool] = True  # an ActionError keeps the replica drained (False: restore it)
     ends_held: ClassVar[bool] = False  # once done, the incident closes HELD (kept drained on purpose)
+    # changes something in the fleet (traffic, a container): counted by the fleet-wide rate limit. Only
+    # steps that look or tell (alert, verify, waits) say False; a new kind counts unless it says so.
+    changes_fleet: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

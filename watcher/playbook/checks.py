@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 @register
 class WaitAvailable(Step):
     kind = "wait_available"
+    changes_fleet = False
     timeout_s: float = 60.0
 
     def run(self, ctx: StepContext) -> str:
@@ -39,6 +40,7 @@ class Verify(Step):
     """The expected version is served and a smoke prediction matches (see :mod:`.verification`)."""
 
     kind = "verify"
+    changes_fleet = False
     settle_s: float = 0.0
 
     def run(self, ctx: StepContext) -> str:

@@ -178,7 +178,7 @@ class Executor:
                 alert = f"store not writable, not acting on {key} ({finding.rule_id}): {exc}"
                 self._refused(finding, Decision(None, STORE_NOT_WRITABLE, escalate=alert), now)
                 return None
-            self.policy.record_action(key, finding.rule_id, now)
+            self.policy.record_action(key, finding.rule_id, now, decision.plan.changes_fleet)
             self.retries.discard(key, finding.rule_id)  # decided: a retried finding leaves the set quietly
             for dropped in self.retries.discard_target(key):  # this incident owns the replica now
                 self._event("retry dropped", {"target": key, "rule": dropped.finding.rule_id, "why": "incident opened"})

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 @register
 class SendAlert(Step):
     kind = "alert"
+    changes_fleet = False
     severity: str = "warning"
     # added to the alert's annotations (after the rule's own; $replica, $eta ... are filled in)
     annotations: dict[str, str] = Field(default_factory=dict)

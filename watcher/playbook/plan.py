@@ -70,6 +70,12 @@ class Plan:
         return any(s.takes_capacity for s in self.steps)
 
     @property
+    def changes_fleet(self) -> bool:
+        """Some step changes traffic or a container: the fleet-wide rate limit counts the plan. An
+        alert-only rule firing on every replica at once must not use up the budget a drain needs."""
+        return any(s.changes_fleet for s in self.steps)
+
+    @property
     def restarts(self) -> bool:
         """Some step restarts the container: the restart budget and backoff apply."""
         return any(s.restarts for s in self.steps)

@@ -58,6 +58,7 @@ class WaitIdle(Step):
     ``settle_s`` to notice the weight first."""
 
     kind = "wait_idle"
+    changes_fleet = False
     settle_s: float = 0.0
     timeout_s: float = 30.0
 
@@ -77,6 +78,7 @@ class AwaitResolved(Step):
     """Keep the weight until the finding that opened the incident resolves (bounded)."""
 
     kind = "await_resolved"
+    changes_fleet = False
     timeout_s: float = 600.0
 
     def run(self, ctx: StepContext) -> str:

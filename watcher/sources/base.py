@@ -48,6 +48,7 @@ class SignalQueue:
         self._buffers: OrderedDict[str, deque[Envelope]] = OrderedDict()
         self._depth = 0
         self._cond = threading.Condition(threading.Lock())
+        self._waiting = 0  # consumers asleep on an empty queue: the only ones a put must wake
         self.dropped: dict[str, int] = {}
         self.accepted: dict[str, int] = {}
 
@@ -63,13 +64,18 @@ class SignalQueue:
             buf.append(env)
             self._depth += 1
             self.accepted[env.source] = self.accepted.get(env.source, 0) + 1
-            self._cond.notify()
+            if self._waiting:
+                self._cond.notify()
             return True
 
-    def get_batch(self, max_items: int = 512, timeout_s: float | None = 0.5) -> list[Envelope]:
+    def get_batch(self, max_items: int = 512, timeout_s: float | None = 0.5, linger_s: float = 0.0) -> list[Envelope]:
         """Wait up to ``timeout_s`` for anything, then take up to ``max_items`` one per source per turn.
 
-        The source served first moves to the back, so successive batches rotate the head start too.
+        ``linger_s``: once something is there, let more arrive for this long (unless ``max_items``
+        are there already) before taking the batch. A fleet's lines arrive one at a time from many
+        followers; without it every line would be a batch of its own, with its own engine pass and
+        cursor commit, and every put would wake the consumer. The source served first moves to the
+        back, so successive batches rotate the head start too.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
@@ -77,7 +83,15 @@ class SignalQueue:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return []
-                self._cond.wait(remaining)
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
+            lingering = linger_s > 0 and self._depth < max_items
+        if lingering:
+            time.sleep(linger_s)  # not waiting on the condition: puts meanwhile wake nobody
+        with self._cond:
             batch: list[Envelope] = []
             while len(batch) < max_items and self._depth > 0:
                 for source in list(self._buffers):

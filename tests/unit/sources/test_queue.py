@@ -97,3 +97,27 @@ def test_bad_bounds_and_backoff() -> None:
     assert [b.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     b.reset()
     assert b.next_delay() == 0.5
+
+
+def test_a_lingering_consumer_takes_lines_arriving_one_at_a_time_as_one_batch() -> None:
+    """A fleet's followers put lines one by one: with a linger the engine gets them together (one
+    pass, one cursor commit), without one it would take the first line alone."""
+    q = SignalQueue()
+    got: list[list[Envelope]] = []
+    consumer = threading.Thread(target=lambda: got.append(q.get_batch(100, timeout_s=5, linger_s=0.5)))
+    consumer.start()
+    time.sleep(0.05)  # asleep on the empty queue
+    for i in range(5):
+        q.put(env(f"r{i}", i))  # the first put wakes it; the rest arrive while it lingers
+    consumer.join(5)
+    assert [e.source for e in got[0]] == ["r0", "r1", "r2", "r3", "r4"]
+    assert q.get_batch(100, timeout_s=0, linger_s=0.5) == []  # an empty queue does not linger
+
+
+def test_a_full_batch_does_not_linger() -> None:
+    q = SignalQueue()
+    for i in range(10):
+        q.put(env("a", i))
+    started = time.monotonic()
+    assert len(q.get_batch(10, timeout_s=0, linger_s=30)) == 10
+    assert time.monotonic() - started < 20  # taken at once, not after the 30 s linger
