@@ -128,7 +128,7 @@ def _status(w: DeployedWatcher) -> dict[str, Any]:
 
 def wait_following(w: DeployedWatcher, bed: Testbed, timeout_s: float) -> None:
     """Until the watcher has a target for every replica on its engine (each has been read from)."""
-    want = {f"{r.spec.engine}/{r.name}" for r in bed.replicas}
+    want = {r.key for r in bed.replicas}
     deadline = time.monotonic() + timeout_s
     missing = want
     while time.monotonic() < deadline:
@@ -164,8 +164,8 @@ def _drain_end(w: DeployedWatcher, target: str, after: float) -> tuple[float | N
     return None, None
 
 
-def fail_one(bed: Testbed, w: DeployedWatcher, replica: Replica, timeout_s: float) -> Failure:
-    target = f"{replica.spec.engine}/{replica.name}"
+def fail_one(w: DeployedWatcher, replica: Replica, timeout_s: float) -> Failure:
+    target = replica.key
     w.wait_idle(timeout_s=120)
     injected = time.time()
     replica.set_faults({"crash": {"after_s": 0}})
@@ -233,7 +233,7 @@ def run_size(
                 for r in bed.replicas:
                     by_engine.setdefault(r.spec.engine, []).append(r)
                 failures = [
-                    fail_one(bed, w, group[k % len(group)], timeout_s=60)
+                    fail_one(w, group[k % len(group)], timeout_s=60)
                     for k in range(rounds)
                     for group in by_engine.values()
                 ]

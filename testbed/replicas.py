@@ -64,6 +64,11 @@ class Replica:
         return self.spec.name
 
     @property
+    def key(self) -> str:
+        """What the watcher calls it: ``<engine>/<container name>`` (its target key)."""
+        return f"{self.spec.engine}/{self.name}"
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.spec.rest_port}"
 
