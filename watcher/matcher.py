@@ -419,12 +419,19 @@ class _HyperscanEngine(_Engine):
             elements=len(exprs),
             flags=[c | hs.HS_FLAG_SINGLEMATCH for c in caseless],
         )
+        self._first_line = False
         if not any(i.string_anchors for i in infos):
             # A prefilter only (every candidate line is re-checked by match()), so a leading ^ is
-            # dropped: with HS_FLAG_MULTILINE the wheel's hyperscan misses ^ followed by an optional
-            # piece past the first line (``^ ?c`` in ``"11111111\n1111111\nc"``; the property test
-            # found it). Without the ^ the candidates are a superset; . still stops at \n.
-            block_exprs = [e[1:] if e.startswith(b"^") and len(e) > 1 else e for e in exprs]
+            # not trusted to the scan: with HS_FLAG_MULTILINE the wheel's hyperscan misses ^ followed
+            # by an optional piece past the first line (``^ ?c`` in ``"11111111\n1111111\nc"``; the
+            # property test found it), and ``(?:^|\n) ?c`` fails the same way. The ^ becomes the
+            # newline before the line (a plain byte, found by the scan as any literal) and the
+            # block's first line, which has none, is always a candidate (see candidate_ends). The
+            # candidates stay a superset; dropping the ^ instead made every position a possible
+            # start, which for the envelope guard's ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127} {1,64}\|``
+            # cost three times the rules' scan.
+            block_exprs = [b"\\n" + e[1:] if e.startswith(b"^") and len(e) > 1 else e for e in exprs]
+            self._first_line = block_exprs != exprs
             self._block_db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self._block_db.compile(
                 expressions=block_exprs,
@@ -451,6 +458,8 @@ class _HyperscanEngine(_Engine):
         if not self._empty:
             with self._lock:
                 self._block_db.scan(block, match_event_handler=_collect_end, context=ends)
+            if self._first_line and block:
+                ends.append(0)  # the first line: a ^ pattern's newline-prefixed form cannot match it
         if self._confirm_literals:
             lower = block.lower() if any(ic for _lit, ic in self._confirm_literals) else block
             for literal, ignore_case in self._confirm_literals:
