@@ -34,7 +34,7 @@ from watcher.model import (
 )
 from watcher.parsers import PARSERS, RAW, StickyDetector
 from watcher.parsers.base import Parsed
-from watcher.parsers.envelope import Unwrapped, unwrap, wrapped_line_starts
+from watcher.parsers.envelope import GUARD_SPEC, WRAPPED_ID, Unwrapped, unwrap
 from watcher.rulepack.compile import RuleSet, compile_packs
 from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
@@ -115,6 +115,12 @@ class Engine:
         self.pack_of: Mapping[str, str] = self.ruleset.pack_of
         self.detectors: dict[str, Detector] = self.ruleset.new_detectors()
         self.patterns = self.ruleset.patterns
+        # a batch's one block scan: the rules' patterns and, with hyperscan, the envelope guard (the
+        # lines that may carry a wrapper, see :func:`watcher.parsers.envelope.wrapped_line_starts`)
+        # together; elsewhere the guard is no faster than unwrapping every line, which _log_run does.
+        # Compiled here, with the rules' own set, not in the first batch's time.
+        self._guarded = self.patterns.backend == "hyperscan"
+        self._block_patterns = self.patterns.extended([GUARD_SPEC]) if self._guarded else self.patterns
         self.states = RuleStateTable()
         self.targets: dict[str, Target] = {}
         self.stats = EngineStats()
@@ -195,23 +201,26 @@ class Engine:
         if max(map(len, messages)) > MAX_LINE_BYTES:
             messages = [m[:MAX_LINE_BYTES] for m in messages]
         block = "\n".join(messages).encode("utf-8", "replace")
-        found = self.patterns.match_block(block)
-        # lines in a wrapper (Compose prefix, JSON record, ...) are matched again by their inner text
-        starts = wrapped_line_starts(block)
-        numbers, newlines = _line_numbers(
-            block, [s for s, _ in found] if starts is None else [*starts, *(s for s, _ in found)]
-        )
+        scan = self._block_patterns
+        found = scan.match_block(block)
+        numbers, newlines = _line_numbers(block, [start for start, _ in found])
         if newlines != len(messages) - 1:
             # a message with its own newline (UTF-8 writes a newline as the one byte 0x0A, and no
             # other character's encoding holds that byte): neutralise it and scan again (rare)
             block = "\n".join(m.replace("\n", " ") for m in messages).encode("utf-8", "replace")
-            found = self.patterns.match_block(block)
-            starts = wrapped_line_starts(block)
-            numbers, newlines = _line_numbers(
-                block, [s for s, _ in found] if starts is None else [*starts, *(s for s, _ in found)]
-            )
-        matched: dict[int, list[str]] = {numbers[start]: ids for start, ids in found}
-        candidates = range(len(records)) if starts is None else (numbers[start] for start in starts)
+            found = scan.match_block(block)
+            numbers, newlines = _line_numbers(block, [start for start, _ in found])
+        matched: dict[int, list[str]] = {}
+        # lines in a wrapper (Compose prefix, JSON record, ...) are matched again by their inner text
+        flagged: list[int] = []
+        for start, ids in found:
+            index = numbers[start]
+            if WRAPPED_ID in ids:
+                flagged.append(index)
+                ids = [i for i in ids if i != WRAPPED_ID]
+            if ids:
+                matched[index] = ids
+        candidates = flagged if self._guarded else range(len(records))
         wrapped: dict[int, Unwrapped] = {}
         for index in candidates:
             inner, unwrapped = self._scan_text(records[index])

@@ -54,7 +54,9 @@ GUARD = (
     r"^(?:\{|\[(?: |[0-9]{1,12}\.|pod/)|[0-9]{4}-[0-9]{2}-[0-9]{2}T|(?:" + _MONTH_WORDS + r") "
     r"|(?:\x1b\[[0-9;]{0,16}m)?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(?:\x1b\[[0-9;]{0,16}m)? {1,64}\|)"
 )
-_BLOCK_GUARD = PatternSet([PatternSpec("wrapped", GUARD, is_regex=True)])
+WRAPPED_ID = "<wrapped>"  # no rule id has this shape (``RULE_ID_PATTERN``), so it joins a rule set's scan
+GUARD_SPEC = PatternSpec(WRAPPED_ID, GUARD, is_regex=True)
+_BLOCK_GUARD = PatternSet([GUARD_SPEC])
 
 
 def wrapped_line_starts(block: bytes) -> list[int] | None:
