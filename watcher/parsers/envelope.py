@@ -61,7 +61,10 @@ _BLOCK_GUARD = PatternSet([GUARD_SPEC])
 
 def wrapped_line_starts(block: bytes) -> list[int] | None:
     """Start offsets of the lines of a newline-separated block that may carry a wrapper, or
-    ``None`` when only a line-by-line test is fast here (no hyperscan: :func:`unwrap` each line)."""
+    ``None`` when only a line-by-line test is fast here (no hyperscan: :func:`unwrap` each line).
+
+    The engine asks the same question inside its own block scan (:data:`GUARD_SPEC` joined to the
+    rules' patterns, one pass over the bytes); this is the guard alone, and what its tests check."""
     if _BLOCK_GUARD.backend != "hyperscan":
         return None
     return [start for start, _ in _BLOCK_GUARD.match_block(block)]
