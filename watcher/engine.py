@@ -413,7 +413,7 @@ class Engine:
         reporter = record.target
         text = wrapped.text if wrapped is not None else record.message[:MAX_LINE_BYTES]
         record = self._parse(record, wrapped)
-        if record.target != reporter:
+        if record.target is not reporter and record.target != reporter:  # ``is``: the usual case, no dataclass __eq__
             matched = self._nginx_written(record, matched)
         ids: list[str] = []
         for rule_id in matched:
@@ -421,8 +421,7 @@ class Engine:
             assert isinstance(rule, MatchRule)
             wanted = rule.match.source
             level = record.level
-            kinds = SOURCE_KINDS.get(wanted, frozenset({wanted}))
-            if wanted != "any" and record.source not in kinds:
+            if wanted != "any" and record.source not in (kinds := SOURCE_KINDS.get(wanted, frozenset({wanted}))):
                 if reporter.key in self.load_balancers:
                     continue  # a load balancer's line counts only as its own parser read it (issue #14)
                 parsed = self._parse_as(kinds, text)

@@ -690,6 +690,7 @@ class PatternSet:
                 start = stop + 1
             return found
         last_start = -1
+        engine, ids_of, cap, size = self._engine, self._ids, self.max_line, len(block)
         for end in sorted(ends):
             # The line holding the match's last byte; or, for a match ending on a newline, the line
             # after it: a vetted pattern never matches the empty *line*, but ^\b or \bb? match empty
@@ -699,7 +700,8 @@ class PatternSet:
                 continue
             last_start = start
             stop = block.find(b"\n", start)
-            ids = self.match(block[start : stop if stop >= 0 else len(block)])
-            if ids:
-                found.append((start, ids))
+            # what match() does with the line (cut at max_line; it holds no newline), minus its checks
+            hits = engine.match(block[start : min(stop if stop >= 0 else size, start + cap)])
+            if hits:
+                found.append((start, [ids_of[n] for n in hits]))
         return found
