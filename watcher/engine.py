@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from operator import attrgetter
@@ -34,20 +34,26 @@ from watcher.model import (
 )
 from watcher.parsers import PARSERS, RAW, StickyDetector
 from watcher.parsers.base import Parsed
-from watcher.parsers.envelope import Unwrapped, unwrap, wrapped_line_starts
+from watcher.parsers.envelope import GUARD_SPEC, WRAPPED_ID, Unwrapped, unwrap
 from watcher.rulepack.compile import RuleSet, compile_packs
 from watcher.rulepack.schema import AnyRule, MatchRule, RulePack
 from watcher.rulepack.state import RuleState, RuleStateTable, Transition
 from watcher.store import Store, StoreError
 
 
-def _line_indices(block: bytes, starts: Sequence[int]) -> Iterator[int]:
-    """The line number of each line-start offset in ``block`` (offsets ascending), counted incrementally."""
+def _line_numbers(block: bytes, starts: Iterable[int]) -> tuple[dict[int, int], int]:
+    """The line number of each line-start offset in ``block``, and the block's newline count.
+
+    One pass over the block's bytes, whatever the number of offsets: ``bytes.count`` between
+    successive offsets, then to the end. The count is what tells a block whose messages held
+    newlines of their own (it has more than one per separator)."""
+    numbers: dict[int, int] = {}
     index, position = 0, 0
-    for start in starts:
+    for start in sorted(set(starts)):
         index += block.count(b"\n", position, start)
         position = start
-        yield index
+        numbers[start] = index
+    return numbers, index + block.count(b"\n", position)
 
 
 _MESSAGE = attrgetter("message")
@@ -109,6 +115,12 @@ class Engine:
         self.pack_of: Mapping[str, str] = self.ruleset.pack_of
         self.detectors: dict[str, Detector] = self.ruleset.new_detectors()
         self.patterns = self.ruleset.patterns
+        # a batch's one block scan: the rules' patterns and, with hyperscan, the envelope guard (the
+        # lines that may carry a wrapper, see :func:`watcher.parsers.envelope.wrapped_line_starts`)
+        # together; elsewhere the guard is no faster than unwrapping every line, which _log_run does.
+        # Compiled here, with the rules' own set, not in the first batch's time.
+        self._guarded = self.patterns.backend == "hyperscan"
+        self._block_patterns = self.patterns.extended([GUARD_SPEC]) if self._guarded else self.patterns
         self.states = RuleStateTable()
         self.targets: dict[str, Target] = {}
         self.stats = EngineStats()
@@ -127,6 +139,12 @@ class Engine:
         # whenever the detector is fed, so a tick before it (a no-op by that method's contract) is
         # skipped: a hundred idle rules otherwise cost a hundred calls per tick
         self._tick_due: dict[str, float] = {}
+        # a lower bound of ``_tick_due``'s values, and the ids dropped from it since the last tick:
+        # before that bound only those can be due, so a tick asks them alone (in the detectors'
+        # order, as a full pass would), not every rule
+        self._tick_earliest = -math.inf
+        self._tick_fed: set[str] = set()
+        self._tick_order = {rule_id: n for n, rule_id in enumerate(self.detectors)}
         if store is not None:
             self._restore(store)
 
@@ -149,6 +167,7 @@ class Engine:
         """These detectors are about to take an input: their next tick is due at once."""
         for d in detectors:
             self._tick_due.pop(d.rule.id, None)
+            self._tick_fed.add(d.rule.id)
 
     def feed_all(self, signals: Iterable[Signal]) -> list[Finding]:
         out: list[Finding] = []
@@ -182,17 +201,26 @@ class Engine:
         if max(map(len, messages)) > MAX_LINE_BYTES:
             messages = [m[:MAX_LINE_BYTES] for m in messages]
         block = "\n".join(messages).encode("utf-8", "replace")
-        # a message with its own newline: neutralise it (counted in the bytes, where it is faster: UTF-8
-        # writes a newline as the one byte 0x0A, and no other character's encoding holds that byte)
-        if block.count(b"\n") != len(messages) - 1:
+        scan = self._block_patterns
+        found = scan.match_block(block)
+        numbers, newlines = _line_numbers(block, [start for start, _ in found])
+        if newlines != len(messages) - 1:
+            # a message with its own newline (UTF-8 writes a newline as the one byte 0x0A, and no
+            # other character's encoding holds that byte): neutralise it and scan again (rare)
             block = "\n".join(m.replace("\n", " ") for m in messages).encode("utf-8", "replace")
-        found = self.patterns.match_block(block)
-        matched: dict[int, list[str]] = {
-            index: ids for index, (_, ids) in zip(_line_indices(block, [s for s, _ in found]), found, strict=True)
-        }
+            found = scan.match_block(block)
+            numbers, newlines = _line_numbers(block, [start for start, _ in found])
+        matched: dict[int, list[str]] = {}
         # lines in a wrapper (Compose prefix, JSON record, ...) are matched again by their inner text
-        starts = wrapped_line_starts(block)
-        candidates = range(len(records)) if starts is None else _line_indices(block, starts)
+        flagged: list[int] = []
+        for start, ids in found:
+            index = numbers[start]
+            if WRAPPED_ID in ids:
+                flagged.append(index)
+                ids = [i for i in ids if i != WRAPPED_ID]
+            if ids:
+                matched[index] = ids
+        candidates = flagged if self._guarded else range(len(records))
         wrapped: dict[int, Unwrapped] = {}
         for index in candidates:
             inner, unwrapped = self._scan_text(records[index])
@@ -239,14 +267,27 @@ class Engine:
         now = self.clock.now()
         observations: list[tuple[str, Observation]] = []
         due = self._tick_due
-        for rule_id, d in self.detectors.items():
+        partial = now < self._tick_earliest  # no detector kept in ``due`` is due yet
+        ids: Iterable[str] = sorted(self._tick_fed, key=self._tick_order.__getitem__) if partial else self.detectors
+        self._tick_fed = set()
+        earliest = self._tick_earliest
+        for rule_id in ids:
             if now < due.get(rule_id, -math.inf):
                 continue  # nothing fed since its last tick, and its own deadline not reached
+            d = self.detectors[rule_id]
             observations.extend((rule_id, o) for o in d.on_tick(now))
-            due[rule_id] = d.next_tick_at(now)
+            due[rule_id] = next_at = d.next_tick_at(now)
+            earliest = min(earliest, next_at)
+        self._tick_earliest = earliest if partial else min(due.values(), default=math.inf)
         findings = self._observe(observations)
         gc_done = False
         steady = self._steady
+        if not self._active.keys() - steady:
+            # every pair steady (a fleet's usual tick, one set difference in C): the loop below
+            # would skip them all and run the table's clean-up once
+            if self._active:
+                self.states.collect_garbage(now)
+            return findings
         for pair, active in list(self._active.items()):
             if pair in steady:
                 # a firing rule whose condition still holds: the update would change nothing (its
@@ -372,7 +413,7 @@ class Engine:
         reporter = record.target
         text = wrapped.text if wrapped is not None else record.message[:MAX_LINE_BYTES]
         record = self._parse(record, wrapped)
-        if record.target != reporter:
+        if record.target is not reporter and record.target != reporter:  # ``is``: the usual case, no dataclass __eq__
             matched = self._nginx_written(record, matched)
         ids: list[str] = []
         for rule_id in matched:
@@ -380,8 +421,7 @@ class Engine:
             assert isinstance(rule, MatchRule)
             wanted = rule.match.source
             level = record.level
-            kinds = SOURCE_KINDS.get(wanted, frozenset({wanted}))
-            if wanted != "any" and record.source not in kinds:
+            if wanted != "any" and record.source not in (kinds := SOURCE_KINDS.get(wanted, frozenset({wanted}))):
                 if reporter.key in self.load_balancers:
                     continue  # a load balancer's line counts only as its own parser read it (issue #14)
                 parsed = self._parse_as(kinds, text)
@@ -441,6 +481,7 @@ class Engine:
             if self.rules[rule_id].predicts is None:
                 continue  # lifecycle tags classify; they predict nothing
             self._tick_due.pop(rule_id, None)
+            self._tick_fed.add(rule_id)
             out.extend((rule_id, o) for o in self.detectors[rule_id].on_log(c.record))
         if self._all_lines:
             parsed = c.record if c.record.source else self._parse(record, wrapped)

@@ -30,6 +30,7 @@ start at worst, bounded by the line cap.)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import threading
@@ -394,43 +395,64 @@ class _HyperscanEngine(_Engine):
             (infos[n].required, infos[n].spec.ignore_case) for n in self._anchored if infos[n].required is not None
         ]
         self._confirm_all_lines = any(infos[n].required is None for n in self._anchored)
-        for n, info in enumerate(infos):
-            if info.end_anchored:
-                continue
-            probe = hs.Database(mode=hs.HS_MODE_BLOCK)
-            try:
-                probe.compile(expressions=[info.spec.source.encode("utf-8")], ids=[n], elements=1, flags=[0])
-            except hs.error as exc:
-                if "never match" in str(exc):
-                    continue  # e.g. a\bb: it matches nothing on every backend, so leave it out
-                raise PatternError(info.spec.pattern_id, f"rejected by hyperscan: {exc}") from None
-            keep.append(n)
+
+        def line_db(keep: Sequence[int]) -> Any:
+            db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            db.compile(
+                expressions=[infos[n].spec.source.encode("utf-8") for n in keep],
+                ids=list(keep),
+                elements=len(keep),
+                flags=[caseless(n) | hs.HS_FLAG_SINGLEMATCH for n in keep],
+            )
+            return db
+
+        def caseless(n: int) -> int:
+            return int(hs.HS_FLAG_CASELESS) if infos[n].spec.ignore_case else 0
+
+        unanchored = [n for n, info in enumerate(infos) if not info.end_anchored]
+        compiled: Any = None
+        if unanchored:
+            # the usual case, hyperscan takes every pattern at once: one compile, not one per pattern
+            with contextlib.suppress(hs.error):
+                compiled = line_db(unanchored)
+                keep = unanchored
+        if compiled is None:  # find the patterns it refuses, one by one
+            for n in unanchored:
+                info = infos[n]
+                probe = hs.Database(mode=hs.HS_MODE_BLOCK)
+                try:
+                    probe.compile(expressions=[info.spec.source.encode("utf-8")], ids=[n], elements=1, flags=[0])
+                except hs.error as exc:
+                    if "never match" in str(exc):
+                        continue  # e.g. a\bb: it matches nothing on every backend, so leave it out
+                    raise PatternError(info.spec.pattern_id, f"rejected by hyperscan: {exc}") from None
+                keep.append(n)
         self._empty = not keep
         self._block_db: Any = None
         self._lock = threading.Lock()  # the wrapper's scratch space is per database
         if self._empty:
             return
         exprs = [infos[n].spec.source.encode("utf-8") for n in keep]
-        caseless = [hs.HS_FLAG_CASELESS if infos[n].spec.ignore_case else 0 for n in keep]
-        self._line_db: Any = hs.Database(mode=hs.HS_MODE_BLOCK)
-        self._line_db.compile(
-            expressions=exprs,
-            ids=keep,
-            elements=len(exprs),
-            flags=[c | hs.HS_FLAG_SINGLEMATCH for c in caseless],
-        )
+        self._line_db: Any = compiled if compiled is not None else line_db(keep)
+        self._first_line = False
         if not any(i.string_anchors for i in infos):
             # A prefilter only (every candidate line is re-checked by match()), so a leading ^ is
-            # dropped: with HS_FLAG_MULTILINE the wheel's hyperscan misses ^ followed by an optional
-            # piece past the first line (``^ ?c`` in ``"11111111\n1111111\nc"``; the property test
-            # found it). Without the ^ the candidates are a superset; . still stops at \n.
-            block_exprs = [e[1:] if e.startswith(b"^") and len(e) > 1 else e for e in exprs]
+            # not trusted to the scan: with HS_FLAG_MULTILINE the wheel's hyperscan misses ^ followed
+            # by an optional piece past the first line (``^ ?c`` in ``"11111111\n1111111\nc"``; the
+            # property test found it), and ``(?:^|\n) ?c`` fails the same way. The ^ becomes the
+            # newline before the line (a plain byte, found by the scan as any literal) and the
+            # block's first line, which has none, is always a candidate (see candidate_ends). The
+            # candidates stay a superset; dropping the ^ instead made every position a possible
+            # start, which for the envelope guard's ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127} {1,64}\|``
+            # cost three times the rules' scan.
+            block_exprs = [b"\\n" + e[1:] if e.startswith(b"^") and len(e) > 1 else e for e in exprs]
+            self._first_line = block_exprs != exprs
             self._block_db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self._block_db.compile(
                 expressions=block_exprs,
                 ids=keep,
                 elements=len(exprs),
-                flags=[c | hs.HS_FLAG_MULTILINE for c in caseless],
+                flags=[caseless(n) | hs.HS_FLAG_MULTILINE for n in keep],
             )
 
     def match(self, data: bytes) -> list[int]:
@@ -451,6 +473,8 @@ class _HyperscanEngine(_Engine):
         if not self._empty:
             with self._lock:
                 self._block_db.scan(block, match_event_handler=_collect_end, context=ends)
+            if self._first_line and block:
+                ends.append(0)  # the first line: a ^ pattern's newline-prefixed form cannot match it
         if self._confirm_literals:
             lower = block.lower() if any(ic for _lit, ic in self._confirm_literals) else block
             for literal, ignore_case in self._confirm_literals:
@@ -598,6 +622,20 @@ class PatternSet:
         self._engine = engine
         self.backend: str = engine.name
         self.fallback_reasons: tuple[str, ...] = tuple(errors)
+        self._extended: dict[tuple[PatternSpec, ...], PatternSet] = {}
+
+    def extended(self, extra: Sequence[PatternSpec]) -> PatternSet:
+        """This set plus ``extra``, on this set's backend, compiled once per set and ``extra``.
+
+        Why: a caller that needs other patterns over the same block (the engine's envelope guard)
+        gets both answers from one scan instead of two passes over the bytes; the ``extra`` ids
+        are in each answer, and dropping them leaves this set's answer, in its order."""
+        key = tuple(extra)
+        joined = self._extended.get(key)
+        if joined is None:
+            specs = [info.spec for info in self._infos] + list(key)
+            joined = self._extended[key] = PatternSet(specs, backend=self.backend, max_line=self.max_line)
+        return joined
 
     @property
     def ids(self) -> list[str]:
@@ -652,6 +690,7 @@ class PatternSet:
                 start = stop + 1
             return found
         last_start = -1
+        engine, ids_of, cap, size = self._engine, self._ids, self.max_line, len(block)
         for end in sorted(ends):
             # The line holding the match's last byte; or, for a match ending on a newline, the line
             # after it: a vetted pattern never matches the empty *line*, but ^\b or \bb? match empty
@@ -661,7 +700,8 @@ class PatternSet:
                 continue
             last_start = start
             stop = block.find(b"\n", start)
-            ids = self.match(block[start : stop if stop >= 0 else len(block)])
-            if ids:
-                found.append((start, ids))
+            # what match() does with the line (cut at max_line; it holds no newline), minus its checks
+            hits = engine.match(block[start : min(stop if stop >= 0 else size, start + cap)])
+            if hits:
+                found.append((start, [ids_of[n] for n in hits]))
         return found

@@ -54,12 +54,17 @@ GUARD = (
     r"^(?:\{|\[(?: |[0-9]{1,12}\.|pod/)|[0-9]{4}-[0-9]{2}-[0-9]{2}T|(?:" + _MONTH_WORDS + r") "
     r"|(?:\x1b\[[0-9;]{0,16}m)?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(?:\x1b\[[0-9;]{0,16}m)? {1,64}\|)"
 )
-_BLOCK_GUARD = PatternSet([PatternSpec("wrapped", GUARD, is_regex=True)])
+WRAPPED_ID = "<wrapped>"  # no rule id has this shape (``RULE_ID_PATTERN``), so it joins a rule set's scan
+GUARD_SPEC = PatternSpec(WRAPPED_ID, GUARD, is_regex=True)
+_BLOCK_GUARD = PatternSet([GUARD_SPEC])
 
 
 def wrapped_line_starts(block: bytes) -> list[int] | None:
     """Start offsets of the lines of a newline-separated block that may carry a wrapper, or
-    ``None`` when only a line-by-line test is fast here (no hyperscan: :func:`unwrap` each line)."""
+    ``None`` when only a line-by-line test is fast here (no hyperscan: :func:`unwrap` each line).
+
+    The engine asks the same question inside its own block scan (:data:`GUARD_SPEC` joined to the
+    rules' patterns, one pass over the bytes); this is the guard alone, and what its tests check."""
     if _BLOCK_GUARD.backend != "hyperscan":
         return None
     return [start for start, _ in _BLOCK_GUARD.match_block(block)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -259,4 +260,53 @@ def test_batch_path_gives_the_same_findings_as_one_by_one(pack_file: Path) -> No
 
     one_by_one = run(batch=False)
     assert len(one_by_one) > 20
+    assert run(batch=True) == one_by_one
+
+
+def test_batch_path_gives_the_same_findings_as_one_by_one_with_the_shipped_packs(tmp_path: Path) -> None:
+    """The benchmark's mixed file (healthy chatter, ~1 % real failure lines from issue threads)
+    with what a batch must not get wrong: lines in wrappers (Compose, kubectl timestamp, Docker's
+    JSON record), a message holding its own newline, a line past the 16 KiB cap with a failure
+    after the cap, and a load balancer's lines about a replica. Batches of 512, as the live driver
+    sends them; the findings, their order and the counted lines are those of feeding one by one."""
+    import random
+
+    from benchmarks.log_throughput import generate
+    from watcher.model import MAX_LINE_BYTES
+    from watcher.rules import SHIPPED_RULES
+
+    rng = random.Random(7)
+    path = tmp_path / "mixed.log"
+    generate(path, 6000, seed=11)
+    texts = path.read_text().splitlines()
+    oom = OOM
+    extra = [
+        "tfs-1    | " + oom,
+        "2024-05-01T10:00:00.123456789Z " + oom,
+        json.dumps({"log": oom + "\n", "stream": "stderr", "time": "2024-05-01T10:00:00Z"}),
+        "first half of a line\n" + oom,
+        "x" * (MAX_LINE_BYTES - 5) + oom,
+        "2024/05/01 10:00:00 [error] 31#31: *5 upstream timed out (110: Connection timed out) while reading "
+        'response header from upstream, client: 127.0.0.1, server: , request: "POST /x HTTP/1.1", '
+        'upstream: "http://127.0.0.1:8501/x", host: "h"',
+    ]
+    for _ in range(300):
+        texts.insert(rng.randrange(len(texts)), rng.choice(extra))
+    targets = [REPLICA, OTHER, Target("tfs-3", service="m"), NGINX]
+
+    def run(batch: bool) -> tuple[list[tuple[str, str, float, bool]], int, list[str]]:
+        clock = ManualClock(T0)
+        engine = Engine(
+            load_packs([SHIPPED_RULES]), clock, upstreams={"127.0.0.1:8501": REPLICA}, load_balancers=[NGINX]
+        )
+        found = []
+        for i in range(0, len(texts), 512):
+            records = [LogRecord(targets[(i + j) % 4], clock.now(), t) for j, t in enumerate(texts[i : i + 512])]
+            found += engine.feed_batch(records) if batch else engine.feed_all(records)
+            clock.advance(0.5)
+            found += engine.tick()
+        return [(f.rule_id, f.target.key, f.ts, f.resolved) for f in found], engine.stats.lines, sorted(engine.targets)
+
+    one_by_one = run(batch=False)
+    assert len(one_by_one[0]) > 20
     assert run(batch=True) == one_by_one

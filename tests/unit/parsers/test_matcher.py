@@ -258,3 +258,36 @@ def test_a_start_anchored_optional_piece_matches_on_a_later_line_of_a_block(back
     ps = PatternSet([PatternSpec("p", "^ ?c", True, False)], backend=backend)
     block = "\n".join(["1111éé", "1111111", "c"]).encode()
     assert ps.match_block(block) == [(block.rindex(b"c"), ["p"])]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_start_anchored_patterns_find_every_line_of_a_block_the_line_path_finds(backend: str) -> None:
+    """A ``^`` pattern in a block scan: the first line, later lines, an optional piece right after
+    the ``^`` (the envelope guard's shape), and a top-level alternative that needs no line start."""
+    specs = [
+        PatternSpec("guard", r"^(?:\x1b\[[0-9;]{0,16}m)?[a-z0-9][a-z0-9_.-]{0,12} {1,8}\|", True),
+        PatternSpec("alt", "^tfs|oom", True),
+        PatternSpec("opt", "^ ?c", True),
+    ]
+    ps = PatternSet(specs, backend=backend)
+    lines = [
+        "tfs-1    | hello",
+        "x" * 40,
+        "\x1b[36mtfs-1 \x1b[0m   | colour",
+        "c",
+        " c at a later line",
+        "a line that mentions oom",
+        "not tfs at the start",
+        "tfs at the start",
+        "ab |",
+    ]
+    for first in range(len(lines)):
+        rotated = lines[first:] + lines[:first]
+        block = "\n".join(rotated).encode()
+        expected: list[tuple[int, list[str]]] = []
+        offset = 0
+        for line in rotated:
+            if ids := ps.match(line):
+                expected.append((offset, ids))
+            offset += len(line.encode()) + 1
+        assert ps.match_block(block) == expected, rotated
