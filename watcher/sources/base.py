@@ -18,6 +18,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,19 +55,28 @@ class SignalQueue:
 
     def put(self, env: Envelope) -> bool:
         """Enqueue or drop (counted); returns whether the envelope was kept. Never blocks."""
+        return self.put_many((env,)) == 1
+
+    def put_many(self, envs: Iterable[Envelope]) -> int:
+        """``put`` for a reader that gathered many envelopes: one lock and at most one wake-up
+        for all of them (a fleet's log reader hands over a round of every stream at once).
+        Returns how many were kept; each one dropped is counted against its own source."""
+        kept = 0
         with self._cond:
-            buf = self._buffers.get(env.source)
-            if (buf is not None and len(buf) >= self.max_per_source) or self._depth >= self.max_total:
-                self.dropped[env.source] = self.dropped.get(env.source, 0) + 1
-                return False
-            if buf is None:
-                buf = self._buffers[env.source] = deque()
-            buf.append(env)
-            self._depth += 1
-            self.accepted[env.source] = self.accepted.get(env.source, 0) + 1
-            if self._waiting:
+            for env in envs:
+                buf = self._buffers.get(env.source)
+                if (buf is not None and len(buf) >= self.max_per_source) or self._depth >= self.max_total:
+                    self.dropped[env.source] = self.dropped.get(env.source, 0) + 1
+                    continue
+                if buf is None:
+                    buf = self._buffers[env.source] = deque()
+                buf.append(env)
+                self._depth += 1
+                self.accepted[env.source] = self.accepted.get(env.source, 0) + 1
+                kept += 1
+            if kept and self._waiting:
                 self._cond.notify()
-            return True
+        return kept
 
     def get_batch(self, max_items: int = 512, timeout_s: float | None = 0.5, linger_s: float = 0.0) -> list[Envelope]:
         """Wait up to ``timeout_s`` for anything, then take up to ``max_items`` one per source per turn.

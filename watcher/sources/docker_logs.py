@@ -2,9 +2,9 @@
 
 Selection is by label (default ``watcher.enable=true``), made by the inventory
 (:mod:`watcher.inventory`): a container is attached when the inventory shows it running (at start,
-on its ``start`` event, and on every rescan, which repairs anything an event missed). One reader
-thread per container; the follow stream ends when the container stops,
-and the reader re-follows at once if the container is running again (``docker restart``).
+on its ``start`` event, and on every rescan, which repairs anything an event missed). One thread
+reads every stream (the mux, below); a stream ends when its container stops, and a worker follows
+again at once if the container is running again (``docker restart``).
 
 Cursor: per container, ``"<RFC3339Nano timestamp>|<n>"`` = the newest Docker timestamp delivered
 and how many lines carried exactly that timestamp. It is committed by the engine after processing
@@ -31,16 +31,21 @@ arrive, so a line without newline cannot grow memory. Docker itself splits lines
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import selectors
+import socket
+import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import docker
-from docker.types.daemon import CancellableStream
 
 from watcher.inventory import (
     DEFAULT_SELECTOR,
@@ -60,6 +65,7 @@ log = logging.getLogger(__name__)
 
 _TS_PREFIX_MAX = 40  # "2024-05-01T10:00:00.123456789Z " is 31 bytes; margin for offsets
 _READ_SIZE = 256 * 1024
+_READS_PER_ROUND = 4  # a stream with a backlog yields to the others after 1 MiB per round
 _STREAMS = {1: "stdout", 2: "stderr"}
 
 
@@ -197,8 +203,85 @@ def cap_message(raw: bytes, truncated: bool, cap: int = MAX_LINE_BYTES) -> tuple
     return raw.decode("utf-8", errors="replace").rstrip("\r"), truncated
 
 
-# -- one reader per container ----------------------------------------------------------------------
+class ChunkedDecoder:
+    """HTTP/1.1 chunked transfer decoding, fed whatever the socket gave (Docker streams logs so).
+
+    The mux reads the raw socket, below http.client, so the framing is undone here. A chunk-size
+    line longer than :attr:`MAX_SIZE_LINE` is a broken stream, not something to buffer.
+    """
+
+    MAX_SIZE_LINE = 1024
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = 0  # payload bytes still due in the current chunk
+        self._crlf = False  # the CRLF that ends a chunk's payload is due
+        self.done = False  # the last (zero-size) chunk arrived
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf
+        buf += data
+        out = bytearray()
+        pos = 0
+        while not self.done:
+            if self._left:
+                take = min(self._left, len(buf) - pos)
+                out += buf[pos : pos + take]
+                pos += take
+                self._left -= take
+                if self._left:
+                    break
+                self._crlf = True
+            if self._crlf:
+                if len(buf) - pos < 2:
+                    break
+                pos += 2
+                self._crlf = False
+            nl = buf.find(b"\r\n", pos, pos + self.MAX_SIZE_LINE)
+            if nl < 0:
+                if len(buf) - pos >= self.MAX_SIZE_LINE:
+                    raise ValueError("chunked stream: no chunk size within 1 KiB")
+                break
+            size = int(bytes(buf[pos:nl]).split(b";", 1)[0], 16)
+            pos = nl + 2
+            if size == 0:
+                self.done = True
+            self._left = size
+        del buf[:pos]
+        return bytes(out)
+
+
+class FrameSplitter:
+    """Docker's multiplexed log stream: ``(stream, payload)`` per 8-byte-headed frame, across reads."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        buf = self._buf
+        buf += data
+        out: list[tuple[str, bytes]] = []
+        pos, end = 0, len(buf)
+        while end - pos >= 8:
+            kind, length = struct.unpack_from(">BxxxL", buf, pos)
+            if end - pos - 8 < length:
+                break
+            if length:
+                out.append((_STREAMS.get(kind, "stdout"), bytes(buf[pos + 8 : pos + 8 + length])))
+            pos += 8 + length
+        del buf[:pos]
+        return out
+
+
+# -- one container's stream ------------------------------------------------------------------------
 class _Follower:
+    """One container's log stream: opened (and re-opened) by a worker, read by the mux.
+
+    The worker owns the follower until it hands the socket to the mux (``_StreamMux.add``, under
+    the mux's lock), the mux from then until the stream ends; then a worker decides whether to
+    follow again (the container restarted) or to finish (``alive`` becomes False).
+    """
+
     def __init__(self, owner: DockerLogsSource, client: docker.DockerClient, container: WatchedContainer) -> None:
         self.owner = owner
         self.engine = engine = container.engine
@@ -210,50 +293,66 @@ class _Follower:
         self.source_key = f"docker_logs:{engine}/{self.name}"
         self.cursor_key = cursor_key(engine, self.name)
         self.rearm = threading.Event()
-        self._stream: CancellableStream | None = None
+        self._done = threading.Event()
         self._stopped = False
         self.lines = 0
-        self.thread = threading.Thread(target=self._run, name=f"logs-{engine}-{self.name}", daemon=True)
+        # per stream, set by _open
+        self.sock: socket.socket | None = None
+        self._res: Any = None
+        self._tracker = CursorTracker(None)
+        self._chunks: ChunkedDecoder | None = None
+        self._frames = FrameSplitter()
+        self._splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
 
     def start(self) -> None:
-        self.thread.start()
+        self.owner._submit(self._follow)
 
     def stop(self) -> None:
         self._stopped = True
-        stream = self._stream
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception as exc:  # closing a half-dead socket may fail; the thread ends anyway
-                log.debug("closing log stream of %s: %s", self.name, exc)
+        if self.owner._mux is not None:  # the mux closes the socket: a closed fd must leave its selector first
+            self.owner._mux.remove(self)
 
     def alive(self) -> bool:
-        return self.thread.is_alive()
+        return not self._done.is_set()
 
-    def _run(self) -> None:
-        while not self._stopped and not self.owner.stopping:
+    # -- in a worker
+    def _follow(self) -> None:
+        while True:
+            if self._stopped or self.owner.stopping:
+                self._done.set()
+                return
             self.rearm.clear()
             try:
-                self._follow_once()
+                self._open()
+                return  # the mux has it now
             except Exception as exc:
-                if self._stopped or self.owner.stopping:
-                    return
-                self.owner._error(f"{self.engine}/{self.name}: log stream failed: {exc}")
-            if self._stopped or self.owner.stopping:
-                return
-            # The stream ends when the container stops; follow again if it runs (again) already.
-            time.sleep(0.1)
-            try:
-                running = self.client.api.inspect_container(self.container_id)["State"]["Running"]
-            except Exception:
-                running = False
-            if not running and not self.rearm.is_set():
+                if not (self._stopped or self.owner.stopping):
+                    self.owner._error(f"{self.engine}/{self.name}: log stream failed: {exc}")
+            if not self._follow_again():
+                self._done.set()
                 return
 
-    def _follow_once(self) -> None:
+    def _follow_again(self) -> bool:
+        """The stream ended when the container stopped; follow again if it runs (again) already."""
+        if self._stopped or self.owner.stopping:
+            return False
+        time.sleep(0.1)
+        try:
+            running = bool(self.client.api.inspect_container(self.container_id)["State"]["Running"])
+        except Exception:
+            running = False
+        return (running or self.rearm.is_set()) and not (self._stopped or self.owner.stopping)
+
+    def _ended(self) -> None:
+        if self._follow_again():
+            self._follow()
+        else:
+            self._done.set()
+
+    def _open(self) -> None:
         api = self.client.api
         start = self.owner._position(self.engine, self.name)
-        tracker = CursorTracker(start)
+        self._tracker = CursorTracker(start)
         params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": 1, "tail": "all"}
         if start is not None:
             params["since"] = since_param(start.ts_ns)
@@ -261,63 +360,214 @@ class _Follower:
             params["since"] = since_param(int((time.time() - self.owner.backfill_s) * 1e9))
         res = api._get(api._url("/containers/{0}/logs", self.container_id), params=params, stream=True)
         api._raise_for_status(res)
-        api._disable_socket_timeout(api._get_raw_response_socket(res))
-        stream = CancellableStream(self._frames(res), res)
-        self._stream = stream
-        if self._stopped:
-            stream.close()
+        raw = api._get_raw_response_socket(res)
+        sock = raw if isinstance(raw, socket.socket) else getattr(raw, "_sock", None)
+        if not isinstance(sock, socket.socket):
+            res.close()
+            raise OSError(f"the log stream is not a socket ({type(raw).__name__})")
+        sock.setblocking(False)
+        fp = getattr(getattr(res.raw, "_fp", None), "fp", None)
+        self._chunks = ChunkedDecoder() if getattr(getattr(res.raw, "_fp", None), "chunked", False) else None
+        self._frames = FrameSplitter()
+        self._splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        self._res, self.sock = res, sock
+        out: list[Envelope] = []
+        if isinstance(fp, io.BufferedReader):
+            # What http.client read past the headers is in its buffer, where no select can see it.
+            self._feed(fp.read1(_READ_SIZE) or b"", out)
+        if out:
+            self.owner.queue.put_many(out)
+        mux = self.owner._mux
+        if self._stopped or mux is None:
+            self._close()
+            raise OSError("stopped")
+        mux.add(self)
+
+    # -- in the mux
+    def read_ready(self, out: list[Envelope]) -> bool:
+        """Read what the socket has (a bounded amount per round); False when the stream ended."""
+        sock = self.sock
+        assert sock is not None
+        for _ in range(_READS_PER_ROUND):
+            try:
+                data = sock.recv(_READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return True
+            except OSError as exc:
+                if not self._stopped:
+                    self.owner._error(f"{self.engine}/{self.name}: log stream failed: {exc}")
+                return False
+            if not data:
+                return False
+            try:
+                self._feed(data, out)
+            except ValueError as exc:
+                self.owner._error(f"{self.engine}/{self.name}: log stream broken: {exc}")
+                return False
+            if self._chunks is not None and self._chunks.done:
+                return False
+            if len(data) < _READ_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                return True
+        return True
+
+    def finish(self, out: list[Envelope]) -> None:
+        """The stream ended: the unfinished last lines, then a worker decides what next."""
+        for kind, sp in self._splitters.items():
+            rest = sp.flush()
+            if rest is not None and not self._stopped:
+                self._emit(kind, rest[0], rest[1], out)
+        self._close()
+        self.owner._submit(self._ended)
+
+    def _close(self) -> None:
+        res, self._res, self.sock = self._res, None, None
+        if res is not None:
+            try:
+                res.close()
+            except Exception as exc:  # closing a half-dead socket may fail; the stream is over anyway
+                log.debug("closing log stream of %s: %s", self.name, exc)
+
+    def _feed(self, data: bytes, out: list[Envelope]) -> None:
+        if self._chunks is not None:
+            data = self._chunks.feed(data)
+        if not data:
             return
-        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
-        try:
-            for kind, data in stream:
-                for raw, truncated in splitters[kind].feed(data):
-                    self._emit(kind, raw, truncated, tracker)
-        finally:
-            self._stream = None
-            for kind, sp in splitters.items():
-                rest = sp.flush()
-                if rest is not None and not self._stopped:
-                    self._emit(kind, rest[0], rest[1], tracker)
+        frames = [("stdout", data)] if self.tty else self._frames.feed(data)
+        before = len(out)
+        for kind, payload in frames:
+            for raw, truncated in self._splitters[kind].feed(payload):
+                self._emit(kind, raw, truncated, out)
+        if len(out) > before and self._tracker.cursor is not None:
+            self.owner._advance(self.engine, self.name, self._tracker.cursor)
 
-    def _frames(self, res: Any) -> Iterator[tuple[str, bytes]]:
-        """(stream, payload) from Docker's multiplexed log stream (raw bytes for a TTY container).
-
-        Reads whatever the socket has (``read1``) and cuts frames out of a buffer: two small reads
-        per frame through urllib3 would cap a busy container at a fraction of this rate.
-        """
-        raw = res.raw
-        read = raw.read1 if hasattr(raw, "read1") else raw.read
-        if self.tty:
-            while data := read(_READ_SIZE):
-                yield "stdout", data
-            return
-        buf = bytearray()
-        while data := read(_READ_SIZE):
-            buf += data
-            pos, end = 0, len(buf)
-            while end - pos >= 8:
-                kind, length = struct.unpack_from(">BxxxL", buf, pos)
-                if end - pos - 8 < length:
-                    break
-                if length:
-                    yield _STREAMS.get(kind, "stdout"), bytes(buf[pos + 8 : pos + 8 + length])
-                pos += 8 + length
-            del buf[:pos]
-
-    def _emit(self, kind: str, raw: bytes, truncated: bool, tracker: CursorTracker) -> None:
+    def _emit(self, kind: str, raw: bytes, truncated: bool, out: list[Envelope]) -> None:
         parts = split_timestamp(raw)
         if parts is None:
             return  # without a timestamp there is no cursor; Docker always sends one when asked
         ts, body = parts
+        tracker = self._tracker
         cursor = tracker.accept(ts)
         if cursor is None:
             return
         message, truncated = cap_message(body, truncated, self.owner.max_line_bytes)
         fields = {"stream": kind, "truncated": "1"} if truncated else {"stream": kind}
         record = LogRecord(target=self.target, ts=tracker.last_ns / 1e9, message=message, fields=fields)
-        self.owner.queue.put(Envelope(record, self.source_key, (self.cursor_key, cursor.encode())))
-        self.owner._advance(self.engine, self.name, cursor)
+        out.append(Envelope(record, self.source_key, (self.cursor_key, cursor.encode())))
         self.lines += 1
+
+
+class _StreamMux:
+    """One thread reads every followed container's log stream.
+
+    Why one: a fleet's lines arrive one at a time, and a thread per container woke (and took the
+    GIL, and woke the engine) once per line — at 48 replicas that was half the watcher's CPU. This
+    thread sleeps ``gather_s`` after each round that read something, so the next round finds what
+    every stream wrote meanwhile and hands it to the queue in one ``put_many``. A line waits at
+    most ``gather_s`` longer; Docker buffers meanwhile, it never drops.
+
+    Every socket is closed here, after it left the selector: a descriptor closed elsewhere could be
+    reused by the next stream before the selector forgot it.
+    """
+
+    def __init__(self, owner: DockerLogsSource, gather_s: float) -> None:
+        self.owner = owner
+        self.gather_s = gather_s
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._changes: list[tuple[bool, _Follower]] = []  # (add?, follower), in order
+        self._stopped = False
+        self.thread = threading.Thread(target=self._run, name="logs", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def add(self, follower: _Follower) -> None:
+        self._change(True, follower)
+
+    def remove(self, follower: _Follower) -> None:
+        self._change(False, follower)
+
+    def _change(self, add: bool, follower: _Follower) -> None:
+        with self._lock:
+            self._changes.append((add, follower))
+        with contextlib.suppress(OSError):  # the pipe is full (a wake-up is due anyway), or stopped
+            self._wake_w.send(b"x")
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.thread.ident is None:  # never started: nothing was registered
+            self._close_selector()
+            return
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        self.thread.join(timeout=5)
+
+    def _close_selector(self) -> None:
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _apply(self) -> None:
+        with self._lock:
+            changes, self._changes = self._changes, []
+        for add, follower in changes:
+            sock = follower.sock
+            registered = sock is not None and sock.fileno() >= 0 and self._registered(sock)
+            if add and (follower._stopped or self._stopped):
+                follower._close()
+                follower._done.set()
+            elif add and sock is not None and not registered:
+                self._sel.register(sock, selectors.EVENT_READ, follower)
+            elif not add and registered and sock is not None:
+                self._sel.unregister(sock)
+                follower._close()
+                follower._done.set()  # stopped: no worker will follow it again
+
+    def _registered(self, sock: socket.socket) -> bool:
+        try:
+            self._sel.get_key(sock)
+            return True
+        except KeyError:
+            return False
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped:
+                self._apply()
+                events = self._sel.select(timeout=1.0)
+                began = time.monotonic()
+                out: list[Envelope] = []
+                for key, _ in events:
+                    follower = key.data
+                    if follower is None:
+                        self._drain_wake()
+                        continue
+                    assert isinstance(follower, _Follower)
+                    if not follower.read_ready(out):
+                        self._sel.unregister(key.fileobj)
+                        follower.finish(out)
+                if out:
+                    self.owner.queue.put_many(out)
+                    rest = self.gather_s - (time.monotonic() - began)
+                    if rest > 0 and not self._stopped:
+                        time.sleep(rest)
+        finally:
+            self._apply()
+            for key in list(self._sel.get_map().values()):
+                if isinstance(key.data, _Follower):
+                    self._sel.unregister(key.fileobj)
+                    key.data._close()
+                    key.data._done.set()
+            self._close_selector()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
 
 
 # -- the source ---------------------------------------------------------------------------------------
@@ -343,10 +593,12 @@ class DockerLogsSource(Source):
         backfill_s: float | None = 300.0,
         max_line_bytes: int = MAX_LINE_BYTES,
         inventory: Inventory | None = None,
+        gather_s: float = 0.05,
     ) -> None:
         """``backfill_s``: how far back to read a container that has no cursor yet (None = all of it).
         ``inventory``: the watcher's shared one; without it (``engines``, ``label_selector``,
-        ``service_label`` and ``rescan_s`` then describe it) the source keeps a private one."""
+        ``service_label`` and ``rescan_s`` then describe it) the source keeps a private one.
+        ``gather_s``: how long the reader lets every stream gather lines between rounds."""
         super().__init__(queue)
         self.store = store
         self.inventory, self._owns_inventory = shared_or_own(
@@ -359,6 +611,15 @@ class DockerLogsSource(Source):
         self._lock = threading.RLock()
         self._engine_ok: dict[str, bool] = dict.fromkeys(self.inventory.engine_names, False)
         self._subscriber = Subscriber(on_update=self._on_update, on_engine=self._on_engine)
+        self.gather_s = gather_s
+        self._mux: _StreamMux | None = None  # both made by start: a stopped pair is closed for good
+        self._workers: ThreadPoolExecutor | None = None
+
+    def _submit(self, task: Callable[[], None]) -> None:
+        if self.stopping or self._workers is None:
+            return
+        with contextlib.suppress(RuntimeError):  # shut down: the source is stopping
+            self._workers.submit(task)
 
     # positions: what this process already delivered, else what the store committed
     def _position(self, engine: str, name: str) -> LogCursor | None:
@@ -375,6 +636,11 @@ class DockerLogsSource(Source):
     def start(self) -> None:
         if not self._claim_start():
             return
+        self._mux = _StreamMux(self, self.gather_s)
+        # Opening a stream and deciding whether to follow again are blocking Docker calls: a few
+        # workers make them, so the one reader never waits on an engine.
+        self._workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="logs-open")
+        self._mux.start()
         self.inventory.subscribe(self._subscriber)  # before the inventory starts: see the first events
         for engine, state in self.inventory.engine_states().items():
             self._on_engine(engine, state)
@@ -394,8 +660,13 @@ class DockerLogsSource(Source):
             followers = list(self._followers.values())
         for f in followers:
             f.stop()
-        for f in followers:
-            f.thread.join(timeout=5)
+        if self._mux is not None:
+            self._mux.stop()
+        if self._workers is not None:
+            self._workers.shutdown(wait=True, cancel_futures=True)
+        for f in followers:  # nothing runs for them any more: a stream opened meanwhile is closed here
+            f._close()
+            f._done.set()
         self.connected = False
 
     def followed(self) -> dict[str, str]:

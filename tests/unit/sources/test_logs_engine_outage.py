@@ -9,7 +9,7 @@ were already delivered are skipped, the ones written during the outage are deliv
 
 from __future__ import annotations
 
-import io
+import socket
 import struct
 import time
 from datetime import UTC, datetime
@@ -27,8 +27,16 @@ from watcher.timefmt import parse_rfc3339_ns
 
 
 class _Response:
+    """A finished stream on a real socket, as the source reads it: the body, then the end."""
+
     def __init__(self, body: bytes) -> None:
-        self.raw = io.BytesIO(body)
+        self.sock, peer = socket.socketpair()
+        peer.sendall(body)
+        peer.close()
+        self.raw = None
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class LogsApi(FakeApi):
@@ -59,8 +67,8 @@ class LogsApi(FakeApi):
     def _raise_for_status(self, res: Any) -> None:
         return None
 
-    def _get_raw_response_socket(self, res: Any) -> None:
-        return None
+    def _get_raw_response_socket(self, res: _Response) -> socket.socket:
+        return res.sock
 
     def _disable_socket_timeout(self, sock: Any) -> None:
         return None

@@ -121,3 +121,22 @@ def test_a_full_batch_does_not_linger() -> None:
     started = time.monotonic()
     assert len(q.get_batch(10, timeout_s=0, linger_s=30)) == 10
     assert time.monotonic() - started < 20  # taken at once, not after the 30 s linger
+
+
+def test_put_many_keeps_each_sources_bound_and_counts_each_drop_against_its_own_source() -> None:
+    q = SignalQueue(max_per_source=3, max_total=5)
+    kept = q.put_many([env("busy", i) for i in range(6)] + [env("quiet", 0), env("late", 0), env("late", 1)])
+    assert kept == 5  # 3 busy (its bound), 1 quiet, then 1 late before the total bound
+    assert q.dropped == {"busy": 3, "late": 1}
+    assert [e.signal.ts for e in q.get_batch(10, 0) if e.source == "busy"] == [0.0, 1.0, 2.0]
+
+
+def test_put_many_wakes_a_waiting_consumer() -> None:
+    q = SignalQueue(100, 100)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(len(q.get_batch(100, timeout_s=5))))
+    t.start()
+    time.sleep(0.1)
+    q.put_many([env("a", 1), env("b", 2)])
+    t.join(timeout=5)
+    assert got == [2]
