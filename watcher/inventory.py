@@ -67,6 +67,20 @@ def matches_selector(labels: Mapping[str, str], selector: Sequence[str]) -> bool
     return True
 
 
+POOL_SIZE = 64  # connections kept per engine
+THOROUGH_EVERY = 6  # every 6th periodic rescan inspects every container (see Inventory._rescan_one)
+
+
+def list_mark(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a container's entry in Docker's list shows of the state the inventory keeps: names,
+    state, health (the parenthesised end of ``Status``, whose uptime changes all the time) and labels.
+    The same mark twice means no inspect is needed to know nothing listed changed."""
+    status = str(entry.get("Status") or "")
+    health = status[status.rfind("(") :] if status.endswith(")") else ""
+    labels = entry.get("Labels") or {}
+    return (tuple(entry.get("Names") or ()), entry.get("State"), health, tuple(sorted(labels.items())))
+
+
 class _LateVersionAPIClient(docker.APIClient):  # type: ignore[misc]
     """docker-py's client asks the engine for its API version when it is built, and raises when the
     engine is down — a watcher started before its engine would die with a traceback. This one asks on
@@ -78,7 +92,14 @@ class _LateVersionAPIClient(docker.APIClient):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         version = kwargs.pop("version", None)
         self._late = version is None or (isinstance(version, str) and version.lower() == "auto")
+        # A log stream holds a connection per followed container: docker-py's 10 made a fleet's
+        # engine client open and throw away connections ("Connection pool is full").
+        kwargs.setdefault("max_pool_size", POOL_SIZE)
         super().__init__(*args, version=self._PLACEHOLDER if self._late else version, **kwargs)
+        # The engine's address is the engines setting, nothing else: no proxy or ~/.netrc from the
+        # environment may re-route the Docker API or send it credentials, and requests would stat
+        # ~/.netrc and walk the environment on every call (a fleet makes dozens a second).
+        self.trust_env = False
 
     def _url(self, pathfmt: str, *args: Any, **kwargs: Any) -> str:
         if self._late and kwargs.get("versioned_api", True):
@@ -269,6 +290,7 @@ class _Engine:
     wake: threading.Event = field(default_factory=threading.Event)
     # the problems already logged in this outage: one line each, not one per retry (cleared on recovery)
     logged: set[str] = field(default_factory=set)
+    marks: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # container id -> list_mark at the last rescan
 
 
 class Inventory:
@@ -369,23 +391,50 @@ class Inventory:
             self._rescan_one(name)
 
     def _rescan_loop(self) -> None:
+        rounds = 0
         while not self._stop.wait(self.rescan_s):
-            self.rescan()
+            rounds += 1
+            for name in list(self._engines):
+                self._rescan_one(name, thorough=rounds % THOROUGH_EVERY == 0)
 
-    def _rescan_one(self, engine: str) -> None:
+    def _rescan_one(self, engine: str, thorough: bool = True) -> None:
+        """List the engine and publish a full update.
+
+        ``thorough``: inspect every container. Otherwise (the periodic rescans between thorough
+        ones) only those whose list entry changed since the last listing: a fleet's rescan was one
+        inspect per container every period. A change the list entry does not show (a restart: still
+        running, new start time) reaches the inventory by its event; only a broken events stream
+        loses events, and every reconnect rescans thoroughly, as do start and every
+        ``THOROUGH_EVERY``-th period.
+        """
         eng = self._engines[engine]
         with eng.lock:
             started_ns = time.time_ns()
             try:
-                listed = eng.client.containers.list(all=True, filters={"label": self.selector}, ignore_removed=True)
+                entries = eng.client.api.containers(all=True, filters={"label": self.selector})
             except Exception as exc:
                 self._set_state(engine, listed=False, error=f"{engine}: cannot list containers: {exc}")
                 return
-            found: dict[str, WatchedContainer] = {}
-            for c in listed:
-                if matches_selector(c.labels or {}, self.names.selector):
-                    found[str(c.id)] = WatchedContainer.of(engine, c, self.names)
             old = eng.containers
+            found: dict[str, WatchedContainer] = {}
+            marks: dict[str, tuple[Any, ...]] = {}
+            for entry in entries:
+                cid, mark = str(entry.get("Id") or ""), list_mark(entry)
+                if not cid or not matches_selector(entry.get("Labels") or {}, self.names.selector):
+                    continue
+                known = old.get(cid)
+                if not thorough and known is not None and eng.marks.get(cid) == mark:
+                    found[cid], marks[cid] = known, mark
+                    continue
+                try:
+                    container = eng.client.containers.get(cid)
+                except docker.errors.NotFound:
+                    continue  # removed since the listing
+                except Exception as exc:
+                    self._set_state(engine, listed=False, error=f"{engine}: cannot inspect {cid[:12]}: {exc}")
+                    return
+                found[cid], marks[cid] = WatchedContainer.of(engine, container, self.names), mark
+            eng.marks = marks
             changes = [Change(old.get(cid), new) for cid, new in found.items() if old.get(cid) != new]
             changes += [Change(gone, None) for cid, gone in old.items() if cid not in found]
             eng.containers = found

@@ -67,6 +67,20 @@ class FakeApi:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
 
+    def containers(self, all: bool = False, filters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Docker's list entries: names, state, status (uptime, then health in parentheses), labels."""
+        health = {"healthy": " (healthy)", "unhealthy": " (unhealthy)", "starting": " (health: starting)"}
+        return [
+            {
+                "Id": c.id,
+                "Names": [f"/{c.name}"],
+                "State": "running" if c.running else "exited",
+                "Status": (f"Up {time.time_ns()} s" if c.running else "Exited (0)") + health.get(c.health or "", ""),
+                "Labels": dict(c.labels),
+            }
+            for c in self.engine.list(all=all, filters=filters)
+        ]
+
     def stats(self, cid: str, stream: bool, one_shot: bool | None = None) -> dict[str, Any]:
         c = self.engine.by_id[cid]
         return {"memory_stats": {"usage": 100, "limit": 1000, "stats": {"inactive_file": 10}}} if c.running else {}
@@ -394,3 +408,39 @@ def test_log_source_forgets_positions_of_gone_containers_once_committed(
     inventory.rescan()
     logs._on_update(Update("e1", inventory.snapshot(), (), full=True))
     assert set(logs._positions) == {("e1", "gone-pending")}  # forgetting it would repeat lines
+
+
+def test_a_periodic_rescan_inspects_only_containers_whose_list_entry_changed(
+    engine: FakeEngine, inventory: Inventory
+) -> None:
+    fleet = [engine.run(f"tfs-{i}", quiet=True) for i in range(20)]
+    inventory.rescan()  # thorough: every container inspected
+    assert engine.gets == 20
+    inventory._rescan_one("e1", thorough=False)
+    assert engine.gets == 20  # nothing listed changed (the uptime in Status does not count)
+    fleet[3].health = "unhealthy"  # no event reached the inventory: only the list shows it
+    fleet[7].running = False
+    new = engine.run("tfs-new", quiet=True)
+    inventory._rescan_one("e1", thorough=False)
+    assert engine.gets == 23
+    snap = inventory.snapshot()
+    assert snap.by_key("e1/tfs-3") is not None and not snap.by_key("e1/tfs-3").serving  # type: ignore[union-attr]
+    assert snap.by_key("e1/tfs-7") is not None and not snap.by_key("e1/tfs-7").running  # type: ignore[union-attr]
+    assert snap.by_key("e1/tfs-new") is not None and snap.by_key("e1/tfs-new").id == new.id  # type: ignore[union-attr]
+    engine.remove(fleet[0])
+    inventory._rescan_one("e1", thorough=False)
+    assert engine.gets == 23 and inventory.snapshot().by_key("e1/tfs-0") is None  # gone without an inspect
+
+
+def test_every_sixth_periodic_rescan_inspects_everything(engine: FakeEngine) -> None:
+    for i in range(4):
+        engine.run(f"tfs-{i}", quiet=True)
+    inv = Inventory({"e1": engine}, NAMES, rescan_s=0.1)  # type: ignore[dict-item]
+    inv.start()
+    try:
+        wait_until(lambda: engine.gets == 8)  # start, then the events stream's connect: both thorough
+        time.sleep(0.25)  # periods 1 and 2: nothing changed, nothing inspected
+        assert engine.gets == 8
+        wait_until(lambda: engine.gets == 12)  # the sixth period: everything again
+    finally:
+        inv.stop()

@@ -83,3 +83,36 @@ def test_api_port_in_use_exits_2_naming_the_address(tmp_path: Path) -> None:
     assert proc.returncode == 2, out
     assert f"error: cannot listen on 127.0.0.1:{port} (api_listen): Address already in use" in out
     assert "Traceback" not in out
+
+
+def test_the_engine_is_reached_at_its_own_address_whatever_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import http.server
+    import threading
+
+    class Engine(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"ApiVersion": "1.43"} if self.path.endswith("/version") else []).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dead = _free_port()  # a proxy nobody runs: a request sent there fails
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{dead}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        client = make_clients({"e1": f"tcp://127.0.0.1:{server.server_address[1]}"})["e1"]
+        assert client.api.containers(all=True) == []
+    finally:
+        server.shutdown()
+        server.server_close()
