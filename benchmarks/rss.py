@@ -8,7 +8,7 @@ from ``-X importtime``'s report on stderr, how many modules it imported and whic
 among them. Nothing in the product is added for this: ``/proc`` and the interpreter say it all.
 
 Configurations: ``none`` (no packs), ``no-learned`` (the shipped packs minus those with a rule whose
-detector is river-based), ``shipped`` (every shipped pack, the default).
+detector learns: the failure predictor), ``shipped`` (every shipped pack, the default).
 
     python -m benchmarks.rss                 # all three, a table
     python -m benchmarks.rss --json out.json
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("river", "scipy", "numpy", "pandas", "sklearn", "docker", "prometheus_client", "apscheduler", "hyperscan")
 """Top-level packages worth naming when they are imported (the rest is counted, not named)."""
 LEARNED_KINDS = ("predictor",)
-"""Detector kinds whose implementation needs river (``no-learned`` drops packs that use them)."""
+"""Detector kinds that learn (``no-learned`` drops packs that use them)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
-"""The params models of the detectors whose implementations are heavy (numpy, river), in a module
-that imports neither.
+"""The params models of the detectors whose implementations are heavy (numpy), in a module that
+does not import it.
 
 The rule-pack schema validates ``detector: {kind, params}`` with these models, so ``watcher rules
-lint`` and the compile step of a pack that uses none of these kinds never load numpy or river
-(issue #18: river alone pulls in scipy, some 70 MB). The implementations import their model from
+lint`` and the compile step of a pack that uses none of these kinds never load numpy (issue #18:
+a watcher pays for a detector's imports only when a loaded rule uses it). The implementations import their model from
 here and re-export it under its old name (``watcher.detectors.forecast.RunwayParams`` etc.).
 Light detectors (``change``, ``templates``) keep their params beside their code.
 """

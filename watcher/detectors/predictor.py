@@ -8,13 +8,14 @@ Features, each in [0, 1] so that prior weights read as "how much evidence is thi
   error-ratio and latency series against the replica's own baseline;
 * ``restarts``: restarts and crashes in the last hour (5 or more = 1).
 
-The model is river's online ``LogisticRegression``. It starts from **priors** (intercept -4: a
-healthy replica has p ~ 2 %; ``runway`` weight 12: a runway under ``runway_scale`` alone gives p >
-0.5) so it is useful before any failure was seen. **Labels** come from what the watcher observes:
-an OOM kill, a die with a non-zero exit code (not 143, our own SIGTERM) or ``unhealthy`` turns the
-target's feature snapshots of the last ``horizon`` into positives; snapshots that age past the
-horizon without a failure become negatives. Positives are weighted ``pos_weight`` because
-failures are rare.
+The model is an online logistic regression (:mod:`watcher.detectors.logistic`: river's
+``LogisticRegression`` arithmetic, without river's 72 MB of scipy). It starts from **priors**
+(intercept -4: a healthy replica has p ~ 2 %; ``runway`` weight 12: a runway under
+``runway_scale`` alone gives p > 0.5) so it is useful before any failure was seen. **Labels**
+come from what the watcher observes: an OOM kill, a die with a non-zero exit code (not 143, our
+own SIGTERM) or ``unhealthy`` turns the target's feature snapshots of the last ``horizon`` into
+positives; snapshots that age past the horizon without a failure become negatives. Positives
+are weighted ``pos_weight`` because failures are rare.
 
 The sub-detectors (a :class:`~watcher.detectors.forecast.RunwayDetector` and up to two
 :class:`~watcher.detectors.change.ChangeDetector`) are built from this rule's params and
@@ -25,19 +26,17 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from watcher.detectors.base import Detector, Observation
 from watcher.detectors.change import ChangeDetector
 from watcher.detectors.forecast import RunwayDetector
+from watcher.detectors.logistic import OnlineLogisticRegression
 from watcher.detectors.params import PredictorParams as PredictorParams  # re-exported: its old home
 from watcher.model import Lifecycle, LifecycleKind, Predicts, Sample, Target
 from watcher.rulepack.schema import AnyRule, DetectorRule, DetectorSpec
-
-if TYPE_CHECKING:
-    from river import linear_model
 
 DEFAULT_PRIORS: dict[str, float] = {
     "intercept": -4.0,
@@ -83,7 +82,7 @@ class FailurePredictor(Detector):
             else None
         )
         priors = {**DEFAULT_PRIORS, **self.params.priors}
-        self._model: linear_model.LogisticRegression | None = None
+        self._model: OnlineLogisticRegression | None = None
         self._coefficients = ({n: w for n, w in priors.items() if n != "intercept"}, priors["intercept"])
         self.learned = {"positive": 0, "negative": 0}
         self._targets: dict[str, Target] = {}
@@ -95,20 +94,11 @@ class FailurePredictor(Detector):
         self._heard: dict[str, float] = {}  # last signal per target: a replay hint, not checkpointed
 
     @property
-    def model(self) -> linear_model.LogisticRegression:
-        """river's model, built (and river imported: with scipy some 70 MB, issue #18) the first time a
-        target needs a probability. Until then the coefficients are plain numbers: a watcher whose
-        packs have this rule but that watches no replica yet checkpoints and restores without river."""
+    def model(self) -> OnlineLogisticRegression:
+        """The model, built from the coefficients (the priors, or a checkpoint's) on first use."""
         if self._model is None:
-            from river import linear_model, optim
-
             weights, intercept = self._coefficients
-            model = linear_model.LogisticRegression(
-                optimizer=optim.SGD(self.params.lr), l2=0.0, intercept_init=intercept, intercept_lr=self.params.lr
-            )
-            for name, weight in weights.items():
-                model._weights[name] = weight
-            self._model = model
+            self._model = OnlineLogisticRegression(self.params.lr, intercept, weights)
         return self._model
 
     def coefficients(self) -> tuple[dict[str, float], float]:
@@ -139,8 +129,7 @@ class FailurePredictor(Detector):
         }
 
     def probability(self, x: dict[str, float]) -> float:
-        proba: dict[bool, float] = self.model.predict_proba_one(x)  # type: ignore[no-untyped-call]
-        return float(proba.get(True, 0.0))
+        return self.model.predict_proba(x)
 
     # -- signals -------------------------------------------------------------------------------
     def on_sample(self, sample: Sample) -> list[Observation]:
@@ -187,7 +176,7 @@ class FailurePredictor(Detector):
         snaps = self._snapshots.pop(key, deque())
         for at, x in snaps:
             if at >= ts - self.params.horizon:
-                self.model.learn_one(x, True, w=self.params.pos_weight)
+                self.model.learn(x, True, weight=self.params.pos_weight)
                 self.learned["positive"] += 1
 
     def on_tick(self, now: float) -> list[Observation]:
@@ -197,7 +186,7 @@ class FailurePredictor(Detector):
             snaps = self._snapshots.get(key)
             while snaps and snaps[0][0] < now - self.params.horizon:
                 _, x = snaps.popleft()
-                self.model.learn_one(x, False)
+                self.model.learn(x, False)
                 self.learned["negative"] += 1
             last = self._last.get(key)
             if last is not None and now - last < self.params.every:

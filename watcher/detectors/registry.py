@@ -4,8 +4,8 @@ schema validates ``detector: {kind, params}`` with the ``params_model`` each kin
 The built-in kinds are a catalogue of names, not imports: for each kind the module and class that
 implement it and, for ``detector: {kind, params}`` kinds, where its params model lives (a light
 module: :mod:`watcher.detectors.params` or the light implementation itself). An implementation is
-imported the first time a rule of its kind is built, so a watcher whose packs use no learned rule
-never loads river and scipy (issue #18: some 70 MB of a 140 MB process), and validating params
+imported the first time a rule of its kind is built, so a watcher whose packs use no numeric rule
+never loads numpy (issue #18: pay for a detector only when a loaded rule uses it), and validating params
 (``watcher rules lint``, the schema) never loads an implementation at all. Resolving on use also
 breaks the cycle between the detectors, which read rule models (``watcher.rulepack.schema``), and
 the schema, which looks params models up here.
