@@ -70,6 +70,8 @@ class Failure:
     line_at: float  # Docker's timestamp of the failure line
     drained_at: float | None  # the drain step's end (confirmed at Nginx), None: not drained in time
     rule: str | None
+    opened_at: float | None = None  # the incident opened: the finding reached the policy
+    drain_started_at: float | None = None  # the drain step began (after the rails said yes)
 
     @property
     def latency_s(self) -> float | None:
@@ -154,14 +156,18 @@ def _line_time(replica: Replica, since: float, timeout_s: float = 10.0) -> float
     raise TimeoutError(f"{replica.name} logged no {FAILURE_LINE!r} line")
 
 
-def _drain_end(w: DeployedWatcher, target: str, after: float) -> tuple[float | None, str | None]:
+def _drained(w: DeployedWatcher, target: str, line_at: float, after: float) -> Failure | None:
+    """The failure's drain, once done, with when the incident opened and the drain began (what the
+    latency splits into: detection, the rails' decision, the shift at the load balancer)."""
     for incident in w.incidents():
         if incident["target"] != target or incident["opened"] < after:
             continue
         for step in incident["steps"]:
             if step["name"] == "drain" and step["status"] == "done" and step["ended"] is not None:
-                return float(step["ended"]), str(incident["rule"])
-    return None, None
+                started = float(step["started"]) if step.get("started") is not None else None
+                rule = str(incident["rule"])
+                return Failure(target, line_at, float(step["ended"]), rule, float(incident["opened"]), started)
+    return None
 
 
 def fail_one(w: DeployedWatcher, replica: Replica, timeout_s: float) -> Failure:
@@ -171,12 +177,11 @@ def fail_one(w: DeployedWatcher, replica: Replica, timeout_s: float) -> Failure:
     replica.set_faults({"crash": {"after_s": 0}})
     line_at = _line_time(replica, injected)
     deadline = time.monotonic() + timeout_s
-    drained_at, rule = None, None
-    while time.monotonic() < deadline and drained_at is None:
-        drained_at, rule = _drain_end(w, target, injected - 1)
-        if drained_at is None:
-            time.sleep(0.5)
-    return Failure(target, line_at, drained_at, rule)
+    while time.monotonic() < deadline:
+        if (failure := _drained(w, target, line_at, injected - 1)) is not None:
+            return failure
+        time.sleep(0.5)
+    return Failure(target, line_at, None, None)
 
 
 def _profiler(w: DeployedWatcher, out: Path, seconds: float) -> subprocess.Popen[bytes]:

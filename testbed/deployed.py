@@ -24,6 +24,7 @@ from typing import Any
 
 import requests
 
+from testbed.engines import docker_socket
 from testbed.harness import HarnessSpec
 from testbed.ports import free_port, port_is_open
 from watcher.config import SITE_KEYS
@@ -48,11 +49,6 @@ def site_environment(spec: HarnessSpec) -> dict[str, str]:
             text = str(value)
         env[f"WATCHER_{key.upper()}"] = text
     return env
-
-
-def docker_socket() -> str:
-    host = os.environ.get("DOCKER_HOST", "")
-    return host.removeprefix("unix://") if host.startswith("unix://") else "/var/run/docker.sock"
 
 
 class DeployedWatcher:

@@ -33,6 +33,13 @@ from typing import IO
 import docker
 from docker.errors import DockerException
 
+
+def docker_socket() -> str:
+    """The shared engine's socket path: ``DOCKER_HOST`` when it names a unix socket, else Docker's default."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host.removeprefix("unix://") if host.startswith("unix://") else "/var/run/docker.sock"
+
+
 HOST_TOOLS = ("dash", "sleep", "cat")  # what a container that prints needs: see import_host_tools
 _TERM_TIMEOUT_S = 30.0  # dockerd stops its containers (without live-restore) before it exits
 

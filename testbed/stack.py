@@ -25,8 +25,7 @@ from typing import Any
 
 import docker
 
-from testbed.deployed import docker_socket
-from testbed.engines import ExtraEngine
+from testbed.engines import ExtraEngine, docker_socket
 from testbed.images import REPO_ROOT, ensure_images
 from testbed.ports import free_ports
 from testbed.replicas import (

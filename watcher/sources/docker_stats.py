@@ -129,9 +129,7 @@ class DockerStatsSource(Source):
         self.connected = all(state.listed for state in self.inventory.engine_states().values())
         if errors:
             self._error("; ".join(errors[:5]))
-        for s in samples:
-            assert s.target is not None
-            self.queue.put(Envelope(s, f"docker_stats:{s.target.key}", None))
+        self.queue.put_many(Envelope(s, f"docker_stats:{s.target.key if s.target else ''}", None) for s in samples)
         self.rounds += 1
         return samples
 

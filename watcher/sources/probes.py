@@ -242,9 +242,10 @@ class ProbesSource(Source):
         ts = time.time()
         labels = {"name": container.name, "engine": container.engine, "upstream": container.upstream}
         values = (("probe_ok", 0.0 if error else 1.0), ("probe_latency_seconds", elapsed))
-        for series, value in (*values, ("probe_consecutive_failures", float(failures))):
-            sample = Sample(series=series, ts=ts, value=value, target=container.target, labels=labels)
-            self.queue.put(Envelope(sample, f"probes:{key}", None))
+        self.queue.put_many(
+            Envelope(Sample(series=series, ts=ts, value=value, target=container.target, labels=labels), f"probes:{key}")
+            for series, value in (*values, ("probe_consecutive_failures", float(failures)))
+        )
 
     def _ready(self, container: WatchedContainer) -> None:
         """Another protocol's readiness call (its adapter's ``ready``: V2 ``/v2/models/<m>/ready``,

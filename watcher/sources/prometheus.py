@@ -192,8 +192,7 @@ class PrometheusSource(Source):
         return None if all_failed else out
 
     def _emit(self, samples: Sequence[Sample]) -> None:
-        for s in samples:
-            self.queue.put(Envelope(s, f"prometheus:{s.series}", None))
+        self.queue.put_many(Envelope(s, f"prometheus:{s.series}", None) for s in samples)
 
     def _fresh(self, query: PromQuery, result: Sequence[Mapping[str, Any]], now: float) -> list[Sample]:
         out: list[Sample] = []
