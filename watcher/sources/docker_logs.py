@@ -384,13 +384,16 @@ class _Follower:
         mux.add(self)
 
     # -- in the mux
-    def read_ready(self, out: list[Envelope]) -> bool:
-        """Read what the socket has (a bounded amount per round); False when the stream ended."""
+    def read_ready(self, out: list[Envelope], buffer: memoryview) -> bool:
+        """Read what the socket has (a bounded amount per round); False when the stream ended.
+
+        ``buffer``: the mux's one read buffer. ``recv(256 KiB)`` would allocate (and map) 256 KiB
+        per call to return the one line a stream wrote since the last round."""
         sock = self.sock
         assert sock is not None
         for _ in range(_READS_PER_ROUND):
             try:
-                data = sock.recv(_READ_SIZE)
+                data = bytes(buffer[: sock.recv_into(buffer)])
             except (BlockingIOError, ssl.SSLWantReadError):
                 return True
             except OSError as exc:
@@ -480,6 +483,7 @@ class _StreamMux:
         self._lock = threading.Lock()
         self._changes: list[tuple[bool, _Follower]] = []  # (add?, follower), in order
         self._stopped = False
+        self._buffer = memoryview(bytearray(_READ_SIZE))  # this thread's only: one read at a time
         self.thread = threading.Thread(target=self._run, name="logs", daemon=True)
 
     def start(self) -> None:
@@ -547,7 +551,7 @@ class _StreamMux:
                         self._drain_wake()
                         continue
                     assert isinstance(follower, _Follower)
-                    if not follower.read_ready(out):
+                    if not follower.read_ready(out, self._buffer):
                         self._sel.unregister(key.fileobj)
                         follower.finish(out)
                 if out:
