@@ -11,7 +11,8 @@ one socket proxy per engine as each host runs its own). Then:
 * a steady window (``--measure-s``): the watcher process's CPU share of one core and the socket
   proxies' (``/proc/<pid>/stat``), its RSS and peak RSS (``/proc/<pid>/status``), the log lines it
   processed per second and the signals it dropped (its own ``/metrics``, as Prometheus reads them),
-  beside the lines the fleet wrote;
+  beside the lines the fleet wrote, and the findings it fired meanwhile by rule (no fault is
+  injected yet: each one is a false alarm at this fleet size);
 * failures, one replica per engine per round, one at a time (each incident ends before the next
   fault: the shipped ``max_unavailable: 1`` would otherwise hold the second one back, which is the
   rail working, not latency): the replica logs TF Serving's fatal ``Check failed:`` line and aborts.
@@ -62,6 +63,7 @@ class Sample:
     proxies_cpu_s: float
     lines: float
     dropped: float
+    findings: dict[str, float] = field(default_factory=dict)  # rule -> findings fired so far
 
 
 @dataclass
@@ -95,14 +97,20 @@ class SizeResult:
     latency_p99_s: float | None = None
     latency_max_s: float | None = None
     not_drained: int = 0
+    steady_findings: dict[str, int] = field(default_factory=dict)  # rule -> findings in the window (no fault)
 
 
 def _metrics(w: DeployedWatcher) -> dict[str, float]:
+    """Every series summed over its labels, and ``watcher_findings_total`` also by rule
+    (``findings/<rule>``): the findings a healthy fleet should not have."""
     text = w.http.get(f"http://127.0.0.1:{w.api_port}/metrics", timeout=10).text
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[s.name] = out.get(s.name, 0.0) + s.value
+            if s.name == "watcher_findings_total":
+                key = f"findings/{s.labels.get('rule', '')}"
+                out[key] = out.get(key, 0.0) + s.value
     return out
 
 
@@ -115,6 +123,7 @@ def _sample(w: DeployedWatcher) -> Sample:
         proxies_cpu_s=sum(cpu_seconds(p.pid) for p in w.proxies.values()),
         lines=m.get("watcher_lines_total", 0.0),
         dropped=m.get("watcher_dropped_signals_total", 0.0),
+        findings={k.removeprefix("findings/"): v for k, v in m.items() if k.startswith("findings/")},
     )
 
 
@@ -262,6 +271,11 @@ def run_size(
         latency_p99_s=round(percentile(latencies, 99), 3) if latencies else None,
         latency_max_s=round(max(latencies), 3) if latencies else None,
         not_drained=sum(f.drained_at is None for f in failures),
+        steady_findings={
+            rule: int(n - first.findings.get(rule, 0.0))
+            for rule, n in sorted(last.findings.items())
+            if n > first.findings.get(rule, 0.0)
+        },
     )
 
 
@@ -272,8 +286,8 @@ def table(results: list[SizeResult]) -> str:
     base = results[0]
     rows = [
         "| replicas | engines | lines/s written | processed | dropped | watcher CPU (% of a core) | proxies CPU "
-        "| RSS MB (peak) | failure→drain median / p99 / max s (n) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| RSS MB (peak) | failure→drain median / p99 / max s (n) | findings while steady |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         lat = (
@@ -282,7 +296,8 @@ def table(results: list[SizeResult]) -> str:
         )
         rows.append(
             f"| {r.replicas} | {r.engines} | {r.lines_written_per_s:g} | {r.lines_processed_per_s:g} | {r.dropped} "
-            f"| {r.watcher_cpu_pct:g} | {r.proxies_cpu_pct:g} | {r.rss_mb:g} ({r.hwm_mb:g}) | {lat} |"
+            f"| {r.watcher_cpu_pct:g} | {r.proxies_cpu_pct:g} | {r.rss_mb:g} ({r.hwm_mb:g}) | {lat} "
+            f"| {', '.join(f'{rule} {n}' for rule, n in r.steady_findings.items()) or 0} |"
         )
     if len(results) > 1:
         rows.append("")

@@ -70,3 +70,5 @@ def test_the_fleet_benchmark_short_variant_watches_every_engine_and_drains_each_
     failures = result["failures"]
     assert {f["target"].split("/")[0] for f in failures} == {"local", "e1"}  # one per engine
     assert all(f["latency_s"] > 0 for f in failures)  # the drain came after the line, on each engine
+    assert all(f["opened_at"] <= f["drain_started_at"] <= f["drained_at"] for f in failures)
+    assert result["steady_findings"] == {}, result["steady_findings"]  # a healthy fleet: no false alarm
