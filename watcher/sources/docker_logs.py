@@ -296,11 +296,14 @@ class _Follower:
         self._done = threading.Event()
         self._stopped = False
         self.lines = 0
-        # per stream, set by _open
         self.sock: socket.socket | None = None
         self._res: Any = None
-        self._tracker = CursorTracker(None)
-        self._chunks: ChunkedDecoder | None = None
+        self._new_stream(None, chunked=False)
+
+    def _new_stream(self, start: LogCursor | None, chunked: bool) -> None:
+        """The parsing state of one stream, fresh for each (re)open."""
+        self._tracker = CursorTracker(start)
+        self._chunks = ChunkedDecoder() if chunked else None
         self._frames = FrameSplitter()
         self._splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
 
@@ -352,7 +355,6 @@ class _Follower:
     def _open(self) -> None:
         api = self.client.api
         start = self.owner._position(self.engine, self.name)
-        self._tracker = CursorTracker(start)
         params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": 1, "tail": "all"}
         if start is not None:
             params["since"] = since_param(start.ts_ns)
@@ -366,10 +368,9 @@ class _Follower:
             res.close()
             raise OSError(f"the log stream is not a socket ({type(raw).__name__})")
         sock.setblocking(False)
-        fp = getattr(getattr(res.raw, "_fp", None), "fp", None)
-        self._chunks = ChunkedDecoder() if getattr(getattr(res.raw, "_fp", None), "chunked", False) else None
-        self._frames = FrameSplitter()
-        self._splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        http = getattr(res.raw, "_fp", None)  # http.client's response under urllib3's
+        self._new_stream(start, chunked=bool(getattr(http, "chunked", False)))
+        fp = getattr(http, "fp", None)
         self._res, self.sock = res, sock
         out: list[Envelope] = []
         if isinstance(fp, io.BufferedReader):

@@ -143,13 +143,19 @@ def test_one_reader_follows_thirty_live_containers_in_order(rig: Any) -> None:
     assert len(started) <= 5, started  # the reader and at most four workers, not a thread per container
 
 
-def test_a_stream_that_ends_while_the_container_runs_is_followed_again_from_its_cursor(rig: Any) -> None:
+def follow_one(rig: Any) -> tuple[LiveLogsApi, SignalQueue, Any, DockerLogsSource]:
+    """One running container, followed: its stream is open on the fake engine."""
     engine, api, inventory, queue, make = rig
     c = engine.run("tfs-0", quiet=True)
     inventory.rescan()
     logs = make()
     logs.start()
     wait_until(lambda: c.id in api.streams)
+    return api, queue, c, logs
+
+
+def test_a_stream_that_ends_while_the_container_runs_is_followed_again_from_its_cursor(rig: Any) -> None:
+    api, queue, c, logs = follow_one(rig)
     first = api.end(c.id)
     first.sendall(chunk(frame(1, f"{ts(1)} one\n") + frame(2, f"{ts(2, 7)} two\n")) + b"0\r\n\r\n")
     wait_until(lambda: len(api.streams[c.id]) == 2)  # the last chunk ended it; still running: again
@@ -162,12 +168,7 @@ def test_a_stream_that_ends_while_the_container_runs_is_followed_again_from_its_
 
 
 def test_a_stream_that_ends_with_its_container_stopped_is_let_go(rig: Any) -> None:
-    engine, api, inventory, queue, make = rig
-    c = engine.run("tfs-0", quiet=True)
-    inventory.rescan()
-    logs = make()
-    logs.start()
-    wait_until(lambda: c.id in api.streams)
+    api, queue, c, logs = follow_one(rig)
     c.running = False
     api.end(c.id).sendall(chunk(frame(1, f"{ts(1)} last words without a newline")))
     api.end(c.id).close()
