@@ -45,7 +45,7 @@ SITE_KEYS = frozenset(
         "engines", "prometheus_url", "alertmanager_url", "webhook_url", "external_url", "api_listen",
         # paths
         "store", "log_files", "nginx_upstreams_file", "nginx_pid_file", "nginx_conf", "nginx_binary",
-        "nginx_error_log", "haproxy_socket", "model_repo",
+        "nginx_error_log", "haproxy_socket", "model_repo", "cgroup_root",
         # which containers and load balancer this site has, and whether its operator allows actions
         "label_selector", "prometheus_target_label", "lb", "lb_log_files", "nginx_container", "haproxy_backend",
         "actions_enabled",
@@ -88,13 +88,22 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="alert 'watcher blind' once every Prometheus query has failed this long"
     )
     stats_interval_s: float = Field(default=5.0, ge=0, description="Docker stats period; 0 = off")
+    memory_near_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="memory period for a replica at 40 % of its limit or more (the runway's points near it); 0 = off",
+    )
+    cgroup_root: Path | None = Field(
+        default=Path("/sys/fs/cgroup"),
+        description="the host's cgroup tree, read instead of Docker stats where the containers' files are there",
+    )
     probe_interval_s: float = Field(
         default=0.5,
         ge=0,
         description="active probe period per replica (its own status call); 0 = off; at most one in flight each",
     )
     probe_timeout_s: float = Field(
-        default=0.4, gt=0, description="a probe not answered within this is failed (well below the proxy timeout)"
+        default=0.3, gt=0, description="a probe not answered within this is failed (well below the proxy timeout)"
     )
     # memory
     store: Path = Path("watcher.db")

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from watcher.clock import Clock, WallClock
@@ -48,8 +49,10 @@ class LiveConfig:
     prometheus_interval_s: float = 15.0
     prometheus_window: str = "1m"  # replaces $window in series queries: at least 4 scrape intervals
     stats_interval_s: float | None = 5.0  # None: no Docker stats
+    memory_near_interval_s: float = 0.0  # 0: no faster memory reads near the limit
+    cgroup_root: Path | None = None  # None: Docker stats only, never the cgroup files
     probe_interval_s: float | None = 0.5  # None: no active probes (they need Docker's upstream labels)
-    probe_timeout_s: float = 0.4
+    probe_timeout_s: float = 0.3
     # host log files; those marked load_balancer (the Nginx access/error logs) are the only lines
     # the engine attributes to the replica behind their upstream_addr
     files: list[FileSpec] = field(default_factory=list)
@@ -122,7 +125,15 @@ class LiveWatcher:
                 DockerEventsSource(self.queue, self.store, inventory=inventory),
             ]
         if cfg.stats_interval_s and self._docker_stats_on:
-            sources.append(DockerStatsSource(self.queue, interval_s=cfg.stats_interval_s, inventory=inventory))
+            sources.append(
+                DockerStatsSource(
+                    self.queue,
+                    interval_s=cfg.stats_interval_s,
+                    inventory=inventory,
+                    near_interval_s=cfg.memory_near_interval_s,
+                    cgroup_root=cfg.cgroup_root,
+                )
+            )
         if cfg.probe_interval_s and inventory.engine_names:  # a replica's address is its Docker label
             sources.append(
                 ProbesSource(

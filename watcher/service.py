@@ -125,6 +125,8 @@ class Service:
             prometheus_interval_s=settings.prometheus_interval_s,
             prometheus_window=settings.prometheus_window,
             stats_interval_s=settings.effective_stats_interval_s,
+            memory_near_interval_s=settings.memory_near_interval_s,
+            cgroup_root=settings.cgroup_root,
             probe_interval_s=settings.probe_interval_s or None,
             probe_timeout_s=settings.probe_timeout_s,
             files=[

@@ -19,9 +19,10 @@ from testbed.replicas import TESTBED_LABEL, remove_testbed_containers
 from testbed.stack import Testbed, TestbedConfig
 from watcher.model import Lifecycle, LifecycleKind, LogRecord, Sample, Target
 from watcher.sources.base import Envelope, SignalQueue
+from watcher.sources.cgroup_memory import locate
 from watcher.sources.docker_events import DockerEventsSource
 from watcher.sources.docker_logs import DockerLogsSource
-from watcher.sources.docker_stats import DockerStatsSource
+from watcher.sources.docker_stats import DockerStatsSource, stats_to_values
 from watcher.sources.prometheus import PrometheusSource, PromQuery
 from watcher.store import Store
 
@@ -263,6 +264,31 @@ def test_stats_source_reports_sensible_memory(bed: Testbed) -> None:
     assert got["cpu_usage_seconds_total"].value > 0
     assert got["memory_usage_bytes"].target == Target(replica.name, "local", "half_plus_two")
     assert got["memory_usage_bytes"].labels["name"] == replica.name
+
+
+def test_cgroup_files_give_what_docker_stats_gives_without_a_docker_call(bed: Testbed) -> None:
+    """The near-the-limit reads (issue #17): the replica's own cgroup files on this host, located
+    from its id alone, say what Docker's stats say (the same limit, the working set within a few
+    MB: the two readings are moments apart), and the source then reads them instead of Docker."""
+    replica = bed.replicas[0]
+    container = bed.client.containers.get(replica.name)
+    files = locate(Path("/sys/fs/cgroup"), container.id)
+    assert files is not None, "the testbed's replica has no cgroup files where the watcher looks"
+    from_files = files.read()
+    from_docker = stats_to_values(bed.client.api.stats(container.id, stream=False, one_shot=True))
+    assert from_files["memory_limit_bytes"] == from_docker["memory_limit_bytes"] == 128 * 1024 * 1024
+    assert abs(from_files["memory_working_set_bytes"] - from_docker["memory_working_set_bytes"]) < 8e6
+    queue = SignalQueue(100, 1000)
+    root = Path("/sys/fs/cgroup")
+    src = DockerStatsSource(queue, label_selector=selector(bed.run_id), near_interval_s=1.0, cgroup_root=root)
+    src.inventory.start()  # lists once before it returns
+    try:
+        samples = src.collect_once()
+        series = {s.series for s in samples}
+        assert series >= {"memory_working_set_bytes", "memory_limit_bytes", "cpu_usage_seconds_total"}
+        assert src.status()["read_from_cgroup_files"] == 1
+    finally:
+        src.inventory.stop()
 
 
 def test_events_oom_die_start_and_replay_after_watcher_restart(bed: Testbed, tmp_path: Path) -> None:

@@ -4,11 +4,13 @@ A replica that stops answering (process alive, requests hang) writes no log line
 stays "running": without probes the watcher hears of it only through the client requests that
 already timed out at the proxy. A probe asks the replica itself, with a timeout well below the
 proxy's, so two unanswered probes in a row (the shipped rule's corroboration: one slow answer on a
-busy replica is not an incident) say "hung" a second or so after it starts.
+busy replica is not an incident) say "hung" a second or so after it starts. The second is sent the
+moment the first fails, not at the next turn, so the corroboration costs one timeout, not a period.
 
 Cost is bounded by construction: each replica has at most one probe in flight (a replica whose
 probe has not returned by its next turn is skipped, so a hung replica gets at most one request per
-period), probes start at most once per ``interval_s`` per replica, and they run on a fixed pool of
+period), probes start at most once per ``interval_s`` per replica (plus one confirming probe per
+run of failures), and they run on a fixed pool of
 ``workers`` threads. Only running containers with an upstream address and a model are probed (the
 inventory's snapshot: no Docker call here), never stopped ones, never the load balancer.
 
@@ -115,7 +117,7 @@ class ProbesSource(Source):
         label_selector: Sequence[str] = DEFAULT_SELECTOR,
         service_label: str = "watcher.service",
         interval_s: float = 0.5,
-        timeout_s: float = 0.4,
+        timeout_s: float = 0.3,
         workers: int = 16,
         inventory: Inventory | None = None,
         call: HealthCall | None = None,
@@ -140,6 +142,7 @@ class ProbesSource(Source):
         self._answered: dict[str, str] = {}  # key -> the start (started_at) since which it has answered
         self.sent = 0  # probes started
         self.skipped = 0  # turns skipped because the replica's previous probe was still out
+        self.confirms = 0  # probes sent at once after a first failure (counted in sent too)
         self.rounds = 0
         self.unprobed: list[str] = []  # running replicas without an upstream address or model label
 
@@ -236,7 +239,15 @@ class ProbesSource(Source):
             # load-failure and health rules' to find)
             counts = self._answered.get(key) == container.started_at
             failures = self._failures[key] = self._failures.get(key, 0) + 1 if error and counts else 0
-            self._inflight.discard(key)
+            # the first failure is confirmed at once rather than at the next turn: the hang is then
+            # found two timeouts after the first failed probe started, not a period and a timeout.
+            # The replica stays in flight, so its scheduled turns skip meanwhile (still one at a time)
+            confirm = failures == 1 and not self.stopping
+            if confirm:
+                self.confirms += 1
+                self.sent += 1
+            else:
+                self._inflight.discard(key)
         if error is not None:
             self._error(f"{container.name} ({container.upstream}): {error}")
         ts = time.time()
@@ -246,6 +257,18 @@ class ProbesSource(Source):
             Envelope(Sample(series=series, ts=ts, value=value, target=container.target, labels=labels), f"probes:{key}")
             for series, value in (*values, ("probe_consecutive_failures", float(failures)))
         )
+        if confirm:
+            self._resubmit(container)
+
+    def _resubmit(self, container: WatchedContainer) -> None:
+        pool = self._pool
+        try:
+            if pool is None:
+                raise RuntimeError("stopped")
+            pool.submit(self._probe, container)
+        except RuntimeError:  # the pool is shutting down
+            with self._lock:
+                self._inflight.discard(container.key)
 
     def _ready(self, container: WatchedContainer) -> None:
         """Another protocol's readiness call (its adapter's ``ready``: V2 ``/v2/models/<m>/ready``,
@@ -267,6 +290,7 @@ class ProbesSource(Source):
             "timeout_s": self.timeout_s,
             "sent": self.sent,
             "skipped": self.skipped,
+            "confirms": self.confirms,
             "in_flight": inflight,
             "failing": failing,
             "unprobed": list(self.unprobed),

@@ -86,6 +86,7 @@ class FakeTFServing:
     def __init__(self, slow: frozenset[int] = frozenset(), delay_s: float = 1.0) -> None:
         self.count = 0
         self.paths: list[str] = []
+        self.arrivals: list[float] = []  # monotonic time of each request
         lock = threading.Lock()
         outer = self
 
@@ -94,6 +95,7 @@ class FakeTFServing:
                 with lock:
                     outer.count += 1
                     outer.paths.append(self.path)
+                    outer.arrivals.append(time.monotonic())
                     n = outer.count
                 if n in slow:
                     time.sleep(delay_s)
@@ -123,7 +125,7 @@ class FakeTFServing:
 class Watch:
     """The probes feeding an engine with the shipped foresight pack, on a thread, like the live driver."""
 
-    def __init__(self, inventory: FakeInventory, interval_s: float = 0.5, timeout_s: float = 0.4) -> None:
+    def __init__(self, inventory: FakeInventory, interval_s: float = 0.5, timeout_s: float = 0.3) -> None:
         self.queue = SignalQueue()
         self.source = ProbesSource(self.queue, inventory=inventory, interval_s=interval_s, timeout_s=timeout_s)  # type: ignore[arg-type]
         self.engine = Engine(load_packs([FORESIGHT]), WallClock())
@@ -191,7 +193,7 @@ def test_a_hung_replica_is_found_within_1_5_s_of_the_hang(sim: tuple[str, str]) 
     address, admin = sim
     with Watch(FakeInventory([replica("tfs-1", address)])) as watch:
         # it has answered (its failures count from now on); the hang comes just after a round, the
-        # worst phase: the next probe fails 0.9 s later, the one after 1.4 s later
+        # worst phase: the next probe starts 0.5 s later and fails at 0.8 s, its confirmation at 1.1 s
         time.sleep(1.05)
         assert watch.raised() == []
         request = urllib.request.Request(f"{admin}/faults", data=b'{"hang": {}}', method="POST")
@@ -226,6 +228,26 @@ def test_two_slow_answers_in_a_row_are_an_incident() -> None:
         with Watch(FakeInventory([replica("tfs-1", server.address)])) as watch:
             time.sleep(3.0)
         assert [f.rule_id for _, f in watch.raised()] == ["probe-unanswered"]
+    finally:
+        server.close()
+
+
+def test_a_failed_probe_is_confirmed_at_once_not_at_the_next_turn() -> None:
+    """The second probe of a run of failures goes as the first times out (0.3 s), not a period
+    (0.5 s) after the first started: the corroboration costs one timeout. Once it answers, the
+    period resumes: one extra request per run of failures, no more."""
+    server = FakeTFServing(slow=frozenset({3}), delay_s=1.0)
+    try:
+        with Watch(FakeInventory([replica("tfs-1", server.address)])) as watch:
+            time.sleep(3.0)
+            status = watch.source.status()
+        gaps = [b - a for a, b in zip(server.arrivals, server.arrivals[1:], strict=False)]
+        assert 0.25 <= gaps[2] <= 0.45, gaps  # the 3rd probe timed out at 0.3 s, the 4th went then
+        # then the schedule keeps its own phase (the 5th a period after the 3rd): every other gap is a period
+        assert 0.4 <= gaps[2] + gaps[3] <= 0.6, gaps
+        assert all(g >= 0.4 for i, g in enumerate(gaps) if i not in (2, 3)), gaps
+        assert status["confirms"] == 1
+        assert watch.findings == []  # the confirmation answered: no incident
     finally:
         server.close()
 
