@@ -176,6 +176,16 @@ class Journal:
                 listener.incident_ended(state)
         return incident_id
 
+    def set_version_before(self, incident_id: int, version: str) -> None:
+        """Record the version the replica served when the incident opened, learnt after it opened."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT finding FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            if row is None:
+                return
+            doc = json.loads(row[0])
+            doc["version_before"] = version
+            db.execute("UPDATE incidents SET finding = ? WHERE id = ?", (json.dumps(doc), incident_id))
+
     def intent(self, incident_id: int, idx: int, step: Step, now: float) -> int:
         doc = step.to_json()
         with self.store.transaction() as db:

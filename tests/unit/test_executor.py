@@ -14,7 +14,7 @@ from typing import Any
 from watcher.actions.base import Alert, ChangeRefused, Replica
 from watcher.journal import IncidentState, Journal
 from watcher.model import SERIES_ONLY_ENGINE, Finding, Predicts, Target
-from watcher.playbook.executor import Executor
+from watcher.playbook.executor import VERSION_BEFORE_WAIT_S, Executor
 from watcher.policy import GuardConfig, Policy, ReplicaView
 from watcher.rulepack.compile import load_packs
 from watcher.store import Store
@@ -302,5 +302,20 @@ def test_a_hung_replica_is_drained_without_waiting_for_its_version_query(tmp_pat
         assert incident.version_before is None  # not known in time: verify expects the pinned/repository version
         wait_until(lambda: shifter.history[:1] == [(TARGETS[0].key, 0)])
         assert not hung.release.is_set()  # drained while the query still hangs
+        time.sleep(VERSION_BEFORE_WAIT_S + 0.05)
+        hung.release.set()  # it answers, too late to be believed (a quarter of a second after the opening)
+        time.sleep(0.1)
+        assert journal.incidents()[0].version_before is None
     finally:
         hung.release.set()
+
+
+def test_the_version_served_before_is_learnt_off_the_decision_path_and_recorded_before_the_next_step(
+    tmp_path: Path,
+) -> None:
+    """A serving replica answers its version query in moments: the traffic moves without waiting
+    for it, and the journal has it before the plan goes past the traffic step (verify reads it there)."""
+    executor, shifter, _alerts, journal = make(tmp_path)
+    executor.on_finding(slow(TARGETS[0]))  # plan: weight, await_resolved, restore
+    wait_until(lambda: journal.incidents()[0].version_before == "2")
+    assert shifter.history[:1] == [(TARGETS[0].key, 0)]

@@ -47,6 +47,7 @@ __all__ = ["Executor", "ExecutorConfig"]
 log = logging.getLogger("watcher")
 
 VERSION_BEFORE_WAIT_S = 0.25  # a serving replica answers its status call in milliseconds
+TRAFFIC_FIRST = frozenset({"drain", "weight"})  # steps that never wait for the version served before
 MAX_REFUSALS = 1000  # the most recent refusals kept for status and tests
 STORE_NOT_WRITABLE = "store not writable"  # the refusal when the journal cannot record the plan
 
@@ -97,6 +98,7 @@ class Executor:
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="version-before")
         self._lock = threading.Lock()
         self._futures: dict[int, Future[None]] = {}  # incidents still running (finished ones are pruned)
+        self._before: dict[int, tuple[Future[str | None], float]] = {}  # incident -> version query, deadline
         self.refusals: deque[tuple[str, str, str]] = deque(maxlen=MAX_REFUSALS)  # (target, rule, reason)
         self.retries = RefusedFindings()  # refused, still active, and the refusal can lapse
 
@@ -159,7 +161,10 @@ class Executor:
                 self._refused(finding, Decision(None, "replica has no load-balancer address/model label"), now)
                 return None
             dry_run = decision.dry_run or observe_only
-            before = self._version_before(replica) if replica is not None else None
+            # a dry run waits (briefly) for the version, which nothing is in a hurry for; a real
+            # incident asks in the background and drains at once (:meth:`_settle_version_before`)
+            lookup = self._lookups.submit(self.verifier.served_version, replica) if replica is not None else None
+            before = self._version_before(lookup) if lookup is not None and dry_run else None
             if observe_only:
                 note = "observe-and-alert: no Docker engine watches this replica; nothing touched"
             else:
@@ -189,19 +194,40 @@ class Executor:
                 self._alert_dry_run(incident_id, note)
                 return incident_id
             self.policy.busy.add(key)
+            if lookup is not None:
+                self._before[incident_id] = (lookup, time.monotonic() + VERSION_BEFORE_WAIT_S)
             self._submit(incident_id)
         return incident_id
 
-    def _version_before(self, replica: Replica) -> str | None:
-        """What the replica serves now, if it says so within :data:`VERSION_BEFORE_WAIT_S`; else None
-        (verification then expects the pinned or the repository's version, as for a replica that
-        was down). Measured: on a hung replica the 2 s query put its drain 2 s after the finding,
-        and every request Nginx sent it meanwhile failed."""
-        future = self._lookups.submit(self.verifier.served_version, replica)
+    @staticmethod
+    def _version_before(lookup: Future[str | None], wait_s: float = VERSION_BEFORE_WAIT_S) -> str | None:
+        """What the replica serves now, if it says so within ``wait_s``; else None (verification
+        then expects the pinned or the repository's version, as for a replica that was down).
+        Measured: on a hung replica the 2 s query put its drain 2 s after the finding, and every
+        request Nginx sent it meanwhile failed; a 0.25 s wait before the drain still cost a hung
+        replica's clients a quarter of a second of requests."""
         try:
-            return future.result(timeout=VERSION_BEFORE_WAIT_S)
+            return lookup.result(timeout=max(wait_s, 0.0))
         except FutureTimeout:
             return None
+        except Exception:  # the query itself failed: the same as no answer
+            return None
+
+    def _settle_version_before(self, incident: Incident) -> Incident:
+        """Before the first step after the traffic moved (restart, wait, verify...): the version
+        the replica served when the incident opened, if its query answered within
+        :data:`VERSION_BEFORE_WAIT_S` of the opening, recorded in the journal (verify reads it
+        there, also after a restart of the watcher)."""
+        with self._lock:
+            pending = self._before.pop(incident.id, None)
+        if pending is None:
+            return incident
+        lookup, deadline = pending
+        version = self._version_before(lookup, deadline - time.monotonic())
+        if version is None:
+            return incident
+        self.journal.set_version_before(incident.id, version)
+        return self.journal.incident(incident.id) or incident
 
     def _alert_dry_run(self, incident_id: int, note: str) -> None:
         """A dry run tells a human what was found and what would have been done: the alert is the
@@ -293,6 +319,8 @@ class Executor:
             self.alerts.incident(incident, "critical", f"executor error: {exc}")
         finally:
             self.policy.busy.discard(incident.target)
+            with self._lock:
+                self._before.pop(incident.id, None)  # a plan with no step after the traffic moved
 
     def _context(self, incident: Incident, replica: Replica) -> StepContext:
         _rule, defaults = self.rules.get(incident.rule_id, (None, Defaults()))
@@ -325,6 +353,8 @@ class Executor:
         for idx, step in enumerate(incident.plan):
             if idx in done:
                 continue
+            if step.kind not in TRAFFIC_FIRST:
+                incident = self._settle_version_before(incident)
             ctx = self._context(incident, replica)
             previous = in_flight.get(idx)
             if previous is not None and step.already_happened(ctx, previous.started):
