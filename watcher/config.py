@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     )
     stats_interval_s: float = Field(default=5.0, ge=0, description="Docker stats period; 0 = off")
     memory_near_interval_s: float = Field(
-        default=1.0,
+        default=0.5,
         ge=0,
         description="memory period for a replica at 40 % of its limit or more (the runway's points near it); 0 = off",
     )

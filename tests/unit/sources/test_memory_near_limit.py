@@ -1,7 +1,7 @@
 """Memory read more often near the limit (issue #17): the cgroup files (v1 and v2, as the kernel
 lays them out) and the Docker stats fallback, the near check's choice of replicas, and the
 decision boundary it buys the shipped runway: at every rate of the sweep, read the way the source
-reads (every 5 s at rest, every second from 40 % of the limit), a leak is found within half the
+reads with the shipped settings (every 5 s at rest, every 0.5 s from 40 % of the limit), a leak is found within half the
 time it takes to reach the limit, while a GC sawtooth below the line is never read faster."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.unit.detectors.test_forecast_urgent import BASE, LIMIT, MB, RATES, _feed, _shipped
 from tests.unit.sources.test_probes import FakeInventory, replica
@@ -20,6 +21,8 @@ from watcher.sources.cgroup_memory import locate
 from watcher.sources.docker_stats import NEAR_FRACTION, DockerStatsSource, is_near
 
 CID = "ab12" * 16  # a 64-hex container id
+SHIPPED = yaml.safe_load((Path(__file__).resolve().parents[3] / "deploy" / "watcher.yaml").read_text())
+BASE_S, NEAR_S = float(SHIPPED["stats_interval_s"]), float(SHIPPED["memory_near_interval_s"])
 
 
 def _v1(root: Path, cid: str = CID, usage: int = 100 * 2**20, inactive: int = 10 * 2**20, limit: int = 2**28) -> Path:
@@ -166,7 +169,7 @@ def test_the_near_line_is_above_the_testbeds_sawtooths_and_below_a_fast_leaks_ha
     assert is_near(NEAR_FRACTION * LIMIT, LIMIT) and not is_near(1e12, None)
 
 
-def _policy_first_finding(rate_mb: float, phase: float, base_s: float = 5.0, near_s: float = 1.0) -> float | None:
+def _policy_first_finding(rate_mb: float, phase: float, base_s: float = BASE_S, near_s: float = NEAR_S) -> float | None:
     """The shipped runway fed as the source reads: a round every ``base_s``, and every ``near_s``
     a reading of each replica at the near line or above; the leak starts ``phase`` seconds after a
     round, after a minute at rest. Seconds from the leak's start to the first finding (None: the
@@ -212,6 +215,6 @@ def test_the_fast_sawtooth_read_as_the_source_reads_never_fires_the_shipped_runw
             t = round(i * step, 6)
             u = (t + phase) % period
             value = BASE + (min(u * rate, cap) if u < on_s else 0.0) + float(rng.normal(0, 1 * MB))
-            on_near = i % 10 == 0 and is_near(value, LIMIT)
-            if i % 50 == 0 or on_near:
+            on_near = i % round(NEAR_S / step) == 0 and is_near(value, LIMIT)
+            if i % round(BASE_S / step) == 0 or on_near:
                 assert not _feed(d, t, value), (phase, t, value / MB)
