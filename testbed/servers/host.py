@@ -11,7 +11,8 @@ broken model is added later (:func:`testbed.servers.models.write_broken_mlserver
 ``POST /v2/repository/models/broken/load``), as a bad rollout would be. KServe serves ``lin``
 at one version (KServe has no model versions) and
 ``broken`` (load raises). Both bind 127.0.0.1 only; the process replaces itself with the server
-(``exec``), so the caller's PID is the server's.
+(``exec``), so the caller's PID is the server's. Both models read the fault switch named by
+``TESTBED_FAULTS`` (:mod:`testbed.servers.faults`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def write_mlserver_repo(workdir: Path, http_port: int, grpc_port: int, metrics_p
         joblib.dump(LinearRegression().fit(xs, slope * xs[:, 0] + intercept), folder / "model.joblib")
         model = {
             "name": "lin",
-            "implementation": "mlserver_sklearn.SKLearnModel",
+            # MLServer's sklearn runtime with the testbed's model-made faults (TESTBED_FAULTS)
+            "implementation": "testbed.servers.mlserver_faulty.FaultySKLearnModel",
             "parameters": {"uri": "./model.joblib", "version": version},
         }
         (folder / "model-settings.json").write_text(json.dumps(model))

@@ -2,17 +2,21 @@
 
 KServe's V1 and V2 REST both serve it (``/v1/models/<m>:predict``, ``/v2/models/<m>/infer``).
 ``fail_load=True`` makes :meth:`load` raise, as a model whose artifact is broken would; the
-launcher registers it anyway, so the server is up and the model is not ready.
+launcher registers it anyway, so the server is up and the model is not ready. The fault switch
+(:mod:`testbed.servers.faults`, ``TESTBED_FAULTS``) makes the model leak, raise, wait, hang or
+refuse a version, inside KServe's real server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import kserve  # type: ignore[import-not-found, unused-ignore]
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse  # type: ignore[import-not-found, unused-ignore]
 
+from testbed.servers.faults import Faults
 from testbed.servers.models import VERSIONS
 
 
@@ -21,11 +25,13 @@ class LinearModel(kserve.Model):  # type: ignore[misc, unused-ignore]
         super().__init__(name)
         self.version = version
         self.fail_load = fail_load
+        self.faults = Faults()
         self.slope, self.intercept = 0.0, 0.0
 
     def load(self) -> bool:
         if self.fail_load:
             raise RuntimeError(f"model {self.name} version {self.version}: artifact unreadable (testbed fault)")
+        self.faults.check_load(self.version)
         self.slope, self.intercept = VERSIONS[self.version]
         self.ready = True
         return True
@@ -37,7 +43,10 @@ class LinearModel(kserve.Model):  # type: ignore[misc, unused-ignore]
             payload = json.loads(payload)
         return [float(r[0] if isinstance(r, list) else r) for r in payload["instances"]]
 
-    def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        delay = self.faults.before_request()
+        if delay:
+            await asyncio.sleep(delay)
         ys = [self.slope * x + self.intercept for x in self._rows(payload)]
         if isinstance(payload, InferRequest):
             out = InferOutput(name="output-0", shape=[len(ys)], datatype="FP64", data=ys)

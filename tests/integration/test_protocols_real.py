@@ -52,10 +52,13 @@ class Running:
         return Replica(Target(f"{protocol}-{upstream}"), upstream, self.url, model, protocol=protocol)
 
 
-def _start(args: list[str], port: int, workdir: Path) -> Running:
+def _start(args: list[str], port: int, workdir: Path, faults: Path | None = None) -> Running:
+    """``faults``: the model-made fault switch the server's model reads (testbed/servers/faults.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
     env = {"PATH": f"{VENV / 'bin'}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(workdir)}
+    if faults is not None:
+        env["TESTBED_FAULTS"] = str(faults)
     proc = subprocess.Popen(
         [str(PYTHON), "-m", "testbed.servers.host", *args], stdout=log, stderr=log, env=env, cwd=REPO
     )
