@@ -14,7 +14,7 @@ VENV="${OIP_VENV:-$REPO/build/oip-venv}"
 WHEELHOUSE="${OIP_WHEELHOUSE:-$REPO/build/oip-wheels}"
 PYTHON="${PYTHON:-python3}"
 # the versions tests/integration/test_protocols_real.py and the recorded answers were taken with
-PACKAGES=(mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1 joblib==1.6.0 kserve==0.16.0)
+mapfile -t PACKAGES < <(grep -v '^#' "$REPO/testbed/servers/requirements.txt" | grep .)
 
 offline=0
 [[ "${1:-}" == "--offline" ]] && offline=1
@@ -29,6 +29,7 @@ fi
 if [[ $offline == 0 ]]; then
   mkdir -p "$WHEELHOUSE"
   "$VENV/bin/pip" download -q -d "$WHEELHOUSE" "${PACKAGES[@]}"
+  "$VENV/bin/pip" download -q -d "$WHEELHOUSE" pip  # the servers' image installs from the wheelhouse with it
 fi
 "$VENV/bin/pip" install -q --no-index --find-links "$WHEELHOUSE" "${PACKAGES[@]}"
 # one import per process: MLServer and KServe register the same V2 protobuf symbols and cannot share one

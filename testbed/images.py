@@ -23,6 +23,10 @@ SIMULATOR_DIR = REPO_ROOT / "testbed" / "simulator"
 
 BASE_REPOSITORY = "serving-watcher/base"
 SIMULATOR_REPOSITORY = "serving-watcher/tfsim"
+OIP_REPOSITORY = "serving-watcher/oip"  # real MLServer and KServe, the testbed's model and its faults
+SERVERS_DIR = REPO_ROOT / "testbed" / "servers"
+OIP_REQUIREMENTS = SERVERS_DIR / "requirements.txt"
+OIP_WHEELHOUSE = REPO_ROOT / "build" / "oip-wheels"  # filled by scripts/install-oip-servers.sh
 
 # Inputs of the base image. Changing any of them changes the tag.
 BASE_SUITE = "bookworm"
@@ -116,6 +120,67 @@ def ensure_simulator_image(client: docker.DockerClient) -> BuiltImage:
     except docker.errors.BuildError as exc:
         log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log)
         raise ImageBuildError(f"docker build of {tag} failed: {exc.msg}\n{log[-2000:]}") from exc
+    return BuiltImage(tag, built=True)
+
+
+def oip_requirements() -> list[str]:
+    return [line.strip() for line in OIP_REQUIREMENTS.read_text().splitlines() if line.strip() and line[0] != "#"]
+
+
+def _server_files() -> list[Path]:
+    return sorted(p for p in SERVERS_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def oip_tag(wheelhouse: Path = OIP_WHEELHOUSE) -> str:
+    """Inputs: the base image, the wheels' names (a name pins a version and a build), the servers' code."""
+    parts = [base_tag().encode(), *sorted(w.name.encode() for w in wheelhouse.glob("*.whl"))]
+    for path in _server_files():
+        parts.append(str(path.relative_to(REPO_ROOT)).encode())
+        parts.append(path.read_bytes())
+    return f"{OIP_REPOSITORY}:{_digest(parts)}"
+
+
+OIP_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE}
+COPY wheels /wheels
+# pip from its own wheel (the base has no pip), from the wheelhouse only: no network in the build
+RUN python3 /wheels/{pip}/pip install --no-index --find-links /wheels --no-cache-dir --target /opt/oip \\
+        {packages} && rm -rf /wheels
+COPY testbed /opt/testbed/testbed
+ENV PYTHONPATH=/opt/oip:/opt/testbed PATH=/opt/oip/bin:/usr/local/bin:/usr/bin:/bin PYTHONUNBUFFERED=1
+WORKDIR /opt/testbed
+ENTRYPOINT ["python3", "-m", "testbed.servers.host"]
+"""
+
+
+def ensure_oip_image(client: docker.DockerClient, wheelhouse: Path = OIP_WHEELHOUSE) -> BuiltImage:
+    """The real MLServer and KServe in one image, installed offline from the host's wheelhouse
+    (``scripts/install-oip-servers.sh`` downloads it), with the testbed's model and faults;
+    ``docker run IMAGE mlserver|kserve ...`` starts one (:mod:`testbed.servers.host`)."""
+    pips = sorted(wheelhouse.glob("pip-*.whl"))
+    if not pips:
+        raise ImageBuildError(f"no pip wheel in {wheelhouse}: run scripts/install-oip-servers.sh first")
+    base = ensure_base_image(client)
+    tag = oip_tag(wheelhouse)
+    if _exists(client, tag):
+        return BuiltImage(tag, built=False)
+    with tempfile.TemporaryDirectory(prefix="watcher-oip-") as tmp:
+        context = Path(tmp)
+        shutil.copytree(wheelhouse, context / "wheels")
+        for path in [REPO_ROOT / "testbed" / "__init__.py", *_server_files()]:
+            dest = context / path.relative_to(REPO_ROOT)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
+        dockerfile = OIP_DOCKERFILE.replace("{pip}", pips[-1].name).replace("{packages}", " ".join(oip_requirements()))
+        (context / "Dockerfile").write_text(dockerfile)
+        try:
+            client.images.build(
+                path=str(context), tag=tag, buildargs={"BASE": base.tag}, network_mode="none", rm=True, forcerm=True
+            )
+        except docker.errors.BuildError as exc:
+            log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log)
+            raise ImageBuildError(f"docker build of {tag} failed: {exc.msg}\n{log[-2000:]}") from exc
     return BuiltImage(tag, built=True)
 
 

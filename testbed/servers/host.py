@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,7 +61,9 @@ def write_mlserver_repo(workdir: Path, http_port: int, grpc_port: int, metrics_p
 def run_mlserver(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     write_mlserver_repo(workdir, args.http_port, args.grpc_port, args.metrics_port)
-    mlserver = Path(sys.executable).with_name("mlserver")
+    # the virtualenv's script beside its python; in the image, the one on PATH (pip --target's bin/)
+    beside = Path(sys.executable).with_name("mlserver")
+    mlserver = beside if beside.exists() else Path(shutil.which("mlserver") or beside)
     os.execv(str(mlserver), [str(mlserver), "start", str(workdir)])  # noqa: S606 - a fixed argv, no shell
 
 
