@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from testbed.ports import free_port
+from testbed.ports import LOOPBACK, free_port
 from testbed.servers.models import SMOKE_INSTANCES, expected
+from testbed.services import Prometheus, ScrapeTarget
 from tests.integration.test_protocols_real import Running, _start, _stop
 from watcher.actions.verify import Verifier
 from watcher.clock import ManualClock
@@ -25,8 +26,10 @@ from watcher.engine import Engine
 from watcher.model import LogRecord, Target
 from watcher.playbook.base import StepFailed
 from watcher.playbook.verification import check_serving
-from watcher.rulepack.compile import load_packs
+from watcher.rulepack.compile import CompileOptions, compile_packs, load_packs
 from watcher.rules import SHIPPED_RULES
+from watcher.sources.base import SignalQueue
+from watcher.sources.prometheus import PrometheusSource
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +58,9 @@ def _predicts(log: Path) -> set[str]:
     return out
 
 
+METRICS_PORTS: dict[str, int] = {}  # server url -> its metrics port (MLServer serves /metrics apart)
+
+
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Path]]:
     http, grpc, metrics = free_port(), free_port(), free_port()
@@ -62,9 +68,42 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running
     faults = workdir / "faults.json"
     args = ["mlserver", "--workdir", str(workdir), "--http-port", str(http)]
     server = _start([*args, "--grpc-port", str(grpc), "--metrics-port", str(metrics)], http, workdir, faults)
+    METRICS_PORTS[server.url] = metrics
     Verifier(poll_s=0.1).wait_available(server.replica("lin", "v2"), timeout_s=30)
     yield server, faults
     _stop(server.proc)
+
+
+def test_mlserver_metrics_give_the_foresight_packs_error_ratio_and_latency(
+    mlserver: tuple[Running, Path], tmp_path: Path
+) -> None:
+    """The shipped foresight pack's own queries, through a real Prometheus scraping the real MLServer
+    (its replica label as deploy/prometheus/prometheus.yml sets it): the error ratio of a model that
+    fails half its requests, and a p99 latency, for that replica."""
+    server, faults = mlserver
+    prom = Prometheus(
+        tmp_path / "prom",
+        free_port(),
+        [ScrapeTarget("mlserver", f"{LOOPBACK}:{METRICS_PORTS[server.url]}", labels={"replica": "ml-0"})],
+        scrape_interval_s=1.0,
+    )
+    ruleset = compile_packs(load_packs([SHIPPED_RULES / "foresight.yaml"]), CompileOptions(prometheus_window="10s"))
+    queries = [q for q in ruleset.queries if q.id in ("error_ratio", "latency_p99_seconds")]
+    with prom:
+        _switch(faults, {"error_ratio": 0.5})
+        try:
+            deadline = time.monotonic() + 40
+            got: dict[str, float] = {}
+            while time.monotonic() < deadline and len(got) < 2:
+                _infer_v2(server.url, 4)
+                source = PrometheusSource(SignalQueue(100, 100), prom.url, queries, interval_s=1.0, timeout_s=3.0)
+                got = {s.series: s.value for s in source.poll_once() or [] if s.target and s.target.container == "ml-0"}
+                time.sleep(1.0)
+        finally:
+            _switch(faults, {})
+    assert set(got) == {"error_ratio", "latency_p99_seconds"}, got
+    assert 0.3 <= got["error_ratio"] <= 0.7, got
+    assert 0 < got["latency_p99_seconds"] < 5, got
 
 
 def _infer_v2(url: str, n: int) -> list[int]:
