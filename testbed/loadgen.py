@@ -1,4 +1,4 @@
-"""Open-loop load generator for TF-Serving-style ``:predict`` endpoints.
+"""Open-loop load generator for TF-Serving-style ``:predict`` (and Open Inference Protocol ``/infer``) endpoints.
 
 Requests are scheduled at fixed times ``t0 + k / rate`` no matter how long earlier ones
 take: a closed-loop client would slow down exactly when a replica degrades and hide the
@@ -40,6 +40,24 @@ predictions} (any match is OK and the label is recorded), or None (any predictio
 
 MAX_REQUESTS = 200_000
 MAX_WORKERS = 1024
+
+
+def v2_request(instances: list[Any]) -> dict[str, Any]:
+    """The Open Inference Protocol body for rows of numbers: one FP64 tensor ``[rows, columns]``."""
+    rows = [row if isinstance(row, list) else [row] for row in instances]
+    data = [float(x) for row in rows for x in row]
+    return {
+        "inputs": [{"name": "x", "shape": [len(rows), len(rows[0]) if rows else 0], "datatype": "FP64", "data": data}]
+    }
+
+
+def v2_predictions(payload: Any) -> list[Any] | None:
+    """The first output's data of an Open Inference Protocol answer, flat (None: no outputs)."""
+    outputs = payload.get("outputs") if isinstance(payload, dict) else None
+    if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
+        return None
+    data = outputs[0].get("data")
+    return list(data) if isinstance(data, list) else None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -211,7 +229,10 @@ class LoadGenerator:
         max_workers: int | None = None,
         upstream_header: str = "X-Upstream",
         path: str | None = None,
+        protocol: str = "tfserving",
     ) -> None:
+        """``protocol``: ``tfserving`` (and KServe V1: ``:predict`` with ``instances``) or ``v2``
+        (Open Inference Protocol: ``/infer`` with one FP64 input tensor, the answer's first output)."""
         if rate_per_s <= 0 or duration_s <= 0 or timeout_s <= 0:
             raise ValueError("rate_per_s, duration_s and timeout_s must be > 0")
         parts = urlsplit(url_base)
@@ -227,13 +248,19 @@ class LoadGenerator:
         self.expected = expected
         self.upstream_header = upstream_header
         base_path = parts.path.rstrip("/")
-        if path is None:
-            path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
+        if protocol not in ("tfserving", "kserve-v1", "v2"):
+            raise ValueError(f"protocol must be tfserving, kserve-v1 or v2, got {protocol!r}")
+        self.protocol = protocol
+        versioned = f"/versions/{version}" if version is not None else ""
+        if path is None and protocol == "v2":
+            path = f"/v2/models/{model}{versioned}/infer"
+        elif path is None:
+            path = f"/v1/models/{model}{versioned}:predict"
         self.path = base_path + path
         self.url = f"http://{self.host}:{self.port}{self.path}"
         self.n_requests = min(MAX_REQUESTS, max(1, math.ceil(rate_per_s * duration_s - 1e-9)))
         self.max_workers = max_workers or min(MAX_WORKERS, math.ceil(rate_per_s * (timeout_s + 1.0)) + 8)
-        self._body = json.dumps({"instances": instances}).encode()
+        self._body = json.dumps(v2_request(instances) if protocol == "v2" else {"instances": instances}).encode()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.completed: list[RequestRecord] = []  # finished requests, in completion order, while running
@@ -312,9 +339,11 @@ class LoadGenerator:
             payload = json.loads(body)
         except ValueError:
             return False, None, "response is not JSON"
-        preds = payload.get("predictions") if isinstance(payload, dict) else None
+        preds = v2_predictions(payload) if self.protocol == "v2" else None
+        if self.protocol != "v2":
+            preds = payload.get("predictions") if isinstance(payload, dict) else None
         if not isinstance(preds, list):
-            return False, None, "response has no 'predictions' list"
+            return False, None, "response has no 'predictions' list" if self.protocol != "v2" else "no outputs"
         if self.expected is None:
             return True, None, None
         if callable(self.expected):

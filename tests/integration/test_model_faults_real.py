@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from testbed.loadgen import LoadGenerator
 from testbed.ports import LOOPBACK, free_port
 from testbed.servers.models import SMOKE_INSTANCES, expected
 from testbed.services import Prometheus, ScrapeTarget
@@ -122,6 +123,21 @@ def test_mlserver_model_that_raises_answers_500_and_its_log_says_so(mlserver: tu
     log = server.workdir / "server.log"
     assert "ModelFault" in log.read_text()
     assert "http_5xx" in _predicts(log)  # uvicorn's 500 access line and "Exception in ASGI application"
+
+
+def test_the_testbeds_load_speaks_v2_to_real_mlserver_and_judges_its_answers(mlserver: tuple[Running, Path]) -> None:
+    """The chaos load, in the Open Inference Protocol: every answer checked against the versions'
+    expected outputs (version 2 served), and a model failing half its requests seen as such."""
+    server, faults = mlserver
+    want = {v: expected(v) for v in ("1", "2")}
+    load = LoadGenerator(server.url, "lin", 10, 2.0, 5.0, SMOKE_INSTANCES, want, protocol="v2").run()
+    assert load.requests == 20 and load.failed == 0 and load.version_counts == {"2": 20}
+    _switch(faults, {"error_ratio": 0.5})
+    try:
+        load = LoadGenerator(server.url, "lin", 10, 2.0, 5.0, SMOKE_INSTANCES, want, protocol="v2").run()
+    finally:
+        _switch(faults, {})
+    assert load.failed == 10 and load.status_counts.get("500") == 10, load.status_counts
 
 
 def test_mlserver_model_that_leaks_grows_the_server_process(mlserver: tuple[Running, Path]) -> None:
