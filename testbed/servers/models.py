@@ -19,6 +19,16 @@ def expected(version: str, instances: list[list[float]] = SMOKE_INSTANCES) -> li
     return [slope * row[0] + intercept for row in instances]
 
 
+def write_smoke_repo(repo: Path, model: str = "lin") -> Path:
+    """``<repo>/<model>/<version>/smoke.json`` for every version: the stored smoke answers the
+    watcher's verifier compares a restarted replica against."""
+    for version in VERSIONS:
+        (repo / model / version).mkdir(parents=True, exist_ok=True)
+        stored = {"instances": SMOKE_INSTANCES, "predictions": expected(version)}
+        (repo / model / version / "smoke.json").write_text(json.dumps(stored))
+    return repo
+
+
 def write_broken_mlserver_model(workdir: Path, name: str = "broken") -> None:
     """A model folder whose artifact is garbage: MLServer's load of it fails, the server stays up."""
     folder = workdir / name

@@ -18,7 +18,7 @@ import requests
 
 from testbed.loadgen import LoadGenerator
 from testbed.ports import LOOPBACK, free_port
-from testbed.servers.models import SMOKE_INSTANCES, expected
+from testbed.servers.models import SMOKE_INSTANCES, expected, write_smoke_repo
 from testbed.services import Prometheus, ScrapeTarget
 from tests.integration.test_protocols_real import Running, _start, _stop
 from watcher.actions.verify import Verifier
@@ -178,11 +178,7 @@ def test_mlserver_reload_whose_new_version_fails_serves_the_old_one_and_is_held(
     A version check alone would pass; the stored smoke prediction of version 2 does not, and the
     watcher's check holds the replica drained."""
     server, faults = mlserver
-    repo = tmp_path / "smoke"
-    for version in ("1", "2"):
-        (repo / "lin" / version).mkdir(parents=True)
-        stored = {"instances": SMOKE_INSTANCES, "predictions": expected(version)}
-        (repo / "lin" / version / "smoke.json").write_text(json.dumps(stored))
+    repo = write_smoke_repo(tmp_path / "smoke")
     _switch(faults, {"fail_load": ["2"]})
     try:
         assert requests.post(f"{server.url}/v2/repository/models/lin/unload", timeout=10).status_code == 200

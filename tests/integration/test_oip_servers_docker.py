@@ -21,7 +21,7 @@ import requests
 from testbed.images import OIP_WHEELHOUSE, ensure_oip_image
 from testbed.ports import LOOPBACK, free_port
 from testbed.replicas import TESTBED_LABEL, remove_testbed_containers
-from testbed.servers.models import SMOKE_INSTANCES, expected
+from testbed.servers.models import write_smoke_repo
 from watcher.actions.base import Replica
 from watcher.actions.verify import Verifier
 from watcher.model import Target
@@ -98,11 +98,7 @@ def test_mlserver_in_docker_is_verified_and_its_leak_is_killed_by_the_kernel(
     container = _run(docker_client, image, run_id, args, http, tmp_path, "512m")
     replica = _replica(http)
     _wait_up(container, replica)
-    repo = tmp_path / "smoke"
-    for version in ("1", "2"):
-        (repo / "lin" / version).mkdir(parents=True)
-        stored = {"instances": SMOKE_INSTANCES, "predictions": expected(version)}
-        (repo / "lin" / version / "smoke.json").write_text(json.dumps(stored))
+    repo = write_smoke_repo(tmp_path / "smoke")
     assert "serving version 2 (expected 2)" in check_serving(Verifier(poll_s=0.1), replica, None, None, repo)
     files = locate(Path("/sys/fs/cgroup"), container.id)
     assert files is not None
@@ -138,11 +134,7 @@ def test_kserve_in_docker_is_verified_by_its_smoke_answer(
     )
     replica = _replica(port, "kserve-v1")
     _wait_up(container, replica)
-    repo = tmp_path / "smoke"
-    for version in ("1", "2"):
-        (repo / "lin" / version).mkdir(parents=True)
-        stored = {"instances": SMOKE_INSTANCES, "predictions": expected(version)}
-        (repo / "lin" / version / "smoke.json").write_text(json.dumps(stored))
+    repo = write_smoke_repo(tmp_path / "smoke")
     assert "smoke" in check_serving(Verifier(poll_s=0.1), replica, None, "1", repo).lower()
     logs = container.logs().decode(errors="replace")
     assert f"{LOOPBACK}:{port}" in logs or "Uvicorn running" in logs

@@ -11,7 +11,6 @@ load not ready.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import time
@@ -22,7 +21,7 @@ import pytest
 import requests
 
 from testbed.ports import LOOPBACK, free_port, port_is_open
-from testbed.servers.models import SMOKE_INSTANCES, expected, write_broken_mlserver_model
+from testbed.servers.models import SMOKE_INSTANCES, expected, write_broken_mlserver_model, write_smoke_repo
 from watcher.actions.base import ActionError, Replica
 from watcher.actions.verify import Verifier
 from watcher.model import Target
@@ -104,12 +103,7 @@ def kserve(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<repo>/lin/<version>/smoke.json`` for both versions, from the model's definition."""
-    repo = tmp_path_factory.mktemp("smoke")
-    for version in ("1", "2"):
-        (repo / "lin" / version).mkdir(parents=True)
-        stored = {"instances": SMOKE_INSTANCES, "predictions": expected(version)}
-        (repo / "lin" / version / "smoke.json").write_text(json.dumps(stored))
-    return repo
+    return write_smoke_repo(tmp_path_factory.mktemp("smoke"))
 
 
 def _wait_ready(verifier: Verifier, replica: Replica) -> None:

@@ -20,7 +20,6 @@ set = usage minus inactive file), so a series never changes meaning with its sou
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +105,3 @@ def locate(root: Path, container_id: str, cgroup_parent: str = "") -> CgroupFile
                 path / "memory.current", path / "memory.max", path / "memory.stat", cpu if cpu.is_file() else None, True
             )
     return None
-
-
-def readable(root: Path) -> bool:
-    """Whether ``root`` looks like a cgroup tree at all (so a wrong setting is reported once)."""
-    return os.path.isdir(root) and (os.path.isdir(root / "memory") or os.path.isfile(root / "cgroup.controllers"))

@@ -175,7 +175,7 @@ class DockerStatsSource(Source):
         self.connected = all(state.listed for state in self.inventory.engine_states().values())
         if errors:
             self._error("; ".join(errors[:5]))
-        self.queue.put_many(Envelope(s, f"docker_stats:{s.target.key if s.target else ''}", None) for s in samples)
+        self._enqueue(samples)
         self.rounds += 1
         return samples
 
@@ -211,9 +211,12 @@ class DockerStatsSource(Source):
             except Exception as exc:  # one replica's failed read never stops the others'
                 self._error(f"stats (near {container.name}): {exc}")
             self.near_reads += 1
-        self.queue.put_many(Envelope(s, f"docker_stats:{s.target.key if s.target else ''}", None) for s in samples)
+        self._enqueue(samples)
         self.near_rounds += 1
         return samples
+
+    def _enqueue(self, samples: list[Sample]) -> None:
+        self.queue.put_many(Envelope(s, f"docker_stats:{s.target.key if s.target else ''}", None) for s in samples)
 
     def _files(self, container: WatchedContainer) -> CgroupFiles | None:
         if self.cgroup_root is None:

@@ -203,11 +203,7 @@ class ProbesSource(Source):
                     self.skipped += 1
                     continue
                 self._inflight.add(container.key)
-            try:
-                pool.submit(self._probe, container)
-            except RuntimeError:  # the pool is shutting down
-                with self._lock:
-                    self._inflight.discard(container.key)
+            if not self._submit(container):
                 break
             started += 1
         with self._lock:
@@ -258,9 +254,10 @@ class ProbesSource(Source):
             for series, value in (*values, ("probe_consecutive_failures", float(failures)))
         )
         if confirm:
-            self._resubmit(container)
+            self._submit(container)
 
-    def _resubmit(self, container: WatchedContainer) -> None:
+    def _submit(self, container: WatchedContainer) -> bool:
+        """Start a probe of a replica already marked in flight; False (and unmarked) once stopping."""
         pool = self._pool
         try:
             if pool is None:
@@ -269,6 +266,8 @@ class ProbesSource(Source):
         except RuntimeError:  # the pool is shutting down
             with self._lock:
                 self._inflight.discard(container.key)
+            return False
+        return True
 
     def _ready(self, container: WatchedContainer) -> None:
         """Another protocol's readiness call (its adapter's ``ready``: V2 ``/v2/models/<m>/ready``,
