@@ -53,18 +53,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from benchmarks.chaos_scenarios import (
     FAULTY,
-    INSTANCES,
-    MODEL,
+    OIP_MEMORY_LIMIT_MB,
+    OIP_SCENARIOS,
     QUICK_SCENARIOS,
     QUICK_SECONDS,
     QUICK_SETS,
     QUICK_STRATEGIES,
     SCENARIOS,
-    SMOKE,
+    SERVERS,
     STRATEGIES,
     Context,
     PhasedExpected,
@@ -121,7 +119,7 @@ class Autoheal:
 
 
 class MemorySampler:
-    """RSS of the faulty replica from the simulator's admin ``/status`` (None while it is down)."""
+    """Memory of the faulty replica (:meth:`testbed.replicas.Replica.memory_mb`; None while it is down)."""
 
     def __init__(self, bed: Testbed, index: int, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         self.replica = bed.replicas[index]
@@ -138,13 +136,7 @@ class MemorySampler:
         for _ in range(1_000_000):
             if self.stop_event.is_set():
                 return
-            value: float | None
-            try:
-                r = self.replica.http.get(f"{self.replica.admin_url}/status", timeout=0.8)
-                value = float(r.json()["rss_bytes"]) / 2**20
-            except (requests.RequestException, ValueError, KeyError):
-                value = None
-            self.samples.append((time.time(), value))
+            self.samples.append((time.time(), self.replica.memory_mb()))
             self.stop_event.wait(self.interval_s)
 
     def stop(self) -> None:
@@ -182,6 +174,7 @@ class Run:
     scenario: Scenario
     strategy: str
     seconds: float
+    server: str = "tfsim"
     t0: float = 0.0  # wall clock of the load's start; every *_s below is relative to it
     fault_ts: float = 0.0
     records: list[RequestRecord] = field(default_factory=list)
@@ -230,10 +223,11 @@ def run_one(
     log: Any,
     watcher_stats_s: float | None = None,
     packs: list[str] | None = None,
+    server: str = "tfsim",
 ) -> Run:
     started = time.monotonic()
-    run = Run(scenario, strategy, seconds)
-    bed = Testbed(testbed_config(scenario, strategy))
+    run = Run(scenario, strategy, seconds, server)
+    bed = Testbed(testbed_config(scenario, strategy, server))
     bed.up()
     watcher: Any = None
     autoheal: Autoheal | None = None
@@ -266,16 +260,18 @@ def run_one(
         elif strategy == "autoheal":
             autoheal = Autoheal(bed).start()
         sampler = MemorySampler(bed, (faulty_indices(scenario) or (FAULTY,))[0]).start()
-        expected = PhasedExpected({"2": SMOKE["2"]["predictions"]})
+        served = bed.served()
+        expected = PhasedExpected({"2": served.predictions["2"]})
         load_p = scenario.params.get("load", {})
         gen = LoadGenerator(
             bed.url,
-            MODEL,
+            served.name,
             rate_per_s=float(load_p.get("rate", 20.0)),
             duration_s=seconds,
             timeout_s=float(load_p.get("timeout_s", 5.0)),
-            instances=INSTANCES,
+            instances=served.instances,
             expected=expected,
+            protocol=served.protocol,
         )
         ctx = Context(bed, scenario.params, expected, stop)
         gen.start()
@@ -412,6 +408,7 @@ def measure(run: Run, none_failure_s: float | None) -> dict[str, Any]:
     return {
         "scenario": sc.name,
         "strategy": run.strategy,
+        "server": run.server,
         "params": sc.params,
         "seconds": run.seconds,
         "requests": len(records),
@@ -477,6 +474,7 @@ def _count(items: Any) -> list[tuple[str, int]]:
 # --------------------------------------------------------------------------------- output
 TABLE_COLUMNS = [
     ("scenario", "scenario"),
+    ("server", "server"),
     ("strategy", "strategy"),
     ("requests", "requests"),
     ("failed", "failed"),
@@ -495,7 +493,7 @@ TABLE_COLUMNS = [
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     def cell(key: str, row: dict[str, Any]) -> str:
-        v = row.get(key)
+        v = row.get(key, "tfsim" if key == "server" else None)  # rows from before --server ran tfsim
         if v is None:
             return "-"
         if key == "failed_ratio":
@@ -507,7 +505,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         return str(v)
 
     head = "| " + " | ".join(c for c, _ in TABLE_COLUMNS) + " |"
-    sep = "|" + "|".join("---" if i < 2 else "---:" for i in range(len(TABLE_COLUMNS))) + "|"
+    sep = "|" + "|".join("---" if i < 3 else "---:" for i in range(len(TABLE_COLUMNS))) + "|"
     lines = [head, sep]
     lines += ["| " + " | ".join(cell(k, r) for _, k in TABLE_COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
@@ -736,6 +734,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB/S,...",
         help="the sweep's leak rates (implies --sweep leak); default " + ",".join(f"{r:g}" for r in SWEEP_RATES),
     )
+    p.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="tfsim",
+        help="what the replicas run: the TF Serving simulator, or real MLServer/KServe (their scenarios: "
+        + ", ".join(OIP_SCENARIOS)
+        + f"; memory limit {OIP_MEMORY_LIMIT_MB} MB unless --set bed.memory_limit_mb)",
+    )
     p.add_argument("--no-png", action="store_true", help="skip the PNG timelines")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of earlier runs, then exit")
     p.add_argument("--merged", type=Path, default=None, metavar="JSON", help="with --table: write the merged rows here")
@@ -760,8 +766,8 @@ def run_scenario(
     rows: list[dict[str, Any]] = []
     none_failure: float | None = None
     for strategy in strategies:
-        log(f"== {name} x {strategy} ({length:g} s) params {json.dumps(scenario.params)}")
-        run = run_one(scenario, strategy, length, workdir, log, args.watcher_stats, args.packs)
+        log(f"== {name} x {strategy} on {args.server} ({length:g} s) params {json.dumps(scenario.params)}")
+        run = run_one(scenario, strategy, length, workdir, log, args.watcher_stats, args.packs, args.server)
         row = measure(run, none_failure)
         if strategy == "watcher":
             row["watcher_as"] = run.watcher_as
@@ -804,12 +810,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.table:
         # one row per scenario x strategy, a later file's row replacing an earlier one's (a re-run)
-        merged = {(r["scenario"], r["strategy"]): r for path in args.table for r in json.loads(Path(path).read_text())}
+        merged = {
+            (r["scenario"], r.get("server", "tfsim"), r["strategy"]): r
+            for path in args.table
+            for r in json.loads(Path(path).read_text())
+        }
         order = list(SCENARIOS)
         rows = sorted(
             merged.values(),
             key=lambda r: (
                 order.index(r["scenario"]) if r["scenario"] in order else len(order),
+                SERVERS.index(r.get("server", "tfsim")),
                 STRATEGIES.index(r["strategy"]),
             ),
         )
@@ -842,6 +853,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown scenario/strategy: {', '.join(unknown)}", file=sys.stderr)
         return 2
+    if args.server != "tfsim":
+        not_oip = [n for n in names if n not in OIP_SCENARIOS]
+        if not_oip:
+            print(f"--server {args.server} runs {', '.join(OIP_SCENARIOS)}; not: {', '.join(not_oip)}", file=sys.stderr)
+            return 2
+        sets = [("bed", "memory_limit_mb", OIP_MEMORY_LIMIT_MB), *sets]
     for group, key, _value in sets:
         if not any(group in SCENARIOS[n].params or group in ("bed", "load") for n in names):
             print(f"warning: --set {group}.{key}: no selected scenario has parameters {group!r}", file=sys.stderr)
@@ -877,7 +894,8 @@ def main(argv: list[str] | None = None) -> int:
         table = sweep_table(summary) + "\n\nEvery run:\n\n" + table
     leads = [r["lead_time_s"] for r in rows if r["strategy"] == "watcher" and r["lead_time_s"] is not None]
     header = (
-        f"Chaos benchmark, {time.strftime('%Y-%m-%d')}, {machine}, load {rows[0]['params']['load'] if rows else ''}; "
+        f"Chaos benchmark on {args.server}, {time.strftime('%Y-%m-%d')}, {machine}, "
+        f"load {rows[0]['params']['load'] if rows else ''}; "
         f"total {total / 60:.1f} min.\n\n"
     )
     footer = f"\n\nmedian watcher lead time: {statistics.median(leads):g} s\n" if leads else "\n"

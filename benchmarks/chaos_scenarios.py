@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from testbed.oip_replicas import SERVERS as OIP_SERVERS
 from testbed.stack import MODELS_DIR, Testbed, TestbedConfig
 from watcher.rulepack.durations import parse_duration
 
@@ -43,6 +44,11 @@ V3_MODEL_JSON = {
 V3_PREDICTIONS = [0.5 * x + 4.0 for x in INSTANCES]
 
 STRATEGIES = ("none", "seed", "autoheal", "watcher")
+SERVERS = ("tfsim", *OIP_SERVERS)  # --server: the simulator or a real MLServer/KServe (testbed/oip_replicas.py)
+# what the real servers' models can do (testbed.oip_replicas.model_switch): not latency-creep (no ramping
+# delay), not load-failure (neither polls a model repository for new versions)
+OIP_SCENARIOS = ("leak-oom", "leak-oom-8", "error-ramp", "hang", "hard-kill", "stale-version", "healthy-noise-fast")
+OIP_MEMORY_LIMIT_MB = 512  # MLServer rests at ~240 MB, KServe at ~?? MB: the leak needs room to grow
 FAULTY = 1  # the replica every fault hits (weight 2 of 3/2/1: a third of the traffic)
 DEFAULT_LOAD = {"rate": 20.0, "timeout_s": 5.0}
 
@@ -142,10 +148,11 @@ def parse_set(text: str) -> tuple[str, str, Any]:
     return group, key, value
 
 
-def testbed_config(scenario: Scenario, strategy: str) -> TestbedConfig:
+def testbed_config(scenario: Scenario, strategy: str, server: str = "tfsim") -> TestbedConfig:
     """The same stack for every strategy: what differs is what acts on it (see chaos.py)."""
     bed = scenario.params.get("bed", {})
     return TestbedConfig(
+        server=server,
         replicas=3,
         weights=(3, 2, 1),
         memory_limit=f"{int(bed.get('memory_limit_mb', 256))}m",
@@ -247,6 +254,7 @@ def _noise_background(ctx: Context) -> None:
     on_s = min(float(saw.get("on_s", period / 2)), period)
     every = float(jit.get("every_s", 30.0))
     replica = ctx.bed.replicas[FAULTY]
+    served = ctx.bed.served()
     leaking = False
     next_saw = time.monotonic()
     next_burst = time.monotonic() + every / 2
@@ -257,7 +265,7 @@ def _noise_background(ctx: Context) -> None:
         try:
             if saw and now >= next_saw:
                 if leaking:
-                    replica.http.delete(f"{replica.admin_url}/faults/leak", timeout=2.0)
+                    replica.clear_fault("leak")
                 else:
                     replica.set_faults(
                         {"leak": {"mb_per_s": float(saw.get("mb_per_s", 2.0)), "max_mb": float(saw.get("max_mb", 48))}}
@@ -269,12 +277,13 @@ def _noise_background(ctx: Context) -> None:
                 burst = float(jit.get("burst_s", 5.0))
                 gen = LoadGenerator(
                     ctx.bed.url,
-                    MODEL,
+                    served.name,
                     rate_per_s=rate,
                     duration_s=burst,
                     timeout_s=5.0,
-                    instances=INSTANCES,
+                    instances=served.instances,
                     expected=ctx.expected,
+                    protocol=served.protocol,
                 ).start()
                 ctx.extra_loads.append(gen)
                 next_burst = now + every
@@ -283,7 +292,7 @@ def _noise_background(ctx: Context) -> None:
         ctx.stop.wait(0.5)
     if leaking:
         with contextlib.suppress(Exception):
-            replica.http.delete(f"{replica.admin_url}/faults/leak", timeout=2.0)
+            replica.clear_fault("leak")
 
 
 SCENARIOS: dict[str, Scenario] = {

@@ -77,7 +77,7 @@ class HarnessSpec:
             nginx_dir=str(bed.nginx.workdir) if bed.nginx else None,
             nginx_binary=bed.nginx.binary_path() if bed.nginx else "/usr/sbin/nginx",
             haproxy_socket=str(bed.haproxy.socket_path) if bed.haproxy else None,
-            haproxy_backend=bed.config.model,
+            haproxy_backend=bed.config.served_model,
             alertmanager_url=f"http://127.0.0.1:{bed.alertmanager.port}" if bed.alertmanager else None,
             prometheus_url=bed.prometheus.url if getattr(bed, "prometheus", None) is not None else None,
             **{"engine_sockets": bed.engine_sockets() if getattr(bed, "extra_engines", None) else None, **kwargs},

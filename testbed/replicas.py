@@ -46,6 +46,7 @@ class ReplicaSpec:
     health_retries: int = 3
     seed: int = 0
     engine: str = "local"  # the Docker engine it runs on (the watcher's engine name for it)
+    server: str = "tfsim"  # or a real one: mlserver, kserve (testbed/oip_replicas.py)
     # TF Serving retries a failed load 5 times a minute apart; the testbed shortens that so a
     # load failure reaches END within seconds (same log lines, same states).
     extra_args: tuple[str, ...] = ("--max_num_load_retries=1", "--load_retry_interval_micros=1000000")
@@ -79,6 +80,11 @@ class Replica:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.spec.admin_port}"
+
+    @property
+    def metrics_address(self) -> str:
+        """Where Prometheus scrapes it (MLServer has a port of its own for metrics)."""
+        return self.address
 
     @property
     def metrics_path(self) -> str:
@@ -128,6 +134,16 @@ class Replica:
 
     def clear_faults(self) -> None:
         self.http.delete(f"{self.admin_url}/faults", timeout=2.0).raise_for_status()
+
+    def clear_fault(self, name: str) -> None:
+        self.http.delete(f"{self.admin_url}/faults/{name}", timeout=2.0)
+
+    def memory_mb(self) -> float | None:
+        """The server's resident memory (None while it is down)."""
+        try:
+            return float(self.http.get(f"{self.admin_url}/status", timeout=0.8).json()["rss_bytes"]) / 2**20
+        except (requests.RequestException, ValueError, KeyError):
+            return None
 
     # -- what Docker sees -----------------------------------------------------------------
     def state(self) -> dict[str, Any]:

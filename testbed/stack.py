@@ -26,7 +26,9 @@ from typing import Any
 import docker
 
 from testbed.engines import ExtraEngine, docker_socket
-from testbed.images import REPO_ROOT, ensure_images
+from testbed.images import REPO_ROOT, ensure_images, ensure_oip_image
+from testbed.oip_replicas import MODEL as OIP_MODEL
+from testbed.oip_replicas import PROTOCOL, SERVERS, ServedModel, served_model, start_oip_replica
 from testbed.ports import free_ports
 from testbed.replicas import (
     TESTBED_LABEL,
@@ -35,6 +37,7 @@ from testbed.replicas import (
     remove_testbed_containers,
     start_replica,
 )
+from testbed.servers.models import write_smoke_repo
 from testbed.services import Alertmanager, HAProxy, Nginx, Prometheus, ScrapeTarget, Upstream
 
 MODELS_DIR = REPO_ROOT / "models"
@@ -60,6 +63,12 @@ class TestbedConfig:
     workdir: Path | None = None  # default: a fresh temp dir, removed by down()
     engines: int = 1  # Docker engines the replicas are spread over (1: the shared one only)
     noise_lines_per_s: float = 0.0  # every replica prints TF-Serving-style noise lines at this rate
+    # tfsim (the simulator) or a real server (testbed/oip_replicas.py), whose model is always "lin"
+    server: str = "tfsim"
+
+    @property
+    def served_model(self) -> str:
+        return self.model if self.server == "tfsim" else OIP_MODEL
 
 
 class Testbed:
@@ -106,8 +115,15 @@ class Testbed:
             raise ValueError(f"{cfg.replicas} replicas need {cfg.replicas} weights, got {cfg.weights}")
         if cfg.engines < 1:
             raise ValueError(f"engines must be >= 1, got {cfg.engines}")
-        image = ensure_images(self.client)["simulator"].tag
-        shutil.copytree(MODELS_DIR / cfg.model, self.model_repo / cfg.model)
+        if cfg.server != "tfsim" and cfg.server not in SERVERS:
+            raise ValueError(f"server must be tfsim or one of {SERVERS}, got {cfg.server!r}")
+        model = cfg.served_model
+        if cfg.server == "tfsim":
+            image = ensure_images(self.client)["simulator"].tag
+            shutil.copytree(MODELS_DIR / cfg.model, self.model_repo / cfg.model)
+        else:
+            image = ensure_oip_image(self.client).tag
+            write_smoke_repo(self.model_repo, model)  # what the watcher verifies a restarted replica against
         clients = {"local": self.client}
         for n in range(1, cfg.engines):
             engine = ExtraEngine(name=f"e{n}")
@@ -121,34 +137,39 @@ class Testbed:
             faults = dict(cfg.faults.get(i, {}))
             if cfg.noise_lines_per_s > 0:
                 faults.setdefault("noise", {"lines_per_s": cfg.noise_lines_per_s})
+            labels = {
+                TESTBED_LABEL: self.run_id,
+                "watcher.enable": "true",
+                "watcher.service": model,
+                "watcher.model": model,
+                "watcher.replica": str(i),
+                # how the load balancer addresses this replica: lets the watcher attribute an
+                # Nginx line about "upstream 127.0.0.1:port" to this container
+                "watcher.upstream": f"127.0.0.1:{ports[2 * i]}",
+            }
+            if cfg.server != "tfsim":
+                labels["watcher.protocol"] = PROTOCOL[cfg.server]
             spec = ReplicaSpec(
-                name=f"tfsim-{self.run_id}-{i}",
+                name=f"{cfg.server}-{self.run_id}-{i}",
                 rest_port=ports[2 * i],
                 admin_port=ports[2 * i + 1],
-                model=cfg.model,
+                model=model,
                 model_repo=self.model_repo,
                 state_dir=self.workdir / f"state-{i}",
                 image=image,
                 memory_limit=cfg.memory_limit,
                 restart_policy=cfg.restart_policy,
                 faults=faults,
-                labels={
-                    TESTBED_LABEL: self.run_id,
-                    "watcher.enable": "true",
-                    "watcher.service": cfg.model,
-                    "watcher.model": cfg.model,
-                    "watcher.replica": str(i),
-                    # how the load balancer addresses this replica: lets the watcher attribute an
-                    # Nginx line about "upstream 127.0.0.1:port" to this container
-                    "watcher.upstream": f"127.0.0.1:{ports[2 * i]}",
-                },
+                labels=labels,
                 health_interval_s=cfg.health_interval_s,
                 health_timeout_s=cfg.health_timeout_s,
                 health_retries=cfg.health_retries,
                 seed=cfg.seed + i,
                 engine=placement[i % len(placement)],
+                server=cfg.server,
             )
-            self.replicas.append(start_replica(clients[spec.engine], spec))
+            start = start_replica if cfg.server == "tfsim" else start_oip_replica
+            self.replicas.append(start(clients[spec.engine], spec))
         lb_port, prom_port, am_port, haproxy_port, _spare = ports[2 * cfg.replicas :]
         upstreams = [
             Upstream(name=r.name, address=r.address, weight=w) for r, w in zip(self.replicas, cfg.weights, strict=False)
@@ -156,17 +177,17 @@ class Testbed:
         self.nginx = Nginx(self.workdir / "nginx", lb_port, upstreams, proxy_timeout_s=cfg.proxy_timeout_s)
         self.nginx.start()
         if cfg.with_haproxy:
-            self.haproxy = HAProxy(self.workdir / "haproxy", haproxy_port, cfg.model, upstreams)
+            self.haproxy = HAProxy(self.workdir / "haproxy", haproxy_port, model, upstreams)
             self.haproxy.start()
         if cfg.with_alertmanager:
             self.alertmanager = Alertmanager(self.workdir / "alertmanager", am_port)
             self.alertmanager.start()
         targets = [
             ScrapeTarget(
-                job="tfserving",
-                address=r.address,
+                job="tfserving" if cfg.server == "tfsim" else cfg.server,
+                address=r.metrics_address,
                 metrics_path=r.metrics_path,
-                labels={"replica": r.name, "model": cfg.model},
+                labels={"replica": r.name, "model": model},
             )
             for r in self.replicas
         ]
@@ -177,7 +198,7 @@ class Testbed:
         for replica in self.replicas:
             if "fail_load" in replica.spec.faults or "hang" in replica.spec.faults:
                 continue
-            replica.wait_available(timeout_s=60)
+            replica.wait_available(timeout_s=60 if cfg.server == "tfsim" else 120)
 
     def down(self) -> None:
         for service in (self.prometheus, self.alertmanager, self.haproxy, self.nginx):
@@ -197,6 +218,19 @@ class Testbed:
         assert self.nginx is not None, "testbed is not up"
         return f"http://127.0.0.1:{self.nginx.listen_port}"
 
+    def served(self) -> ServedModel:
+        """What a client of this testbed sends (model, rows, protocol) and each version's answers."""
+        if self.config.server != "tfsim":
+            return served_model(self.config.server)
+        import json
+
+        smoke = {
+            p.parent.name: json.loads(p.read_text()) for p in (MODELS_DIR / self.config.model).glob("*/smoke.json")
+        }
+        newest = max(smoke, key=int)
+        predictions = {v: s["predictions"] for v, s in smoke.items()}
+        return ServedModel(self.config.model, smoke[newest]["instances"], predictions, "tfserving")
+
     def engine_sockets(self) -> dict[str, str]:
         """Each engine's name and unix socket path: what a watcher's ``engines`` setting points at."""
         return {"local": docker_socket(), **{n: str(e.socket) for n, e in self.extra_engines.items()}}
@@ -206,6 +240,8 @@ class Testbed:
         model repository every replica polls, as a deploy pipeline would."""
         import json
 
+        if self.config.server != "tfsim":
+            raise ValueError(f"publish_version: {self.config.server} replicas do not poll a model repository")
         model_dir = self.model_repo / self.config.model
         newest = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         staging = model_dir / f".staging-{version}"

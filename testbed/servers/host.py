@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from testbed.servers.models import LOOPBACK, VERSIONS
+from testbed.servers.models import LOOPBACK, VERSIONS, version_folder
 
 
 def write_mlserver_repo(workdir: Path, http_port: int, grpc_port: int, metrics_port: int) -> None:
@@ -46,7 +46,7 @@ def write_mlserver_repo(workdir: Path, http_port: int, grpc_port: int, metrics_p
     (workdir / "settings.json").write_text(json.dumps(settings))
     xs = np.arange(10, dtype=float).reshape(-1, 1)
     for version, (slope, intercept) in VERSIONS.items():
-        folder = workdir / f"lin-v{version}"
+        folder = workdir / version_folder(version)
         folder.mkdir(exist_ok=True)
         joblib.dump(LinearRegression().fit(xs, slope * xs[:, 0] + intercept), folder / "model.joblib")
         model = {

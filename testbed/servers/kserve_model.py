@@ -32,7 +32,7 @@ class LinearModel(kserve.Model):  # type: ignore[misc, unused-ignore]
         if self.fail_load:
             raise RuntimeError(f"model {self.name} version {self.version}: artifact unreadable (testbed fault)")
         self.faults.check_load(self.version)
-        self.slope, self.intercept = VERSIONS[self.version]
+        self.slope, self.intercept = VERSIONS[self.faults.served_version(self.version)]
         self.ready = True
         return True
 

@@ -19,6 +19,11 @@ def expected(version: str, instances: list[list[float]] = SMOKE_INSTANCES) -> li
     return [slope * row[0] + intercept for row in instances]
 
 
+def version_folder(version: str, model: str = "lin") -> str:
+    """The folder of one version in the MLServer model repository the launcher writes."""
+    return f"{model}-v{version}"
+
+
 def write_smoke_repo(repo: Path, model: str = "lin") -> Path:
     """``<repo>/<model>/<version>/smoke.json`` for every version: the stored smoke answers the
     watcher's verifier compares a restarted replica against."""

@@ -15,6 +15,7 @@ import yaml
 
 from benchmarks import chaos, chaos_scenarios
 from benchmarks.chaos_scenarios import SCENARIOS, Context, PhasedExpected, parse_set
+from testbed.oip_replicas import ServedModel
 
 T0 = 1_714_557_600.0
 
@@ -126,32 +127,25 @@ def test_set_overrides_a_scenario_parameter_and_ignores_another_scenarios_group(
 
 # --------------------------------------------------------------------------------- fakes
 @dataclass
-class FakeHttp:
-    calls: list[tuple[float, str, Any]]
-    clock: list[float]
-
-    def delete(self, url: str, timeout: float) -> None:
-        self.calls.append((self.clock[0], "delete", url))
-
-
-@dataclass
 class FakeReplica:
     index: int
     clock: list[float] = field(default_factory=lambda: [0.0])
     calls: list[tuple[float, str, Any]] = field(default_factory=list)
-    admin_url: str = "http://127.0.0.1:1"
-
-    def __post_init__(self) -> None:
-        self.http = FakeHttp(self.calls, self.clock)
 
     def set_faults(self, spec: dict[str, Any]) -> None:
         self.calls.append((self.clock[0], "set", spec))
+
+    def clear_fault(self, name: str) -> None:
+        self.calls.append((self.clock[0], "delete", name))
 
 
 @dataclass
 class FakeBed:
     replicas: list[FakeReplica]
     url: str = "http://127.0.0.1:2"
+
+    def served(self) -> ServedModel:
+        return ServedModel("m", [1.0], {"2": [1.0]}, "tfserving")
 
 
 def _ctx(scenario: chaos_scenarios.Scenario, bed: FakeBed, stop: Any = None) -> Context:

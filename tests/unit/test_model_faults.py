@@ -76,3 +76,49 @@ def test_an_unreadable_switch_is_no_fault(tmp_path: Path) -> None:
     path = tmp_path / "faults.json"
     path.write_text("{not json")
     assert Faults(path).spec() == {}
+
+
+def test_a_paced_leak_keeps_rate_times_time_whatever_the_request_rate(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    faults = Faults(path)
+    _set(path, {"leak_mb_per_s": 20})
+    faults.before_request()
+    time.sleep(0.3)
+    for _ in range(5):  # five requests at once keep no more than one
+        faults.before_request()
+    kept = sum(len(b) for b in faults.kept) / 2**20
+    assert 5.5 <= kept <= 8.0  # 20 MB/s x ~0.3 s
+    _set(path, {})  # the leak switched off: what was kept is freed (a GC sawtooth's fall)
+    faults.before_request()
+    assert faults.kept == []
+
+
+def test_an_error_ramp_stops_at_its_ceiling(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    faults = Faults(path)
+    _set(path, {"error_ratio": 0.0, "error_ramp_per_s": 100.0, "error_max": 0.5})
+    faults.spec()  # the ramp starts when the model sees the new switch
+    time.sleep(0.05)
+    assert _failures(faults, 100) == 50
+
+
+def test_a_restart_cures_the_process_faults_but_not_the_ones_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    path.write_text(json.dumps({"error_ratio": 1.0, "leak_mb_per_request": 1, "stale_on_restart": "1"}))
+    os.utime(path, (time.time() - 5, time.time() - 5))  # written before this "process" started
+    restarted = Faults(path)
+    assert _failures(restarted, 10) == 0 and restarted.kept == []
+    assert restarted.served_version("2") == "1"  # the rolled-back artifact is still on disk
+    _set(path, {"error_ratio": 1.0})  # written while it runs: it has it
+    assert _failures(restarted, 3) == 3 and restarted.served_version("2") == "2"
+
+
+def test_a_bounded_leak_stops_growing_at_its_ceiling(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    faults = Faults(path)
+    _set(path, {"leak_mb_per_s": 1000, "leak_max_mb": 3})
+    faults.spec()
+    time.sleep(0.05)
+    for _ in range(3):
+        faults.before_request()
+    assert sum(len(b) for b in faults.kept) == 3 * 2**20
