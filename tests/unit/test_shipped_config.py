@@ -123,8 +123,11 @@ class _Bed:
 
     haproxy = None
 
-    class config:
-        model = "half_plus_two"
+    @property
+    def config(self) -> Any:
+        from testbed.stack import TestbedConfig
+
+        return TestbedConfig(model="half_plus_two")
 
     class alertmanager:
         port = 19093
