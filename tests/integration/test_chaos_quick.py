@@ -50,6 +50,6 @@ def test_quick_chaos_run_writes_every_key_and_the_watcher_is_not_worse_than_none
     assert watcher["watcher_as"]["command"] == "watcher run --config deploy/watcher.yaml"
     assert watcher["watcher_as"]["knobs"] == []
     table = out.with_suffix(".md").read_text()
-    assert "| leak-oom-8 | watcher |" in table
+    assert "| leak-oom-8 | tfsim | watcher |" in table
     png = tmp_path / "chaos-leak-oom-8.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
