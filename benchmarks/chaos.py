@@ -27,6 +27,12 @@ Writes the JSON (a list, one object per scenario x strategy), a markdown table n
 Durations: see ``--list``; the default full run (all 11 scenarios x 4 strategies) is about
 2 hours (healthy-noise and healthy-noise-fast 40 minutes each), ``--quick`` about 2.5 minutes.
 
+``--server mlserver|kserve`` (issue 16) runs the same strategies on real MLServer 1.7.1 or KServe 0.16.0
+replicas (:mod:`testbed.oip_replicas`, the offline image; 512 MB limits, the seed's health check on
+``/v2/health/ready``) for the scenarios their models can make (``OIP_SCENARIOS``): the fault is the
+model's own switch file, so the servers' real logs and metrics are what the watcher reads. The table's
+``server`` column says which; ``--table`` merges rows by scenario, server and strategy.
+
 The rate sweep (issue 17), ``--sweep leak`` or ``--rates 1,2,4,8,16,32``: ``leak-oom`` at each rate under
 the same limit (``--set bed.memory_limit_mb=...``), strategies none, seed and watcher unless
 ``--strategy`` says otherwise, each run as long as the warm-up, the time the leak takes from the

@@ -281,6 +281,20 @@ class Journal:
                     started = None
         return None
 
+    def verified_restart_after(self, target: str, since: float, recent: int = 50) -> float | None:
+        """When the target was last restarted (or recreated) at or after ``since`` by an incident that
+        ended resolved, i.e. verified serving again; None when the last ``recent`` incidents hold none.
+
+        A finding refused while that incident ran is evidence about the process the restart
+        replaced: the executor drops it rather than restart the new, verified process for it."""
+        for incident in reversed(self.incidents(limit=recent)):
+            if incident.target != target or incident.dry_run or incident.state is not IncidentState.RESOLVED:
+                continue
+            for step in incident.steps:
+                if step.name in ("restart", "recreate") and step.status is StepStatus.DONE and step.started >= since:
+                    return step.started
+        return None
+
     def open_counts(self) -> dict[str, int]:
         """What is open now: incidents running, and replicas whose latest (not dry-run) incident
         ended held, i.e. kept drained until someone releases them."""

@@ -191,3 +191,19 @@ def test_two_refused_findings_of_one_replica_open_one_incident(tmp_path: Path) -
     assert bed.at(BACKOFF_S + 61) == [] and bed.at(BACKOFF_S + 119) == []  # not after the next backoff either
     assert bed.docker.calls == ["restart", "restart"]
     assert len(bed.journal.incidents()) == 2
+
+
+def test_a_finding_from_before_a_verified_restart_is_dropped_not_acted_on_again(tmp_path: Path) -> None:
+    """Two rules see the same 500s; the first one's incident restarts and verifies the replica, the
+    second one's finding (refused meanwhile) is about the process that restart replaced: acting on
+    it would restart a healthy, verified replica (seen on MLServer's error ramp, 2026-12-02)."""
+    bed = Bed(tmp_path)
+    bed.begin()
+    before = Finding(target=SICK, rule_id="errors", predicts=Predicts.HTTP_5XX, ts=bed.start - 0.5)
+    bed.clock.set(bed.start + 1)
+    assert bed.executor.on_finding(before) is None  # refused (backoff), can lapse
+    assert bed.at(BACKOFF_S) == [] and bed.at(BACKOFF_S + 60) == []
+    assert bed.docker.calls == ["restart"]
+    [dropped] = bed.kinds("retry dropped")
+    assert dropped["rule"] == "errors" and "superseded" in dropped["why"]
+    assert len(bed.executor.retries) == 0

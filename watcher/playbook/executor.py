@@ -132,6 +132,13 @@ class Executor:
             if entry.finding.rule_id not in self.rules:  # a reload dropped the rule
                 self.retries.discard(entry.finding.target.key, entry.finding.rule_id)
                 continue
+            key = entry.finding.target.key
+            restarted = self.journal.verified_restart_after(key, entry.finding.ts)
+            if restarted is not None:  # its evidence came from the process that restart replaced
+                self.retries.discard(key, entry.finding.rule_id)
+                why = f"superseded: the replica was restarted {restarted - entry.finding.ts:.1f}s after it and verified"
+                self._event("retry dropped", {"target": key, "rule": entry.finding.rule_id, "why": why})
+                continue
             incident = self._decide(entry.finding, now, retrying=entry)
             if incident is not None:
                 opened.append(incident)
