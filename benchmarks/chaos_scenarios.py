@@ -48,7 +48,7 @@ SERVERS = ("tfsim", *OIP_SERVERS)  # --server: the simulator or a real MLServer/
 # what the real servers' models can do (testbed.oip_replicas.model_switch): not latency-creep (no ramping
 # delay), not load-failure (neither polls a model repository for new versions)
 OIP_SCENARIOS = ("leak-oom", "leak-oom-8", "error-ramp", "hang", "hard-kill", "stale-version", "healthy-noise-fast")
-OIP_MEMORY_LIMIT_MB = 512  # MLServer rests at ~240 MB, KServe at ~?? MB: the leak needs room to grow
+OIP_MEMORY_LIMIT_MB = 512  # MLServer rests at 150-180 MB, KServe at 85-90 MB (2026-12-02): room for the leak to grow
 FAULTY = 1  # the replica every fault hits (weight 2 of 3/2/1: a third of the traffic)
 DEFAULT_LOAD = {"rate": 20.0, "timeout_s": 5.0}
 
