@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any, ClassVar
 
 from watcher.detectors.base import Detector, Observation
-from watcher.model import Lifecycle, LogRecord, Sample, Target
+from watcher.model import Lifecycle, LifecycleKind, LogRecord, Sample, Target
 from watcher.rulepack.schema import AnyRule, EventRule, MatchRule, PromQLRule, ThresholdRule
 
 DEFAULT_WINDOW_S = 300.0
@@ -90,6 +90,26 @@ class PatternDetector(_Windowed):
 
     def on_log(self, record: LogRecord) -> list[Observation]:
         return self._hit(record.target, record.ts, record.message)
+
+    def on_lifecycle(self, event: Lifecycle) -> list[Observation]:
+        """Lines of the process a start replaced count no more: the new process is judged on its own.
+        Counted across it, a restart that cured the replica would be acted on again for the old
+        lines, and a rule firing over it would never fire again for a restart that cured nothing,
+        as the change detector's baseline is reset for the same reason."""
+        if event.kind not in (LifecycleKind.START, LifecycleKind.RESTART):
+            return []
+        key = event.target.key
+        hits = self._hits.get(key)
+        if hits is None:
+            return []
+        kept = [h for h in hits if h > event.ts]  # lines of the new process that came before its event
+        hits.clear()
+        hits.extend(kept)
+        was_active = self._active.get(key, False)
+        self._active[key] = len(hits) >= self.count
+        if was_active and not self._active[key]:
+            return [Observation(event.target, False, event.ts, evidence=f"count reset by {event.kind.value}")]
+        return []
 
 
 class EventDetector(_Windowed):
