@@ -99,15 +99,11 @@ class PatternDetector(_Windowed):
         if event.kind not in (LifecycleKind.START, LifecycleKind.RESTART):
             return []
         key = event.target.key
-        hits = self._hits.get(key)
-        if hits is None:
+        # every counted line is forgotten: a line's time may be its own stamp (another time zone,
+        # another clock), so comparing it with the event's would keep old lines or drop new ones
+        if self._hits.pop(key, None) is None:
             return []
-        kept = [h for h in hits if h > event.ts]  # lines of the new process that came before its event
-        hits.clear()
-        hits.extend(kept)
-        was_active = self._active.get(key, False)
-        self._active[key] = len(hits) >= self.count
-        if was_active and not self._active[key]:
+        if self._active.pop(key, False):
             return [Observation(event.target, False, event.ts, evidence=f"count reset by {event.kind.value}")]
         return []
 
