@@ -228,6 +228,39 @@ def test_kserve_model_that_raises_or_leaks(kserve: tuple[Running, Path]) -> None
     assert _rss_mb(server.proc.pid) - before >= 30
 
 
+def test_kserve_metrics_give_the_foresight_packs_latency_and_no_error_ratio(
+    kserve: tuple[Running, Path], tmp_path: Path
+) -> None:
+    """KServe's own predict-time histogram (kserve/metrics.py, on its HTTP port) through a real
+    Prometheus: the shipped latency query sees a model slowed by 0.2 s; KServe counts no failures,
+    so no error ratio comes out of it (its 5xx are read from its log lines)."""
+    server, faults = kserve
+    port = server.url.rsplit(":", 1)[1]
+    prom = Prometheus(
+        tmp_path / "prom",
+        free_port(),
+        [ScrapeTarget("kserve", f"{LOOPBACK}:{port}", labels={"replica": "ks-0"})],
+        scrape_interval_s=1.0,
+    )
+    ruleset = compile_packs(load_packs([SHIPPED_RULES / "foresight.yaml"]), CompileOptions(prometheus_window="10s"))
+    queries = [q for q in ruleset.queries if q.id in ("error_ratio", "latency_p99_seconds")]
+    v1 = f"{server.url}/v1/models/lin:predict"
+    with prom:
+        _switch(faults, {"delay_s": 0.2})
+        try:
+            deadline = time.monotonic() + 40
+            got: dict[str, float] = {}
+            while time.monotonic() < deadline and not got.get("latency_p99_seconds", 0) >= 0.15:
+                assert all(requests.post(v1, json={"instances": [[1.0]]}, timeout=10).ok for _ in range(3))
+                source = PrometheusSource(SignalQueue(100, 100), prom.url, queries, interval_s=1.0, timeout_s=3.0)
+                got = {s.series: s.value for s in source.poll_once() or [] if s.target and s.target.container == "ks-0"}
+                time.sleep(1.0)
+        finally:
+            _switch(faults, {})
+    assert set(got) == {"latency_p99_seconds"}, got
+    assert 0.15 <= got["latency_p99_seconds"] < 5, got
+
+
 def test_kserve_version_that_fails_to_load_ends_the_server_and_its_log_says_why(tmp_path: Path) -> None:
     """KServe will not serve with no model ready: a new version that fails to load ends the server
     (in a container: it exits, Docker restarts it, and it fails again), and says so in its log."""
