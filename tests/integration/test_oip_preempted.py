@@ -145,6 +145,8 @@ def test_a_leak_an_error_ramp_and_a_bad_version_are_each_pre_empted(fleet: Any) 
         f"bad version {len(bad_failed)}; incidents (rule, opened s after the fault): {figures}"
     )
     assert leak_failed == [], [(r.status, r.error) for r in leak_failed]
-    assert bad_failed == [], [(r.status, r.error) for r in bad_failed]  # no client got version 1's answer
+    # no client got version 1's answer; a SIGKILL can still cut the one request in flight on it (a 502)
+    wrong = [r for r in bad_failed if r.status != "502"]
+    assert wrong == [] and len(bad_failed) <= 2, [(r.status, r.error) for r in bad_failed]
     # unwatched, the ramp fails ~100 of the ~300 requests replica 0 gets in its first 30 s
     assert len(ramp_failed) <= 15, [(r.status, r.error) for r in ramp_failed]
