@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from testbed.harness import HarnessSpec
 from testbed.images import OIP_WHEELHOUSE
 from testbed.loadgen import LoadGenerator, LoadResult
 from testbed.stack import Testbed, TestbedConfig
+from tests.integration.running import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +40,6 @@ if not any(OIP_WHEELHOUSE.glob("pip-*.whl")):
 
 RATE = 20.0
 PLAYBOOK = ["drain", "wait_idle", "restart", "wait_available", "verify", "restore"]
-
-
-def _wait(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout_s:g} s: {what}")
 
 
 def _ended(watcher: DeployedWatcher, name: str) -> dict[str, Any] | None:
@@ -100,7 +91,7 @@ def test_a_leak_an_error_ramp_and_a_bad_version_are_each_pre_empted(fleet: Any) 
     leaky = bed.replicas[1]
     t0 = time.time()
     leaky.set_faults({"leak": {"mb_per_s": 16}})
-    incident = _wait(f"{server}: the leak's incident", lambda: _ended(watcher, leaky.name), 90)
+    incident = wait_for(lambda: _ended(watcher, leaky.name), 90, f"{server}: the leak's incident")
     leaky.clear_faults()
     assert incident["state"] == "resolved", incident
     assert [s["name"] for s in incident["steps"]] == PLAYBOOK, incident
@@ -111,7 +102,7 @@ def test_a_leak_an_error_ramp_and_a_bad_version_are_each_pre_empted(fleet: Any) 
     erring = bed.replicas[0]
     t1 = time.time()
     erring.set_faults({"error_ramp": {"start": 0.1, "end": 0.6, "over_s": 30}})
-    incident = _wait(f"{server}: the error ramp's incident", lambda: _ended(watcher, erring.name), 90)
+    incident = wait_for(lambda: _ended(watcher, erring.name), 90, f"{server}: the error ramp's incident")
     erring.clear_faults()
     assert incident["state"] == "resolved", incident
     assert [s["name"] for s in incident["steps"]] == PLAYBOOK, incident
@@ -121,15 +112,15 @@ def test_a_leak_an_error_ramp_and_a_bad_version_are_each_pre_empted(fleet: Any) 
     stale = bed.replicas[2]
     t2 = time.time()
     stale.set_faults({"stale_on_restart": {"version": 1}, "crash": {"after_s": 0.5}})
-    incident = _wait(f"{server}: the bad version's incident", lambda: _ended(watcher, stale.name), 120)
+    incident = wait_for(lambda: _ended(watcher, stale.name), 120, f"{server}: the bad version's incident")
     assert incident["state"] == "held", incident  # never restored on a wrong answer
     assert "smoke" in incident["note"], incident
     upstreams = (bed.nginx.workdir / "upstreams.conf").read_text()
     assert f"server {stale.address} " in upstreams and f"down;  # {stale.name}" in upstreams, upstreams
-    alerts = _wait(
-        f"{server}: the held replica's alert",
+    alerts = wait_for(
         lambda: [a for a in bed.alertmanager.alerts() if stale.name in a["labels"].get("target", "")],
         20,
+        f"{server}: the held replica's alert",
     )
     figures["bad_version"] = (incident["rule"], round(incident["opened"] - t2, 1), len(alerts))
     time.sleep(3)
