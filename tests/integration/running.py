@@ -19,7 +19,10 @@ import requests
 from testbed.ports import free_port
 from testbed.replicas import TESTBED_LABEL
 from testbed.stack import Testbed
+from watcher.rulepack.compile import CompileOptions, compile_packs, load_packs
 from watcher.rules import SHIPPED_RULES
+from watcher.sources.base import SignalQueue
+from watcher.sources.prometheus import PrometheusSource
 
 TOKEN = "test-token-123"
 
@@ -97,3 +100,12 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
             return last
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def foresight_series(prometheus_url: str, replica: str) -> dict[str, float]:
+    """The shipped foresight pack's error_ratio and latency_p99_seconds of one replica (its ``replica``
+    label), as the watcher's Prometheus source reads them, over a 10 s window."""
+    ruleset = compile_packs(load_packs([SHIPPED_RULES / "foresight.yaml"]), CompileOptions(prometheus_window="10s"))
+    queries = [q for q in ruleset.queries if q.id in ("error_ratio", "latency_p99_seconds")]
+    source = PrometheusSource(SignalQueue(100, 100), prometheus_url, queries, interval_s=1.0, timeout_s=3.0)
+    return {s.series: s.value for s in source.poll_once() or [] if s.target and s.target.container == replica}

@@ -20,6 +20,7 @@ from testbed.loadgen import LoadGenerator
 from testbed.ports import LOOPBACK, free_port
 from testbed.servers.models import SMOKE_INSTANCES, expected, write_smoke_repo
 from testbed.services import Prometheus, ScrapeTarget
+from tests.integration.running import foresight_series
 from tests.integration.test_protocols_real import Running, _start, _stop
 from watcher.actions.verify import Verifier
 from watcher.clock import ManualClock
@@ -27,10 +28,8 @@ from watcher.engine import Engine
 from watcher.model import LogRecord, Target
 from watcher.playbook.base import StepFailed
 from watcher.playbook.verification import check_serving
-from watcher.rulepack.compile import CompileOptions, compile_packs, load_packs
+from watcher.rulepack.compile import load_packs
 from watcher.rules import SHIPPED_RULES
-from watcher.sources.base import SignalQueue
-from watcher.sources.prometheus import PrometheusSource
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +87,6 @@ def test_mlserver_metrics_give_the_foresight_packs_error_ratio_and_latency(
         [ScrapeTarget("mlserver", f"{LOOPBACK}:{METRICS_PORTS[server.url]}", labels={"replica": "ml-0"})],
         scrape_interval_s=1.0,
     )
-    ruleset = compile_packs(load_packs([SHIPPED_RULES / "foresight.yaml"]), CompileOptions(prometheus_window="10s"))
-    queries = [q for q in ruleset.queries if q.id in ("error_ratio", "latency_p99_seconds")]
     with prom:
         _switch(faults, {"error_ratio": 0.5})
         try:
@@ -97,8 +94,7 @@ def test_mlserver_metrics_give_the_foresight_packs_error_ratio_and_latency(
             got: dict[str, float] = {}
             while time.monotonic() < deadline and len(got) < 2:
                 _infer_v2(server.url, 4)
-                source = PrometheusSource(SignalQueue(100, 100), prom.url, queries, interval_s=1.0, timeout_s=3.0)
-                got = {s.series: s.value for s in source.poll_once() or [] if s.target and s.target.container == "ml-0"}
+                got = foresight_series(prom.url, "ml-0")
                 time.sleep(1.0)
         finally:
             _switch(faults, {})
@@ -242,8 +238,6 @@ def test_kserve_metrics_give_the_foresight_packs_latency_and_no_error_ratio(
         [ScrapeTarget("kserve", f"{LOOPBACK}:{port}", labels={"replica": "ks-0"})],
         scrape_interval_s=1.0,
     )
-    ruleset = compile_packs(load_packs([SHIPPED_RULES / "foresight.yaml"]), CompileOptions(prometheus_window="10s"))
-    queries = [q for q in ruleset.queries if q.id in ("error_ratio", "latency_p99_seconds")]
     v1 = f"{server.url}/v1/models/lin:predict"
     with prom:
         _switch(faults, {"delay_s": 0.2})
@@ -252,8 +246,7 @@ def test_kserve_metrics_give_the_foresight_packs_latency_and_no_error_ratio(
             got: dict[str, float] = {}
             while time.monotonic() < deadline and not got.get("latency_p99_seconds", 0) >= 0.15:
                 assert all(requests.post(v1, json={"instances": [[1.0]]}, timeout=10).ok for _ in range(3))
-                source = PrometheusSource(SignalQueue(100, 100), prom.url, queries, interval_s=1.0, timeout_s=3.0)
-                got = {s.series: s.value for s in source.poll_once() or [] if s.target and s.target.container == "ks-0"}
+                got = foresight_series(prom.url, "ks-0")
                 time.sleep(1.0)
         finally:
             _switch(faults, {})

@@ -17,10 +17,7 @@ import pytest
 
 from testbed.ports import LOOPBACK, free_port
 from testbed.services import Prometheus, ScrapeTarget
-from watcher.rulepack.compile import CompileOptions, compile_packs, load_packs
-from watcher.rules import SHIPPED_RULES
-from watcher.sources.base import SignalQueue
-from watcher.sources.prometheus import PrometheusSource
+from tests.integration.running import foresight_series
 
 pytestmark = pytest.mark.integration
 
@@ -83,14 +80,11 @@ def test_tritons_failed_requests_give_the_error_ratio_and_cancellations_do_not(t
         [ScrapeTarget("triton", triton, labels={"replica": "tr-0"})],
         scrape_interval_s=1.0,
     )
-    ruleset = compile_packs(load_packs([SHIPPED_RULES / "foresight.yaml"]), CompileOptions(prometheus_window="10s"))
-    queries = [q for q in ruleset.queries if q.id in ("error_ratio", "latency_p99_seconds")]
     got: dict[str, float] = {}
     with prom:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and "error_ratio" not in got:
             time.sleep(1.0)
-            source = PrometheusSource(SignalQueue(100, 100), prom.url, queries, interval_s=1.0, timeout_s=3.0)
-            got = {s.series: s.value for s in source.poll_once() or [] if s.target and s.target.container == "tr-0"}
+            got = foresight_series(prom.url, "tr-0")
     assert set(got) == {"error_ratio"}, got  # cumulative duration counters give no p99
     assert 0.28 <= got["error_ratio"] <= 0.39, got  # 10 of 30 the server answered; the 30 cancelled are not counted
